@@ -1,0 +1,48 @@
+"""Where things live: the contracts users rely on, in one place.
+
+- object store: ``s3://<bucket>/models/<slug>/<version>/``, complete once MANIFEST_NAME exists;
+- GitOps repo: ``teams/<team>/<slug>/<env>/``, owned by mlferry, nothing else written.
+"""
+
+from __future__ import annotations
+
+import re
+
+from steps.naming import check_environment_name, is_dns_label
+
+MANIFEST_NAME = "mlferry-manifest.json"
+_VERSION = re.compile(r"^[1-9][0-9]{0,9}$")
+
+
+def check_version(version: str) -> str:
+    if not _VERSION.match(str(version)):
+        raise ValueError(f"model version {version!r} is not a positive integer")
+    return str(version)
+
+
+def model_prefix(slug: str, version: str) -> str:
+    if not is_dns_label(slug):
+        raise ValueError(f"slug {slug!r} is not a DNS-1123 label")
+    return f"models/{slug}/{check_version(version)}/"
+
+
+def model_uri(bucket: str, slug: str, version: str) -> str:
+    return f"s3://{bucket}/{model_prefix(slug, version)}"
+
+
+def gitops_folder(team: str, slug: str, env: str) -> str:
+    for what, value in (("team", team), ("slug", slug)):
+        if not is_dns_label(value):
+            raise ValueError(f"{what} {value!r} is not a DNS-1123 label")
+    return f"teams/{team}/{slug}/{check_environment_name(env)}"
+
+
+_FOLDER = re.compile(r"^teams/([a-z0-9-]+)/([a-z0-9-]+)/([a-z0-9-]+)$")
+
+
+def parse_gitops_folder(folder: str) -> tuple[str, str, str]:
+    """(team, slug, env) of a folder mlferry owns; anything else is refused."""
+    match = _FOLDER.match(folder)
+    if not match or gitops_folder(*match.groups()) != folder:
+        raise ValueError(f"{folder!r} is not a folder mlferry owns (teams/<team>/<slug>/<env>)")
+    return match.group(1), match.group(2), match.group(3)

@@ -1,0 +1,73 @@
+"""resolve: which model version is to be promoted, and what the later steps need to know of it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hera.workflows import Input, Output
+
+from steps import registry
+from steps.naming import slugify
+from steps.settings import Settings, load_settings
+
+
+class ResolveInput(Input):
+    model: str
+    version: str = ""
+    alias: str = ""
+    stage: str = ""
+    env: str
+
+
+class ModelVersion(Output):
+    name: str
+    version: str
+    slug: str
+    env: str
+    source_uri: str
+    run_id: str = ""
+    source_commit: str = ""
+    description: str = ""
+    flavors: list[str] = []
+    signature: dict[str, Any] = {}
+    metrics: dict[str, float] = {}
+
+
+def resolve(inputs: ResolveInput) -> ModelVersion:
+    return resolve_version(inputs, load_settings(), registry.client())
+
+
+def resolve_version(inputs: ResolveInput, settings: Settings, mlflow) -> ModelVersion:
+    settings.environment(inputs.env)  # an unknown environment fails before any registry call
+    found = registry.find_version(mlflow, inputs.model, version=inputs.version,
+                                  alias=inputs.alias, stage=inputs.stage)
+    source_uri = registry.download_uri(mlflow, found.name, found.version)
+    mlmodel = registry.read_mlmodel(source_uri)
+    metrics, commit = registry.run_facts(mlflow, found.run_id or "")
+    return ModelVersion(
+        name=found.name,
+        version=str(found.version),
+        slug=slugify(found.name),
+        env=inputs.env,
+        source_uri=source_uri,
+        run_id=found.run_id or "",
+        source_commit=commit or (found.tags or {}).get(registry.GIT_COMMIT_TAG, ""),
+        description=found.description or "",
+        flavors=sorted(mlmodel.get("flavors") or {}),
+        signature=_signature(mlmodel.get("signature")),
+        metrics=metrics,
+    )
+
+
+def _signature(raw: Any) -> dict[str, Any]:
+    """MLmodel stores each part of the signature as a JSON string; return them parsed."""
+    if not isinstance(raw, dict):
+        return {}
+    parsed = {}
+    for part, value in raw.items():
+        try:
+            parsed[part] = json.loads(value) if isinstance(value, str) else value
+        except json.JSONDecodeError:
+            parsed[part] = value
+    return parsed

@@ -1,0 +1,162 @@
+"""Settings every step reads: where the registry, the object store and the GitOps repo are.
+
+Per-run values (model, version, environment) travel as workflow parameters; everything that
+is fixed for a team's installation comes from here. Sources, strongest first: explicit
+overrides (CLI flags), ``MLFERRY_*`` environment variables, the YAML file named by
+``MLFERRY_CONFIG`` (or ``./mlferry.yaml``), then the defaults below. On Argo the environment
+comes from the bundle's ConfigMap and Secrets, so a step pod and a laptop read the same names.
+Credentials are never fields here: the AWS/MLflow/git clients read them from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from steps.naming import check_environment_name, is_dns_label
+
+Runtime = Literal["deployment", "kserve"]
+
+
+class SettingsError(ValueError):
+    """The configuration is unusable; the message says which value and why."""
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cpu_request: str = "250m"
+    memory_request: str = "512Mi"
+    cpu_limit: str = "1"
+    memory_limit: str = "1Gi"
+
+
+class EnvironmentSettings(BaseModel):
+    """One deployment environment: which aliases (and legacy stages) select its version."""
+
+    model_config = ConfigDict(extra="forbid")
+    aliases: list[str]
+    stages: list[str] = Field(default_factory=list)
+    namespace: str = ""  # empty: "<team>-<environment>"
+    replicas: int = Field(default=1, ge=0, le=100)
+
+
+def _default_environments() -> dict[str, EnvironmentSettings]:
+    return {
+        "staging": EnvironmentSettings(aliases=["staging"], stages=["Staging"]),
+        "production": EnvironmentSettings(aliases=["production", "champion"], stages=["Production"]),
+    }
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    team: str = "ml"
+    bucket: str = "mlferry"
+    gitops_repo: str = ""
+    gitops_branch: str = "main"
+    runtime: Runtime = "deployment"
+    serving_image: str = "ghcr.io/mlflow/mlflow:v3.17.2"
+    s3_endpoint: str = ""  # what serving pods use to reach the object store
+    s3_secret: str = "mlferry-s3"  # Secret (in each serving namespace) with AWS_* keys
+    service_account: str = "mlferry-model"  # KServe: ServiceAccount that carries s3_secret
+    prune: bool = True
+    resources: Resources = Field(default_factory=Resources)
+    environments: dict[str, EnvironmentSettings] = Field(default_factory=_default_environments)
+
+    @field_validator("team")
+    @classmethod
+    def _team_is_label(cls, team: str) -> str:
+        if not is_dns_label(team, 40):
+            raise ValueError(f"team {team!r} must be a DNS-1123 label (lowercase letters, digits, '-')")
+        return team
+
+    @field_validator("environments")
+    @classmethod
+    def _environment_names(cls, envs: dict[str, EnvironmentSettings]) -> dict[str, EnvironmentSettings]:
+        for name in envs:
+            check_environment_name(name)
+        return envs
+
+    @model_validator(mode="after")
+    def _aliases_unique(self) -> "Settings":
+        seen: dict[str, str] = {}
+        for env, cfg in self.environments.items():
+            for alias in cfg.aliases:
+                if alias in seen:
+                    raise ValueError(f"alias {alias!r} is mapped to both {seen[alias]!r} and {env!r}")
+                seen[alias] = env
+        return self
+
+    def environment(self, env: str) -> EnvironmentSettings:
+        try:
+            return self.environments[env]
+        except KeyError:
+            known = ", ".join(sorted(self.environments)) or "none"
+            raise SettingsError(f"unknown environment {env!r}; configured environments: {known}") from None
+
+    def namespace(self, env: str) -> str:
+        return self.environment(env).namespace or f"{self.team}-{env}"
+
+    def environment_for_alias(self, alias: str) -> str | None:
+        for env, cfg in self.environments.items():
+            if alias in cfg.aliases:
+                return env
+        return None
+
+    def environment_for_stage(self, stage: str) -> str | None:
+        for env, cfg in self.environments.items():
+            if stage.lower() in (s.lower() for s in cfg.stages):
+                return env
+        return None
+
+
+# MLFERRY_* variables and the settings field each one sets.
+ENV_VARS = {
+    "MLFERRY_TEAM": "team",
+    "MLFERRY_BUCKET": "bucket",
+    "MLFERRY_GITOPS_REPO": "gitops_repo",
+    "MLFERRY_GITOPS_BRANCH": "gitops_branch",
+    "MLFERRY_RUNTIME": "runtime",
+    "MLFERRY_SERVING_IMAGE": "serving_image",
+    "MLFERRY_S3_SECRET": "s3_secret",
+    "MLFERRY_PRUNE": "prune",
+}
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    file = Path(path or environ.get("MLFERRY_CONFIG") or "mlferry.yaml")
+    if path or environ.get("MLFERRY_CONFIG") or file.exists():
+        values.update(_read_file(file))
+    if environ.get("MLFLOW_S3_ENDPOINT_URL"):
+        values["s3_endpoint"] = environ["MLFLOW_S3_ENDPOINT_URL"]
+    for var, field in ENV_VARS.items():
+        if environ.get(var):
+            values[field] = environ[var]
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in err.errors())
+        raise SettingsError(f"invalid mlferry settings: {problems}") from None
+
+
+def _read_file(file: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except FileNotFoundError:
+        raise SettingsError(f"settings file {file} does not exist") from None
+    except yaml.YAMLError as err:
+        raise SettingsError(f"settings file {file} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {file} must hold a mapping, not {type(data).__name__}")
+    return data
