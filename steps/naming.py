@@ -12,38 +12,48 @@ import hashlib
 import re
 import unicodedata
 
-# A slug is used as "<slug>-<env>" in Kubernetes names (≤ 63 characters), so it keeps room
-# for an environment name of up to MAX_ENV_LENGTH characters and the dash.
-MAX_ENV_LENGTH = 22
-MAX_SLUG_LENGTH = 63 - 1 - MAX_ENV_LENGTH
+# A slug is used as "<slug>-<env>" in Kubernetes names. KServe appends "-predictor" (10) to an
+# InferenceService's name and the result must stay a 63-character label, so "<slug>-<env>"
+# gets 53: room for an environment name of up to MAX_ENV_LENGTH characters and the dash.
+MAX_NAME_LENGTH = 53
+MAX_ENV_LENGTH = 12
+MAX_SLUG_LENGTH = MAX_NAME_LENGTH - 1 - MAX_ENV_LENGTH
 HASH_LENGTH = 10
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Services (and so InferenceServices) need RFC 1035 labels: a letter first.
+_SLUG = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 def is_dns_label(value: str, max_length: int = 63) -> bool:
     return len(value) <= max_length and bool(_DNS_LABEL.match(value))
 
 
+def is_slug(value: str) -> bool:
+    return len(value) <= MAX_SLUG_LENGTH and bool(_SLUG.match(value))
+
+
 def slugify(name: str) -> str:
-    """Map any model name to a DNS-1123 label of at most MAX_SLUG_LENGTH characters."""
+    """Map any model name to an RFC 1035 label of at most MAX_SLUG_LENGTH characters."""
     if not name or not name.strip():
         raise ValueError("model name is empty")
-    if is_dns_label(name, MAX_SLUG_LENGTH):
+    if is_slug(name):
         return name
     digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:HASH_LENGTH]
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
     stem = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
+    if stem[:1].isdigit():
+        stem = f"m-{stem}"
     stem = stem[: MAX_SLUG_LENGTH - HASH_LENGTH - 1].strip("-")
     return f"{stem}-{digest}" if stem else f"m-{digest}"
 
 
 def check_environment_name(env: str) -> str:
     """Environment names become part of Kubernetes names and folder names."""
-    if not is_dns_label(env, MAX_ENV_LENGTH):
+    if not (len(env) <= MAX_ENV_LENGTH and _SLUG.match(env)):
         raise ValueError(
-            f"environment name {env!r} must be a DNS-1123 label of at most {MAX_ENV_LENGTH} "
-            "characters (lowercase letters, digits and '-')"
+            f"environment name {env!r} must be at most {MAX_ENV_LENGTH} lowercase letters, digits "
+            "or '-', starting with a letter"
         )
     return env
 

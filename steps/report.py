@@ -4,7 +4,6 @@ Tags only (`mlferry.<env>.status|commit|uri|error|at`): MLflow fires no alias we
 writes, so reporting can never trigger another promotion.
 """
 
-from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Literal
@@ -12,6 +11,7 @@ from typing import Literal
 from hera.workflows import Input, Output
 
 from steps import registry
+from steps.outcome import as_argo_step
 from steps.naming import check_environment_name
 
 Status = Literal["committed", "removed", "failed"]
@@ -32,6 +32,7 @@ class Report(Output):
     tags: dict[str, str] = {}
 
 
+@as_argo_step
 def report(inputs: ReportInput) -> Report:
     tags = outcome_tags(inputs, datetime.now(timezone.utc))
     registry.set_version_tags(registry.client(), inputs.model, inputs.version, tags)

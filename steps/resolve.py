@@ -1,6 +1,6 @@
 """resolve: which model version is to be promoted, and what the later steps need to know of it."""
+# No `from __future__ import annotations`: Hera reads the Input/Output annotations as classes.
 
-from __future__ import annotations
 
 import json
 from typing import Any
@@ -8,6 +8,7 @@ from typing import Any
 from hera.workflows import Input, Output
 
 from steps import registry
+from steps.outcome import as_argo_step
 from steps.naming import slugify
 from steps.settings import Settings, load_settings
 
@@ -34,6 +35,7 @@ class ModelVersion(Output):
     metrics: dict[str, float] = {}
 
 
+@as_argo_step
 def resolve(inputs: ResolveInput) -> ModelVersion:
     return resolve_version(inputs, load_settings(), registry.client())
 

@@ -2,9 +2,10 @@
 
 Per-run values (model, version, environment) travel as workflow parameters; everything that
 is fixed for a team's installation comes from here. Sources, strongest first: explicit
-overrides (CLI flags), ``MLFERRY_*`` environment variables, the YAML file named by
-``MLFERRY_CONFIG`` (or ``./mlferry.yaml``), then the defaults below. On Argo the environment
-comes from the bundle's ConfigMap and Secrets, so a step pod and a laptop read the same names.
+overrides (CLI flags), ``MLFERRY_*`` environment variables, the YAML in ``MLFERRY_SETTINGS``
+(how the bundle's ConfigMap hands it to a step pod, without a volume) or in the file named by
+``MLFERRY_CONFIG`` (or ``./mlferry.yaml``), then the defaults below. A step pod and a laptop
+read the same names.
 Credentials are never fields here: the AWS/MLflow/git clients read them from the environment.
 """
 
@@ -62,7 +63,6 @@ class Settings(BaseModel):
     serving_image: str = "ghcr.io/mlflow/mlflow:v3.17.2"
     s3_endpoint: str = ""  # what serving pods use to reach the object store
     s3_secret: str = "mlferry-s3"  # Secret (in each serving namespace) with AWS_* keys
-    service_account: str = "mlferry-model"  # KServe: ServiceAccount that carries s3_secret
     prune: bool = True
     resources: Resources = Field(default_factory=Resources)
     environments: dict[str, EnvironmentSettings] = Field(default_factory=_default_environments)
@@ -137,6 +137,8 @@ def load_settings(
     file = Path(path or environ.get("MLFERRY_CONFIG") or "mlferry.yaml")
     if path or environ.get("MLFERRY_CONFIG") or file.exists():
         values.update(_read_file(file))
+    elif environ.get("MLFERRY_SETTINGS"):
+        values.update(_parse(environ["MLFERRY_SETTINGS"], "MLFERRY_SETTINGS"))
     if environ.get("MLFLOW_S3_ENDPOINT_URL"):
         values["s3_endpoint"] = environ["MLFLOW_S3_ENDPOINT_URL"]
     for var, field in ENV_VARS.items():
@@ -152,11 +154,18 @@ def load_settings(
 
 def _read_file(file: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(file.read_text()) or {}
+        text = file.read_text()
     except FileNotFoundError:
         raise SettingsError(f"settings file {file} does not exist") from None
+    return _parse(text, f"settings file {file}")
+
+
+def _parse(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise SettingsError(f"settings file {file} is not valid YAML: {err}") from None
+        raise SettingsError(f"{source} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise SettingsError(f"settings file {file} must hold a mapping, not {type(data).__name__}")
+        raise SettingsError(f"{source} must hold a mapping, not {type(data).__name__}")
+    data.pop("bundle", None)  # the Argo bundle's own section (workflows.bundle) shares the file
     return data

@@ -1,0 +1,98 @@
+"""How a step ends when it runs as an Argo task: exit codes and log lines for people.
+
+Argo retries a task by its exit code (the WorkflowTemplate's retryStrategy retries exit code
+TRANSIENT_EXIT only), so a step must say whether a failure is worth retrying: a network error or
+an HTTP 5xx is; a missing model, a bad name or an invalid manifest is not, and retrying it
+would only delay the error. Logs are JSON lines in pods (MLFERRY_LOG_FORMAT=json) so the Argo
+UI and log stores can filter them, and plain text on a terminal.
+"""
+
+import functools
+import json
+import logging
+import os
+import sys
+from typing import Callable, TypeVar
+
+TRANSIENT_EXIT = 75  # EX_TEMPFAIL
+PERMANENT_EXIT = 1
+
+F = TypeVar("F", bound=Callable)
+log = logging.getLogger("mlferry.step")
+
+
+class TransientError(RuntimeError):
+    """A failure that may succeed when tried again (network, 5xx, a remote that moved)."""
+
+
+def is_transient(err: BaseException) -> bool:
+    if isinstance(err, TransientError | ConnectionError | TimeoutError):
+        return True
+    name = type(err).__name__
+    if name in {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                "ConnectionError", "Timeout", "ReadTimeout", "ChunkedEncodingError"}:
+        return True
+    status = _http_status(err)
+    return status is not None and (status >= 500 or status == 429)
+
+
+def _http_status(err: BaseException) -> int | None:
+    response = getattr(err, "response", None)
+    if isinstance(response, dict):  # botocore ClientError
+        return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = getattr(err, "get_http_status_code", None)  # MlflowException
+    if callable(code):
+        try:
+            return int(code())
+        except (TypeError, ValueError):
+            return None
+    return getattr(response, "status_code", None)
+
+
+def as_argo_step(fn: F) -> F:
+    """Run `fn` as a task: a failure becomes one log line and an exit code Argo can act on.
+
+    Only under Hera's runner (it sets hera__outputs_directory); called in-process, the
+    exception propagates unchanged.
+    """
+
+    @functools.wraps(fn)
+    def step(*args, **kwargs):
+        if not os.environ.get("hera__outputs_directory"):
+            return fn(*args, **kwargs)
+        configure_logging()
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the boundary of the task
+            transient = is_transient(err)
+            log.error("%s failed%s: %s", fn.__name__, " (transient, will be retried)" if transient else "",
+                      err, extra={"step": fn.__name__, "transient": transient, "error_type": type(err).__name__})
+            raise SystemExit(TRANSIENT_EXIT if transient else PERMANENT_EXIT) from None
+
+    return step  # type: ignore[return-value]
+
+
+class JsonLines(logging.Formatter):
+    FIELDS = ("step", "transient", "error_type", "model", "version", "env", "file", "bytes")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
+                "logger": record.name, "msg": record.getMessage()}
+        line.update({k: getattr(record, k) for k in self.FIELDS if hasattr(record, k)})
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def configure_logging() -> None:
+    root = logging.getLogger()
+    if any(getattr(h, "_mlferry", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler._mlferry = True  # type: ignore[attr-defined]
+    if os.environ.get("MLFERRY_LOG_FORMAT", "text") == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "mlflow", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
