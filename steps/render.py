@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import jinja2
 from hera.workflows import Input, Output
 
+from steps.outcome import as_argo_step
 from steps.layout import check_version, gitops_folder, model_uri
 from steps.manifests import KUSTOMIZATION, is_label_value, validate_folder
 from steps.naming import kubernetes_name, slugify
@@ -55,6 +56,7 @@ class Rendered(Output):
     digest: str  # folder_digest(files)
 
 
+@as_argo_step
 def render(inputs: RenderInput) -> Rendered:
     return render_folder(inputs, load_settings())
 

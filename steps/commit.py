@@ -1,0 +1,184 @@
+"""The commit step: write one model's rendered manifests into its GitOps folder, or remove it.
+
+Argo runs it as ``python -m hera.workflows.runner -e steps.commit:commit``. The folder is
+``teams/<team>/<slug>/<env>/`` and belongs to mlferry, so the step replaces it wholesale and
+touches nothing else; running it twice commits once (see :mod:`steps.gitops`).
+
+Each commit carries trailers that ``mlferry history`` reads back with ``git log``::
+
+    promote fraud-detector v3 to staging
+
+    Replace teams/ml/fraud-detector/staging with the 3 files rendered for
+    version 3 of model fraud-detector.
+
+    Model: fraud-detector
+    Version: 3
+    Environment: staging
+    Run-Id: promote-x7k2p
+    Trigger: webhook
+
+Model names, run ids and triggers are arbitrary strings. A value that could break the trailer
+block (a line break, a control character, surrounding blanks, a leading quote) is written as a
+JSON string instead; :func:`parse_trailer_value` reverses :func:`trailer_value`.
+"""
+
+# No ``from __future__ import annotations`` here: Hera's runner reads the annotations of
+# ``commit`` at run time and needs the classes, not strings.
+import json
+import logging
+import os
+import re
+from typing import Callable, Mapping
+
+from hera.workflows import Input, Output
+
+from steps.outcome import as_argo_step
+from steps import gitops
+from steps.layout import check_version, parse_gitops_folder
+from steps.naming import slugify
+from steps.settings import SettingsError, load_settings
+
+logger = logging.getLogger(__name__)
+
+SUBJECT_MODEL_LENGTH = 50
+_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
+
+
+class CommitInput(Input):
+    model: str
+    version: str
+    env: str
+    folder: str
+    files: dict[str, str]
+    run_id: str = ""
+    trigger: str = "manual"
+    remove: bool = False
+
+
+class Commit(Output):
+    sha: str
+    changed: bool
+    folder: str
+    branch: str
+    repo: str
+
+
+class CommitRefused(ValueError):
+    """The inputs ask for something mlferry will not write; nothing was committed."""
+
+
+@as_argo_step
+def commit(inputs: CommitInput) -> Commit:
+    """The Argo step: settings from the environment, then :func:`commit_folder`."""
+    settings = load_settings()
+    if not settings.gitops_repo:
+        raise SettingsError("no GitOps repo configured: set MLFERRY_GITOPS_REPO or gitops_repo in mlferry.yaml")
+    team, _, _ = _parse_folder(inputs.folder)
+    if team != settings.team:
+        raise CommitRefused(f"folder {inputs.folder!r} belongs to team {team!r}, not to this installation's "
+                            f"team {settings.team!r}")
+    return commit_folder(inputs, settings.gitops_repo, settings.gitops_branch)
+
+
+def commit_folder(
+    inputs: CommitInput,
+    repo_url: str,
+    branch: str,
+    workdir: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    retry: gitops.RetryPolicy = gitops.RetryPolicy(),
+    before_push: Callable[[], None] | None = None,
+) -> Commit:
+    """Replace ``inputs.folder`` on ``branch`` of ``repo_url`` with ``inputs.files`` (or remove it)."""
+    change = folder_change(inputs)
+    logger.info("%s on %s of %s", change.message.splitlines()[0], branch, gitops.display_url(repo_url))
+    published = gitops.publish_folder(repo_url, branch, change, workdir=workdir, environ=environ,
+                                      retry=retry, before_push=before_push)
+    logger.info("%s: %s at %s", inputs.folder, "committed" if published.changed else "unchanged",
+                published.sha or "(no branch)")
+    return Commit(sha=published.sha, changed=published.changed, folder=inputs.folder, branch=branch,
+                  repo=gitops.display_url(repo_url))
+
+
+def folder_change(inputs: CommitInput) -> gitops.FolderChange:
+    """Check the inputs and turn them into the folder replacement to publish."""
+    _, slug, env = _parse_folder(inputs.folder)
+    if env != inputs.env:
+        raise CommitRefused(f"folder {inputs.folder!r} is for environment {env!r}, not {inputs.env!r}")
+    if slug != _slug(inputs.model):
+        raise CommitRefused(f"folder {inputs.folder!r} does not belong to model {inputs.model!r} "
+                            f"(its folder name is {_slug(inputs.model)!r})")
+    if inputs.remove:
+        if inputs.files:
+            raise CommitRefused("remove=True deletes the folder: pass no files")
+        if inputs.version:
+            check_version(inputs.version)
+    else:
+        check_version(inputs.version)
+        check_file_names(inputs.files)
+    return gitops.FolderChange(folder=inputs.folder, files=dict(inputs.files), message=commit_message(inputs))
+
+
+def _slug(model: str) -> str:
+    try:
+        return slugify(model)
+    except ValueError as err:
+        raise CommitRefused(str(err)) from None
+
+
+def _parse_folder(folder: str) -> tuple[str, str, str]:
+    try:
+        return parse_gitops_folder(folder)
+    except ValueError as err:
+        raise CommitRefused(str(err)) from None
+
+
+def check_file_names(files: Mapping[str, str]) -> None:
+    """Files land flat in the folder: plain, visible, portable names only."""
+    if not files:
+        raise CommitRefused("no files to commit: a promotion needs at least a kustomization.yaml")
+    for name in files:
+        if not _FILE_NAME.match(name) or ".." in name:
+            raise CommitRefused(
+                f"file name {name!r} is not allowed: use a plain name of letters, digits, '.', '_' "
+                "and '-' (no '/', no '..', not starting with '.')"
+            )
+
+
+def commit_message(inputs: CommitInput) -> str:
+    model = _subject_text(inputs.model)
+    if inputs.remove:
+        subject = f"remove {model} from {inputs.env}"
+        body = f"Delete {inputs.folder}: model {model} is no longer deployed to {inputs.env}."
+    else:
+        subject = f"promote {model} v{inputs.version} to {inputs.env}"
+        count = len(inputs.files)
+        body = (f"Replace {inputs.folder} with the {count} file{'s' * (count != 1)} rendered for\n"
+                f"version {inputs.version} of model {model}.")
+    trailers = {
+        "Model": inputs.model,
+        "Version": inputs.version,
+        "Environment": inputs.env,
+        "Run-Id": inputs.run_id,
+        "Trigger": inputs.trigger,
+    }
+    lines = [f"{key}: {trailer_value(value)}" for key, value in trailers.items() if value]
+    return f"{subject}\n\n{body}\n\n" + "\n".join(lines) + "\n"
+
+
+def trailer_value(text: str) -> str:
+    """``text`` as a one-line trailer value: itself when that is safe, else a JSON string."""
+    if text.isprintable() and text == text.strip() and not text.startswith('"'):
+        return text
+    return json.dumps(text)  # ASCII-only: no line or paragraph separator can survive
+
+
+def parse_trailer_value(value: str) -> str:
+    return json.loads(value) if value.startswith('"') else value
+
+
+def _subject_text(text: str) -> str:
+    """A readable one-line rendering of a user string for the subject and body."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return flat if len(flat) <= SUBJECT_MODEL_LENGTH else flat[: SUBJECT_MODEL_LENGTH - 1] + "…"

@@ -1,0 +1,589 @@
+"""The GitOps repo adapter: replace one folder on a branch of a remote, with the git CLI.
+
+mlferry owns ``teams/<team>/<slug>/<env>/`` folders and writes nothing else, so publishing is
+"make this folder hold exactly these files on the remote branch", not "merge my edits".
+That ownership drives the whole design of :func:`publish_folder`:
+
+- Each attempt builds the new tree with plumbing (``read-tree`` of the remote head into a
+  private index, drop every entry under the folder, add our blobs, ``write-tree``,
+  ``commit-tree``), so nothing outside the folder is ever touched, no working tree is checked
+  out, and no hook, filter, ``.gitignore`` or signing setting of the repo or the user can
+  change what gets committed.
+- When the push is rejected because the remote moved (another promotion, a human commit), we
+  do not rebase our commit textually: a rebase can conflict, and would replay a diff computed
+  against a head that no longer matters. We fetch the new head and re-apply the folder
+  replacement on it (in effect: reset to the new head, replace the folder again). The result
+  is the same as if we had started after the other writer, which is exactly what "mlferry owns
+  the folder" means. If the new head already holds our content (a concurrent run promoted the
+  same version), there is nothing to commit and we report that head: the step is idempotent.
+- Races and network failures are retried a bounded number of times with exponential backoff
+  and jitter, so writers that collide spread out instead of colliding again in lock step.
+  Failures that a retry cannot fix (credentials, a missing repository, a refused push) stop at
+  once with one line that names the remote (never its credentials) and what to do.
+
+Credentials never reach ``.git/config``, argv, logs or error messages: an https token
+(``MLFERRY_GIT_TOKEN``) travels as an ``http.<url>.extraHeader`` through ``GIT_CONFIG_*``
+environment variables scoped to the remote's origin; an ssh key (``MLFERRY_GIT_SSH_KEY``)
+through ``GIT_SSH_COMMAND``. ``GIT_TERMINAL_PROMPT=0`` and ssh ``BatchMode`` make a missing
+credential fail instead of hanging.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import dataclasses
+import logging
+import os
+import random
+import re
+import shlex
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from steps.outcome import TransientError
+
+logger = logging.getLogger(__name__)
+
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+DEFAULT_AUTHOR = ("mlferry", "mlferry@users.noreply.local")
+DEFAULT_TOKEN_USER = "x-access-token"  # what GitHub documents; GitLab and Gitea accept any name
+GIT_TIMEOUT = 600.0  # seconds for one git command: a stuck network must not hang a workflow
+PROGRESS_INTERVAL = 5.0  # seconds between progress lines in the log
+
+
+class GitOpsError(RuntimeError):
+    """Publishing failed; the message is one line naming the remote and what to do."""
+
+
+class GitOpsUnavailable(GitOpsError, TransientError):
+    """The remote stayed unreachable or busy through every retry; a later try may succeed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with jitter, so colliding writers spread out."""
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return ceiling * random.uniform(0.5, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    name: str
+    email: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderChange:
+    """Make ``folder`` hold exactly ``files`` (name → content); no files: delete the folder."""
+
+    folder: str
+    files: Mapping[str, str]
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    sha: str  # the branch head after publishing; "" when the branch still does not exist
+    changed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Remote:
+    """How to reach the GitOps remote: the URL git uses, the one we show, and the secrets."""
+
+    url: str
+    display: str
+    env: Mapping[str, str]
+    secrets: tuple[str, ...] = ()
+    ssh_key: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Remotes and credentials
+
+
+_SCP_LIKE = re.compile(r"^(?:[^@/:]+@)?[^@/:]+:(?!//)")
+_SCHEMES = {"file", "http", "https", "ssh", "git+ssh", "ssh+git"}
+
+
+def display_url(url: str) -> str:
+    """The remote as it may appear in logs and outputs: no password, no https user name."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        netloc += f":{parts.port}" if parts.port else ""
+    else:  # an ssh user name is not a secret; an ssh password would be
+        user, _, hostport = parts.netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}@{hostport}" if user else hostport
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+def remote_kind(url: str) -> str:
+    """'local', 'http' or 'ssh'; anything else (ext::, fd::, options) is refused."""
+    if not url or url.startswith("-"):
+        raise GitOpsError(f"GitOps remote {url!r} is not a git URL or path: set MLFERRY_GITOPS_REPO")
+    if "://" in url:
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in _SCHEMES:
+            raise GitOpsError(
+                f"GitOps remote {display_url(url)} uses unsupported scheme {scheme!r}: "
+                "use https://, ssh://, user@host:path, file:// or a local path"
+            )
+        return {"file": "local", "http": "http", "https": "http"}.get(scheme, "ssh")
+    if "::" in url:  # git's remote-helper syntax (ext::, fd::) runs arbitrary commands
+        raise GitOpsError(f"GitOps remote {url!r} uses a remote helper, which mlferry refuses")
+    if _SCP_LIKE.match(url):  # git's rule: a ':' before any '/' means scp-like ssh
+        return "ssh"
+    return "local"
+
+
+def remote_for(url: str, environ: Mapping[str, str], scratch: Path) -> Remote:
+    """Resolve URL + MLFERRY_GIT_* credentials into what git needs; scratch holds key copies."""
+    kind = remote_kind(url)
+    if kind == "local":
+        return Remote(url=_local_url(url), display=url, env={})
+    if kind == "http":
+        return _http_remote(url, environ)
+    return _ssh_remote(url, environ, scratch)
+
+
+def _local_url(url: str) -> str:
+    # file:// rather than a path, so --depth is honoured and pushes behave like any transport.
+    return url if "://" in url else Path(url).expanduser().resolve().as_uri()
+
+
+def _http_remote(url: str, environ: Mapping[str, str]) -> Remote:
+    parts = urlsplit(url)
+    token = environ.get("MLFERRY_GIT_TOKEN", "")
+    user = environ.get("MLFERRY_GIT_USERNAME", "") or DEFAULT_TOKEN_USER
+    if parts.password and not token:  # credentials in the URL: move them out of it
+        token, user = parts.password, parts.username or user
+    clean = display_url(url)
+    if not token:
+        return Remote(url=clean, display=clean, env={})
+    if parts.scheme == "http" and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+        logger.warning("sending the git token to %s over plain http", clean)
+    header = "Authorization: Basic " + base64.b64encode(f"{user}:{token}".encode()).decode()
+    origin = urlunsplit((parts.scheme, urlsplit(clean).netloc, "/", "", ""))
+    env = _config_env({f"http.{origin}.extraHeader": header})
+    return Remote(url=clean, display=clean, env=env, secrets=(token, header.split()[-1]))
+
+
+def _config_env(values: Mapping[str, str]) -> dict[str, str]:
+    """GIT_CONFIG_COUNT/KEY/VALUE: configuration for the child processes only, never on disk."""
+    env = {"GIT_CONFIG_COUNT": str(len(values))}
+    for index, (key, value) in enumerate(values.items()):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
+    return env
+
+
+def _ssh_remote(url: str, environ: Mapping[str, str], scratch: Path) -> Remote:
+    display = display_url(url)
+    key = environ.get("MLFERRY_GIT_SSH_KEY", "")
+    known_hosts = environ.get("MLFERRY_GIT_KNOWN_HOSTS", "")
+    if not key and not known_hosts and ("GIT_SSH_COMMAND" in os.environ or "GIT_SSH" in os.environ):
+        return Remote(url=url, display=display, env={})  # the user's own ssh setup, as is
+    # BatchMode: a missing key or unknown host fails at once instead of prompting on a tty.
+    options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=20"]
+    if key:
+        if not Path(key).is_file():
+            raise GitOpsError(f"MLFERRY_GIT_SSH_KEY {key} is not a readable file (GitOps remote {display})")
+        options += ["-i", _private_copy(Path(key), scratch), "-o", "IdentitiesOnly=yes"]
+    if known_hosts:
+        if not Path(known_hosts).is_file():
+            raise GitOpsError(f"MLFERRY_GIT_KNOWN_HOSTS {known_hosts} is not a readable file")
+        options += ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}"]
+    elif key:  # a pod has no known_hosts of its own: trust on first use, and say so
+        logger.warning("MLFERRY_GIT_KNOWN_HOSTS is not set: trusting %s's host key on first use", display)
+        options += ["-o", "StrictHostKeyChecking=accept-new"]
+    command = "ssh " + " ".join(shlex.quote(o) for o in options)
+    return Remote(url=url, display=display, env={"GIT_SSH_COMMAND": command}, ssh_key=key)
+
+
+def _private_copy(key: Path, scratch: Path) -> str:
+    # Kubernetes mounts Secret files 0644 by default, and ssh refuses a key others can read.
+    if not key.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return str(key)
+    copy = scratch / "ssh-key"
+    copy.touch(mode=0o600)
+    copy.write_bytes(key.read_bytes())
+    return str(copy)
+
+
+def identity_from(environ: Mapping[str, str]) -> Identity:
+    name = environ.get("MLFERRY_GIT_AUTHOR_NAME", "") or DEFAULT_AUTHOR[0]
+    email = environ.get("MLFERRY_GIT_AUTHOR_EMAIL", "") or DEFAULT_AUTHOR[1]
+    for what, value in (("MLFERRY_GIT_AUTHOR_NAME", name), ("MLFERRY_GIT_AUTHOR_EMAIL", email)):
+        if any(c in value for c in "<>\n\r\0"):
+            raise GitOpsError(f"{what} {value!r} may not contain '<', '>' or line breaks")
+    return Identity(name=name, email=email)
+
+
+def check_branch(branch: str) -> str:
+    valid = re.fullmatch(r"[A-Za-z0-9._/-]+", branch or "") and not branch.startswith(("-", "/"))
+    bad = any(p in branch for p in ("..", "//", "@{", ".lock/")) or branch.endswith((".", "/", ".lock"))
+    if not valid or bad:
+        raise GitOpsError(f"GitOps branch {branch!r} is not a valid branch name: set MLFERRY_GITOPS_BRANCH")
+    return branch
+
+
+# ---------------------------------------------------------------------------------------------
+# Running git
+
+
+class _GitFailed(Exception):
+    def __init__(self, action: str, stderr: str, stdout: str = ""):
+        super().__init__(action)
+        self.action, self.stderr, self.stdout = action, stderr, stdout
+
+
+# Variables that would point git at another repository, index or configuration: a step run
+# from inside a git hook, or by a user with GIT_DIR exported, must still act on its own clone.
+_INHERITED_GIT_STATE = re.compile(
+    r"^(GIT_(DIR|WORK_TREE|INDEX_FILE|OBJECT_DIRECTORY|ALTERNATE_OBJECT_DIRECTORIES|COMMON_DIR|"
+    r"NAMESPACE|PREFIX|SHALLOW_FILE|REPLACE_REF_BASE|GRAFT_FILE|NO_REPLACE_OBJECTS|CONFIG|"
+    r"CONFIG_PARAMETERS|CONFIG_COUNT|CONFIG_KEY_\d+|CONFIG_VALUE_\d+)|MLFERRY_GIT_.*)$"
+)
+
+
+class _Git:
+    """git in one clone, with the remote's credentials in the environment and nowhere else."""
+
+    def __init__(self, root: Path, remote: Remote, scratch: Path, environ: Mapping[str, str] = os.environ):
+        self.root, self.remote, self.scratch = root, remote, scratch
+        env = {k: v for k, v in environ.items() if not _INHERITED_GIT_STATE.match(k)}
+        env.update(remote.env)
+        env.update(LC_ALL="C", LANGUAGE="C", GIT_TERMINAL_PROMPT="0", GCM_INTERACTIVE="never",
+                   SSH_ASKPASS_REQUIRE="never", GIT_LITERAL_PATHSPECS="1",
+                   GIT_INDEX_FILE=str(root / ".git" / "mlferry-index"))
+        self.env = env
+
+    def run(self, *args: str, action: str, stdin: bytes = b"", cwd: Path | None = None,
+            extra_env: Mapping[str, str] | None = None) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=cwd or self.root, input=stdin, capture_output=True,
+                env={**self.env, **(extra_env or {})}, timeout=GIT_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            raise _GitFailed(action, f"git {args[0]} timed out after {GIT_TIMEOUT:.0f}s") from None
+        out, err = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+        if done.returncode != 0:
+            raise _GitFailed(action, self.redact(err), self.redact(out))
+        return out.strip()
+
+    def run_with_progress(self, *args: str, action: str, cwd: Path | None = None) -> str:
+        """A network command whose --progress lines are logged, throttled, as they come."""
+        proc = subprocess.Popen(["git", *args], cwd=cwd or self.root, env=self.env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout: list[bytes] = []
+        reader = threading.Thread(target=lambda: stdout.append(proc.stdout.read()), daemon=True)
+        reader.start()
+        timed_out = threading.Event()
+        killer = threading.Timer(GIT_TIMEOUT, lambda: (timed_out.set(), proc.kill()))
+        killer.start()
+        try:
+            lines = collections.deque(self._log_progress(proc.stderr), maxlen=40)  # the tail explains failures
+            proc.wait()
+            reader.join()
+        finally:
+            killer.cancel()
+        out = self.redact(b"".join(stdout).decode(errors="replace"))
+        if timed_out.is_set():
+            raise _GitFailed(action, f"git {args[0]} timed out after {GIT_TIMEOUT:.0f}s", out)
+        if proc.returncode != 0:
+            raise _GitFailed(action, "\n".join(lines), out)
+        return out.strip()
+
+    def _log_progress(self, stream) -> Iterator[str]:
+        """git's lines as they come; a long transfer shows up in the log every few seconds."""
+        started = last = time.monotonic()
+        buffer = b""
+        while chunk := stream.read1(4096):
+            *complete, buffer = re.split(rb"[\r\n]", buffer + chunk)
+            for raw in complete:
+                line = self.redact(raw.decode(errors="replace").strip())
+                if not line:
+                    continue
+                yield line
+                now = time.monotonic()
+                long_running = now - started >= PROGRESS_INTERVAL
+                if long_running and (line.endswith("done.") or now - last >= PROGRESS_INTERVAL):
+                    last = now
+                    logger.info("%s: %s", self.remote.display, line)
+                else:
+                    logger.debug("%s: %s", self.remote.display, line)
+        if buffer.strip():
+            yield self.redact(buffer.decode(errors="replace").strip())
+
+    def redact(self, text: str) -> str:
+        """Defence in depth: git should never echo a secret, but if it does, we do not."""
+        for secret in self.remote.secrets:
+            text = text.replace(secret, "***")
+        return re.sub(r"(\w+://)[^/@\s]*@", r"\1", text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Why git failed, in words an operator can act on
+
+
+class _Retryable(Exception):
+    """The remote moved under us, or the network hiccuped: another attempt may succeed."""
+
+    def __init__(self, reason: str, hint: str):
+        super().__init__(reason)
+        self.hint = hint
+
+
+_UNREACHABLE_HINT = "check the URL and that the git server is reachable from here (DNS, proxy, firewall)"
+_BUSY_HINT = "another writer keeps pushing to the branch: run the promotion again later"
+
+
+_HOST_KEY = ("host key verification failed", "remote host identification has changed")
+_AUTH = ("permission denied", "authentication failed", "could not read username",
+         "could not read password", "terminal prompts disabled", "access denied",
+         "returned error: 401", "returned error: 403", "invalid username or password",
+         "invalid credentials")
+_TRANSIENT = ("could not resolve host", "name or service not known", "temporary failure in name resolution",
+              "connection refused", "timed out", "failed to connect", "network is unreachable",
+              "no route to host", "connection reset", "connection closed", "hung up unexpectedly",
+              "early eof", "rpc failed", "returned error: 5", "kex_exchange_identification",
+              "broken pipe", "couldn't connect")
+_MISSING = ("does not appear to be a git repository", "repository not found", "not found",
+            "returned error: 404", "no such file or directory")
+
+
+def _failure(remote: Remote, failed: _GitFailed) -> Exception:
+    """Map a failed git command to a retryable condition or to one actionable error line."""
+    where = f"GitOps remote {remote.display}"
+    if detail := _matching_line(failed.stderr, _HOST_KEY):
+        return GitOpsError(f"{where}: {detail} (the server's key is not the one we know); if the server "
+                           "really changed its key, put the new one in the file named by MLFERRY_GIT_KNOWN_HOSTS")
+    if detail := _matching_line(failed.stderr, _AUTH):
+        fix = (f"check that the key in MLFERRY_GIT_SSH_KEY ({remote.ssh_key}) is authorized with write access"
+               if remote.ssh_key else "set MLFERRY_GIT_TOKEN (https) or MLFERRY_GIT_SSH_KEY (ssh) "
+               "to a credential with write access")
+        return GitOpsError(f"{where} refused authentication when trying to {failed.action} ({detail}); {fix}")
+    if detail := _matching_line(failed.stderr, _TRANSIENT):
+        return _Retryable(f"cannot {failed.action}: {detail}", _UNREACHABLE_HINT)
+    if detail := _matching_line(failed.stderr, _MISSING):
+        return GitOpsError(f"{where} does not exist or is not a git repository ({detail}); "
+                           "check MLFERRY_GITOPS_REPO")
+    return GitOpsError(f"{where}: could not {failed.action} ({_matching_line(failed.stderr, ('',))})")
+
+
+def _matching_line(stderr: str, needles: tuple[str, ...]) -> str:
+    """The first line of git's output that contains one of needles ('' matches any line)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and not ln.startswith("hint:")]
+    lines.sort(key=lambda ln: not ln.lower().startswith(("fatal:", "error:")))  # stable: errors first
+    for needle in needles:  # needles come most telling first
+        for line in lines:
+            if needle in line.lower():
+                return line
+    return "" if any(needles) else "git gave no reason"
+
+
+# ---------------------------------------------------------------------------------------------
+# Publishing
+
+
+def publish_folder(
+    remote_url: str,
+    branch: str,
+    change: FolderChange,
+    *,
+    workdir: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    retry: RetryPolicy = RetryPolicy(),
+    before_push: Callable[[], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Published:
+    """Make ``change.folder`` on ``branch`` of the remote hold exactly ``change.files``.
+
+    Idempotent: when the branch head already holds that content, nothing is committed and the
+    head is reported with ``changed=False``. ``workdir`` (empty or missing) keeps the clone for
+    inspection; by default a temporary directory is used and removed. ``before_push`` runs just
+    before every push (tests use it to make another writer win the race).
+    """
+    environ = os.environ if environ is None else environ
+    check_branch(branch)
+    identity = identity_from(environ)
+    with tempfile.TemporaryDirectory(prefix="mlferry-gitops-") as tmp:
+        scratch = Path(tmp)
+        remote = remote_for(remote_url, environ, scratch)
+        root = Path(workdir) if workdir is not None else scratch / "clone"
+        git = _Git(root, remote, scratch)
+        return _with_retries(git, branch, change, identity, retry, before_push, sleep)
+
+
+def _with_retries(git: _Git, branch: str, change: FolderChange, identity: Identity,
+                  retry: RetryPolicy, before_push: Callable[[], None] | None,
+                  sleep: Callable[[float], None]) -> Published:
+    last = _Retryable("no attempt made", _UNREACHABLE_HINT)
+    for attempt in range(1, retry.attempts + 1):
+        try:
+            return _attempt(git, branch, change, identity, before_push)
+        except _GitFailed as failed:
+            error = _failure(git.remote, failed)
+            if not isinstance(error, _Retryable):
+                raise error from None
+            last = error
+        except _Retryable as error:
+            last = error
+        if attempt < retry.attempts:
+            delay = retry.delay(attempt)
+            logger.warning("%s: attempt %d/%d: %s; retrying in %.1fs",
+                           git.remote.display, attempt, retry.attempts, last, delay)
+            sleep(delay)
+    raise GitOpsUnavailable(f"GitOps remote {git.remote.display}: gave up after {retry.attempts} attempts; "
+                      f"last error: {last}; {last.hint}")
+
+
+def _attempt(git: _Git, branch: str, change: FolderChange, identity: Identity,
+             before_push: Callable[[], None] | None) -> Published:
+    """One try: on the current remote head, replace the folder, commit, push.
+
+    A retry after a rejected push comes back here and starts from the new head: the folder
+    replacement is re-applied, never rebased (see the module docstring for why).
+    """
+    base = _sync(git, branch)
+    tree = _replace_folder(git, base, change)
+    if tree == (_tree_of(git, base) if base else EMPTY_TREE):
+        logger.info("%s already holds this content on %s at %s: nothing to commit", change.folder, branch, base)
+        return Published(sha=base, changed=False)
+    sha = _commit(git, tree, base, change.message, identity)
+    if before_push:
+        before_push()
+    _push(git, sha, branch)
+    logger.info("pushed %s to %s %s (%s)", sha[:12], git.remote.display, branch, change.folder)
+    return Published(sha=sha, changed=True)
+
+
+def _sync(git: _Git, branch: str) -> str:
+    """Bring the remote head of ``branch`` into the clone; its sha, or "" if the branch is new."""
+    head = _remote_head(git, branch)
+    if not (git.root / ".git").exists():
+        _start_clone(git, branch, head)
+    elif head:
+        logger.info("fetching %s %s", git.remote.display, branch)
+        git.run_with_progress("fetch", "--progress", "--depth", "1", "--no-tags", "origin",
+                              f"+refs/heads/{branch}:refs/remotes/origin/{branch}", action="fetch")
+    if not head:
+        return ""
+    return git.run("rev-parse", "--verify", f"refs/remotes/origin/{branch}^{{commit}}", action="read the head")
+
+
+def _remote_head(git: _Git, branch: str) -> str:
+    out = git.run("ls-remote", "--heads", git.remote.url, action="list branches", cwd=git.scratch)
+    heads = {ref: sha for sha, ref in (line.split("\t", 1) for line in out.splitlines() if "\t" in line)}
+    head = heads.get(f"refs/heads/{branch}", "")
+    if not head and heads:  # likely a misconfigured branch name: say which ones exist
+        others = ", ".join(sorted(h.removeprefix("refs/heads/") for h in heads))
+        logger.warning("branch %s does not exist on %s (it has %s): creating it", branch, git.remote.display, others)
+    elif not head:
+        logger.info("%s is empty: creating branch %s", git.remote.display, branch)
+    return head
+
+
+def _start_clone(git: _Git, branch: str, head: str) -> None:
+    parent = git.root.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if git.root.exists() and any(git.root.iterdir()):
+        raise GitOpsError(f"work directory {git.root} is not empty")
+    if head:
+        logger.info("cloning %s %s (shallow)", git.remote.display, branch)
+        git.run_with_progress("clone", "--progress", "--depth", "1", "--branch", branch, "--single-branch",
+                              "--no-tags", "--no-checkout", git.remote.url, str(git.root),
+                              action="clone", cwd=parent)
+    else:
+        git.root.mkdir(exist_ok=True)
+        git.run("init", "--quiet", action="create a clone")
+        git.run("remote", "add", "origin", git.remote.url, action="create a clone")
+
+
+def _replace_folder(git: _Git, base: str, change: FolderChange) -> str:
+    """The tree of ``base`` with ``change.folder`` holding exactly ``change.files``."""
+    if base:
+        _check_parents(git, base, change.folder)
+        git.run("read-tree", base, action="read the head")
+    else:
+        git.run("read-tree", "--empty", action="start a tree")
+    stale = git.run("ls-files", "-z", "--", change.folder, action="list the folder")
+    if stale:
+        git.run("update-index", "-z", "--force-remove", "--stdin", stdin=stale.encode() + b"\0",
+                action="clear the folder")
+    entries = b"".join(
+        f"100644 {_blob(git, content)}\t{change.folder}/{name}".encode() + b"\0"
+        for name, content in sorted(change.files.items())
+    )
+    if entries:
+        git.run("update-index", "-z", "--add", "--index-info", stdin=entries, action="fill the folder")
+    return git.run("write-tree", action="write the tree")
+
+
+def _check_parents(git: _Git, base: str, folder: str) -> None:
+    # A file or symlink where a parent folder should be would make git refuse (or, in a
+    # checkout, redirect) our write: say so plainly instead.
+    parts = folder.split("/")
+    parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
+    query = "".join(f"{base}:{p}\n" for p in parents).encode()
+    out = git.run("cat-file", "--batch-check=%(objecttype)", stdin=query, action="inspect the folder")
+    for parent, kind in zip(parents, (line.split()[-1] for line in out.splitlines())):
+        if kind not in ("tree", "missing"):
+            raise GitOpsError(f"{git.remote.display}: {parent} is a {kind}, not a folder; "
+                              f"mlferry needs it to be a folder to write {folder}")
+
+
+def _blob(git: _Git, content: str) -> str:
+    return git.run("hash-object", "-w", "--stdin", stdin=content.encode("utf-8"), action="store a file")
+
+
+def _tree_of(git: _Git, commit: str) -> str:
+    return git.run("rev-parse", f"{commit}^{{tree}}", action="read the head")
+
+
+def _commit(git: _Git, tree: str, base: str, message: str, identity: Identity) -> str:
+    who = {"GIT_AUTHOR_NAME": identity.name, "GIT_AUTHOR_EMAIL": identity.email,
+           "GIT_COMMITTER_NAME": identity.name, "GIT_COMMITTER_EMAIL": identity.email}
+    parents = ["-p", base] if base else []
+    return git.run("commit-tree", tree, *parents, "-F", "-", stdin=message.encode("utf-8"),
+                   extra_env=who, action="commit")
+
+
+def _push(git: _Git, sha: str, branch: str) -> None:
+    ref = f"refs/heads/{branch}"
+    try:
+        git.run("push", "--porcelain", "origin", f"{sha}:{ref}", action="push")
+    except _GitFailed as failed:
+        flag, summary = _push_status(failed.stdout, ref)
+        if flag != "!":  # no verdict on our ref: git failed before that (auth, network…)
+            raise
+        if summary.startswith("[rejected]") or any(s in summary for s in ("failed to update ref", "lock")):
+            raise _Retryable(f"branch {branch} moved while we pushed ({summary})", _BUSY_HINT) from None
+        raise GitOpsError(f"GitOps remote {git.remote.display} refused the push to {branch}: {summary}; "
+                          "check branch protection and that the credential may push to it") from None
+
+
+def _push_status(porcelain: str, ref: str) -> tuple[str, str]:
+    """(flag, summary) of our ref in ``git push --porcelain`` output: '!' means rejected."""
+    for line in porcelain.splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 3 and fields[1].endswith(f":{ref}"):
+            return fields[0], fields[2]
+    return "", ""
