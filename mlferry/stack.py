@@ -95,6 +95,7 @@ class Stack:
         self.logs.mkdir(exist_ok=True)
         creds = self._secrets()
         state = self._state()
+        self._forget_lost_artifacts(state, log)
         for name in ("s3", "mlflow"):
             part = state.parts.get(name)
             if part and _alive(part) and _answers(part):
@@ -108,6 +109,23 @@ class Stack:
                 _create_buckets(part.url, creds)
         self._init_gitops(log)
         return self.environment()
+
+    def _forget_lost_artifacts(self, state: State, log) -> None:
+        """moto keeps objects in memory: once it stopped, what the registry and the GitOps repo
+        point at is gone, so they start fresh too rather than reference missing artifacts."""
+        s3 = state.parts.get("s3")
+        if s3 and _alive(s3):
+            return
+        mlflow = state.parts.get("mlflow")
+        if mlflow and _alive(mlflow):
+            raise StackError(f"the S3 server of {self.dir} is not running but MLflow is; "
+                             "run `mlferry stack down` then `mlferry stack up`")
+        stale = [p for p in (self.dir / "mlflow.db", self.gitops_repo) if p.exists()]
+        if stale:
+            log("s3      starts empty (moto keeps objects in memory), so the registry and the GitOps "
+                "repo start fresh too")
+            for path in stale:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     def down(self, log=print) -> None:
         state = self._state()

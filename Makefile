@@ -1,0 +1,25 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both set up on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: venv demo test generate clean
+
+venv: $(VENV)/.installed
+
+# Reinstalled when the dependencies change; the package itself is editable.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: venv
+	$(BIN)/python -m mlferry.demo
+
+test: venv
+	$(BIN)/pytest
+
+clean:
+	-$(BIN)/mlferry stack down
+	rm -rf .mlferry

@@ -1,0 +1,265 @@
+"""Publish: copy a model version's artifacts to ``s3://<bucket>/models/<slug>/<version>/``.
+
+The contract (DESIGN.md) is that a prefix is complete once ``mlferry-manifest.json`` exists,
+and immutable from then on. So a run
+
+- finds the prefix complete and matching the source: nothing is downloaded or uploaded;
+- finds it complete but different: refuses, never overwrites;
+- finds no manifest (first run, or an earlier run that died): streams every file from the
+  source and hashes it, keeps objects that already hold exactly those bytes, uploads the rest,
+  verifies each upload, deletes strays, and writes the manifest last.
+
+The manifest holds no timestamps, so two runs racing on the same version (webhook and
+schedule) write identical bytes.
+
+No ``from __future__ import annotations`` here: Hera's runner inspects ``publish``'s
+annotations as classes, and postponed annotations would hand it strings.
+"""
+
+import hashlib
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from hera.workflows import Input, Output
+
+from steps.artifacts import ModelSource, SourceFile, check_artifact_path, open_source
+from steps.layout import MANIFEST_NAME, model_prefix
+from steps.outcome import as_argo_step
+from steps.settings import load_settings
+from steps.store import MB, TRANSFER, ObjectStore, StoredObject
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "mlferry.manifest/v1"
+FILES_AT_ONCE = 4
+HASH_CHUNK = 1 * MB
+
+
+class PublishInput(Input):
+    model: str
+    version: str
+    slug: str
+    source_uri: str  # MLflow's download URI of the version, e.g. mlflow-artifacts:/1/models/m-…/artifacts
+
+
+class Publication(Output):
+    uri: str  # s3://<bucket>/models/<slug>/<version>/
+    files: int
+    uploaded: int
+    skipped: int
+    bytes_uploaded: int
+    manifest_sha256: str
+
+
+class PublishError(RuntimeError):
+    """The copy cannot be made or trusted; the message says what and what to do."""
+
+
+@dataclass(frozen=True)
+class PublishedManifest:
+    """What a complete prefix's manifest says was published."""
+    source_uri: str
+    sizes: dict[str, int]  # path → size
+
+
+@dataclass(frozen=True)
+class Copied:
+    path: str
+    size: int
+    sha256: str
+    uploaded: bool
+
+
+@as_argo_step
+def publish(inputs: PublishInput) -> Publication:
+    settings = load_settings()
+    store = ObjectStore.from_env(settings.bucket, connections=FILES_AT_ONCE * TRANSFER.max_concurrency + 4)
+    return publish_version(open_source(inputs.source_uri), store, inputs.model, inputs.version, inputs.slug)
+
+
+def publish_version(source: ModelSource, store: ObjectStore, model: str, version: str, slug: str,
+                    files_at_once: int = FILES_AT_ONCE) -> Publication:
+    prefix = model_prefix(slug, version)  # refuses a slug or version that could escape its folder
+    uri = f"s3://{store.bucket}/{prefix}"
+    listing = checked_listing(source)  # every path checked before anything is written
+    store.check_bucket()
+    stored = store.sizes(prefix)
+    if MANIFEST_NAME in stored:
+        return already_published(store, prefix, uri, source.uri, listing, stored)
+
+    started = time.monotonic()
+    copied = copy_files(source, store, prefix, listing, stored, files_at_once)
+    strays = sorted(set(stored) - {f.path for f in listing})
+    if strays:
+        log.info("removing %d stray object(s) under %s: %s", len(strays), uri, _some(strays))
+        store.delete(prefix + path for path in strays)
+    manifest = manifest_bytes(model, version, source.uri, copied)
+    manifest_sha256 = hashlib.sha256(manifest).hexdigest()
+    store.put_bytes(prefix + MANIFEST_NAME, manifest, manifest_sha256, "application/json")
+
+    sent = sum(c.size for c in copied if c.uploaded)
+    publication = Publication(uri=uri, files=len(copied), uploaded=sum(c.uploaded for c in copied),
+                              skipped=sum(not c.uploaded for c in copied), bytes_uploaded=sent,
+                              manifest_sha256=manifest_sha256)
+    seconds = time.monotonic() - started
+    log.info("published %s: %d files, %d uploaded (%s), %d already there, in %.1f s (%.1f MB/s)",
+             uri, publication.files, publication.uploaded, _size(sent), publication.skipped,
+             seconds, _rate(sent, seconds))
+    return publication
+
+
+def checked_listing(source: ModelSource) -> list[SourceFile]:
+    """The source's files, all checked before the first byte is written anywhere."""
+    listing = source.files()
+    for file in listing:
+        check_artifact_path(file.path)  # the sources check too; this holds for any source
+    if not listing:
+        raise PublishError(f"{source.uri} holds no files; check that the model version was logged completely")
+    if any(f.path == MANIFEST_NAME for f in listing):
+        raise PublishError(f"{source.uri} contains a file named {MANIFEST_NAME}, which mlferry reserves "
+                           "for its own manifest; rename it in the model")
+    return listing
+
+
+# -- a prefix that is already complete --------------------------------------------------------
+
+def already_published(store: ObjectStore, prefix: str, uri: str, source_uri: str,
+                      listing: list[SourceFile], stored: dict[str, int]) -> Publication:
+    raw = store.get_bytes(prefix + MANIFEST_NAME)
+    manifest = parse_manifest(raw, uri)
+    differences = source_differences(manifest, source_uri, listing)
+    if differences:
+        raise PublishError(
+            f"{uri} is already published from a different source ({'; '.join(differences)}); a published "
+            "version is immutable: register a new model version, or delete the prefix by hand if it is wrong")
+    damage = stored_damage(manifest, stored)
+    if damage:
+        raise PublishError(
+            f"{uri} is marked complete but its objects no longer match its manifest ({'; '.join(damage)}); "
+            "it was changed after publishing: delete the whole prefix and publish again")
+    log.info("%s is already published and matches %s; nothing to copy", uri, source_uri)
+    return Publication(uri=uri, files=len(listing), uploaded=0, skipped=len(listing), bytes_uploaded=0,
+                       manifest_sha256=hashlib.sha256(raw).hexdigest())
+
+
+def parse_manifest(raw: bytes, uri: str) -> PublishedManifest:
+    try:
+        manifest = json.loads(raw)
+        if manifest["format"] != MANIFEST_FORMAT:
+            raise ValueError(f"unknown format {manifest['format']!r}")
+        return PublishedManifest(str(manifest["source_uri"]),
+                                 {f["path"]: int(f["size"]) for f in manifest["files"]})
+    except (ValueError, KeyError, TypeError) as err:
+        raise PublishError(f"{uri}{MANIFEST_NAME} is unreadable ({err}); the prefix is damaged: "
+                           "delete it and publish again") from None
+
+
+def source_differences(manifest: PublishedManifest, source_uri: str, listing: list[SourceFile]) -> list[str]:
+    """Why the manifest does not describe this source: [] when it does (paths and sizes)."""
+    found = []
+    if manifest.source_uri != source_uri:
+        found.append(f"manifest source {manifest.source_uri!r}, this run {source_uri!r}")
+    published = manifest.sizes
+    current = {f.path: f.size for f in listing}
+    added = sorted(set(current) - set(published))
+    removed = sorted(set(published) - set(current))
+    resized = sorted(p for p in set(current) & set(published) if current[p] != published[p])
+    for what, paths in (("new files", added), ("files gone", removed), ("sizes changed", resized)):
+        if paths:
+            found.append(f"{what}: {_some(paths)}")
+    return found
+
+
+def stored_damage(manifest: PublishedManifest, stored: Mapping[str, int]) -> list[str]:
+    """How the objects under a complete prefix differ from its manifest, by size only."""
+    published = manifest.sizes
+    missing = sorted(p for p in published if p not in stored)
+    resized = sorted(p for p in published if p in stored and stored[p] != published[p])
+    extra = sorted(p for p in stored if p not in published and p != MANIFEST_NAME)
+    return [f"{what}: {_some(paths)}" for what, paths in
+            (("missing", missing), ("wrong size", resized), ("not in the manifest", extra)) if paths]
+
+
+# -- copying ----------------------------------------------------------------------------------
+
+def copy_files(source: ModelSource, store: ObjectStore, prefix: str, listing: list[SourceFile],
+               stored: Mapping[str, int], files_at_once: int) -> list[Copied]:
+    # Largest first, so the long uploads start early and the small ones fill the gaps.
+    order = sorted(listing, key=lambda f: f.size, reverse=True)
+    with ThreadPoolExecutor(max_workers=files_at_once, thread_name_prefix="publish") as pool:
+        futures = [pool.submit(copy_file, source, store, prefix, f, stored.get(f.path)) for f in order]
+        try:
+            copied = [future.result() for future in futures]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # stop queued files, let running ones end
+            raise
+    return sorted(copied, key=lambda c: c.path)
+
+
+def copy_file(source: ModelSource, store: ObjectStore, prefix: str, file: SourceFile,
+              stored_size: int | None) -> Copied:
+    key = prefix + file.path
+    with source.fetch(file.path) as local:
+        sha256, size = file_sha256(local)
+        if size != file.size:
+            raise PublishError(f"{file.path}: the source listed {file.size} bytes but {size} were read; "
+                               "the model changed while publishing, run again")
+        if stored_size == size and holds(store.head(key), size, sha256):
+            log.info("kept %s (%s): already uploaded with the same sha256", file.path, _size(size))
+            return Copied(file.path, size, sha256, uploaded=False)
+        started = time.monotonic()
+        store.upload_file(local, key, sha256)
+        seconds = time.monotonic() - started
+    check_upload(store.head(key), key, size, sha256)
+    log.info("uploaded %s (%s, %.1f MB/s)", file.path, _size(size), _rate(size, seconds))
+    return Copied(file.path, size, sha256, uploaded=True)
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """(sha256, size) of a file, read in chunks so memory does not grow with the file."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def holds(stored: StoredObject | None, size: int, sha256: str) -> bool:
+    """An earlier upload of exactly these bytes. The sha256 metadata is what mlferry recorded on
+    an upload it then verified, so size + sha256 stand for the bytes without downloading them."""
+    return stored is not None and stored.size == size and stored.sha256 == sha256
+
+
+def check_upload(stored: StoredObject | None, key: str, size: int, sha256: str) -> None:
+    if not holds(stored, size, sha256):
+        found = "nothing" if stored is None else f"{stored.size} bytes, sha256 {stored.sha256 or 'absent'}"
+        raise PublishError(f"upload of {key} did not verify (expected {size} bytes, sha256 {sha256}; "
+                           f"found {found}); check the object store and run again")
+
+
+def manifest_bytes(model: str, version: str, source_uri: str, copied: list[Copied]) -> bytes:
+    files = sorted(({"path": c.path, "size": c.size, "sha256": c.sha256} for c in copied),
+                   key=lambda f: f["path"])
+    manifest = {"format": MANIFEST_FORMAT, "model": model, "version": version, "source_uri": source_uri,
+                "files": files, "total_bytes": sum(f["size"] for f in files)}
+    return (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _some(paths: list[str], shown: int = 3) -> str:
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more
+
+
+def _size(n: int) -> str:
+    return f"{n / MB:.1f} MB" if n >= MB else f"{n} B"
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / MB / max(seconds, 1e-6)
+

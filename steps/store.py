@@ -1,0 +1,166 @@
+"""The object store: the team's S3-compatible bucket (MinIO on a cluster, moto locally).
+
+One boto3 client, configured the way MinIO needs it (explicit endpoint from
+``MLFLOW_S3_ENDPOINT_URL``, path-style addressing), credentials from the usual ``AWS_*``
+variables, which boto3 reads itself so that they never pass through mlferry's code or logs.
+Every failure becomes a StoreError whose one line says what failed and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
+from steps.outcome import TransientError, is_transient
+
+MB = 1024 * 1024
+# Bounded memory per file: s3transfer reads parts lazily from the file, at most
+# max_concurrency parts of multipart_chunksize in flight at once.
+TRANSFER = TransferConfig(
+    multipart_threshold=16 * MB,
+    multipart_chunksize=16 * MB,
+    max_concurrency=4,
+    use_threads=True,
+)
+SHA256_KEY = "sha256"  # object metadata (x-amz-meta-sha256) that records what was uploaded
+
+
+class StoreError(RuntimeError):
+    """The object store refused or could not be reached; the message says what to do."""
+
+
+class TransientStoreError(StoreError, TransientError):
+    """Unreachable, overloaded or 5xx: worth retrying (Argo retries the task on its exit code)."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    size: int
+    sha256: str  # "" when the object carries no sha256 metadata (not written by mlferry)
+
+
+def public_endpoint(endpoint: str) -> str:
+    """The endpoint without any user:password part, for messages and logs."""
+    if not endpoint:
+        return "AWS S3"
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def s3_client(environ: Mapping[str, str], connections: int = 20):
+    """A boto3 S3 client for the endpoint in MLFLOW_S3_ENDPOINT_URL (AWS itself when unset)."""
+    config = Config(
+        s3={"addressing_style": "path"},  # MinIO and most on-prem stores have no bucket DNS names
+        retries={"mode": "standard", "max_attempts": 5},
+        max_pool_connections=connections,  # threads × parts in flight, or urllib3 drops sockets
+        connect_timeout=10,
+        read_timeout=120,
+    )
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return boto3.client("s3", endpoint_url=environ.get("MLFLOW_S3_ENDPOINT_URL") or None,
+                        region_name=region, config=config)
+
+
+class ObjectStore:
+    """One bucket, addressed by keys; the operations the publish step needs, nothing more."""
+
+    def __init__(self, client, bucket: str, endpoint: str = ""):
+        self.client = client
+        self.bucket = bucket
+        self.where = public_endpoint(endpoint)
+
+    @classmethod
+    def from_env(cls, bucket: str, environ: Mapping[str, str] | None = None,
+                 connections: int = 20) -> "ObjectStore":
+        environ = os.environ if environ is None else environ
+        return cls(s3_client(environ, connections), bucket, environ.get("MLFLOW_S3_ENDPOINT_URL", ""))
+
+    def check_bucket(self) -> None:
+        with self._explained("reach bucket"):
+            self.client.head_bucket(Bucket=self.bucket)
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Every object under prefix: key relative to prefix → size (ListObjectsV2, all pages)."""
+        found: dict[str, int] = {}
+        with self._explained(f"list {prefix}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    found[obj["Key"][len(prefix):]] = int(obj["Size"])
+        return found
+
+    def head(self, key: str) -> StoredObject | None:
+        with self._explained(f"read the metadata of {key}"):
+            try:
+                meta = self.client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as err:
+                if _error_code(err) in ("404", "NoSuchKey", "NotFound"):
+                    return None  # asking whether it exists is the point of a HEAD
+                raise
+        return StoredObject(int(meta["ContentLength"]), meta.get("Metadata", {}).get(SHA256_KEY, ""))
+
+    def upload_file(self, path: Path, key: str, sha256: str) -> None:
+        """Upload from a file on disk, multipart when large, recording sha256 as metadata."""
+        with self._explained(f"upload {key}"):
+            self.client.upload_file(str(path), self.bucket, key, Config=TRANSFER,
+                                    ExtraArgs={"Metadata": {SHA256_KEY: sha256}})
+
+    def get_bytes(self, key: str) -> bytes:
+        """A small object (the manifest) read whole."""
+        with self._explained(f"read {key}"):
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def put_bytes(self, key: str, data: bytes, sha256: str, content_type: str) -> None:
+        with self._explained(f"write {key}"):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
+                                   Metadata={SHA256_KEY: sha256})
+
+    def delete(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            batch = [{"Key": k} for k in keys[start:start + 1000]]
+            with self._explained(f"delete {len(batch)} objects"):
+                result = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            if result.get("Errors"):
+                first = result["Errors"][0]
+                raise StoreError(f"could not delete s3://{self.bucket}/{first['Key']} on {self.where}: "
+                                 f"{first.get('Message', first.get('Code'))}; check the credentials' delete permission")
+
+    @contextmanager
+    def _explained(self, action: str) -> Iterator[None]:
+        """Turns boto3's exceptions into one StoreError line: what failed and what to do."""
+        try:
+            yield
+        except (ClientError, BotoCoreError) as err:
+            kind = TransientStoreError if is_transient(err) else StoreError
+            raise kind(explain(err, _error_code(err), action, self.bucket, self.where)) from None
+
+
+def _error_code(err: Exception) -> str:
+    if isinstance(err, ClientError):
+        return str(err.response.get("Error", {}).get("Code", ""))
+    return type(err).__name__
+
+
+def explain(err: Exception, code: str, action: str, bucket: str, where: str) -> str:
+    if code in ("NoSuchBucket",) or (code in ("404", "NotFound") and action == "reach bucket"):
+        return f"bucket {bucket!r} does not exist on {where}; create it or set MLFERRY_BUCKET"
+    if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"):
+        return (f"access to bucket {bucket!r} on {where} was denied ({code}) while trying to {action}; "
+                "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy")
+    if isinstance(err, NoCredentialsError):
+        return f"no S3 credentials to {action} on {where}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    if isinstance(err, EndpointConnectionError):
+        return f"cannot connect to the object store at {where} to {action}; check MLFLOW_S3_ENDPOINT_URL"
+    detail = str(err).splitlines()[0] if str(err) else code
+    return f"object store {where} failed to {action} in bucket {bucket!r}: {detail}; retry, or check the store"

@@ -1,0 +1,375 @@
+"""The publish step against the real stack: MLflow (artifacts proxied to S3) and an S3 server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlferry.stack import ARTIFACTS_BUCKET
+from steps import artifacts, store as store_module
+from steps.artifacts import RepositorySource, SourceError, SourceFile, check_artifact_path, listed_path, open_source
+from steps.layout import MANIFEST_NAME, model_prefix
+from steps.naming import slugify
+from steps.publish import MANIFEST_FORMAT, Publication, PublishError, PublishInput, publish, publish_version
+from steps.store import ObjectStore, StoreError, public_endpoint
+
+BUCKET = "mlferry"
+REPO = Path(__file__).resolve().parents[1]
+WRITES = {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "DeleteObjects",
+          "CopyObject"}
+
+
+@pytest.fixture
+def s3_calls(stack, monkeypatch) -> list[tuple[str, str | None]]:
+    """(operation, key) of every S3 call the step's own client makes, in order."""
+    calls: list[tuple[str, str | None]] = []
+    real = store_module.s3_client
+
+    def recording(environ, connections=20):
+        client = real(environ, connections)
+        client.meta.events.register(
+            "provide-client-params.s3", lambda model, params, **_: calls.append((model.name, params.get("Key"))))
+        return client
+
+    monkeypatch.setattr(store_module, "s3_client", recording)
+    return calls
+
+
+def download_uri(name: str, version: str) -> str:
+    from mlflow import MlflowClient
+
+    return MlflowClient().get_model_version_download_uri(name, version)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def mlflow_hashes(uri: str, tmp_path: Path) -> dict[str, str]:
+    """path → sha256 of the version's files as MLflow itself downloads them."""
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "mlflow")))
+    return {p.relative_to(local).as_posix(): sha256(p.read_bytes()) for p in local.rglob("*") if p.is_file()}
+
+
+def s3_hashes(s3, prefix: str) -> dict[str, str]:
+    """path → sha256 of each object under prefix (the manifest left out), fetched from S3."""
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+            for o in page.get("Contents", [])]
+    return {k[len(prefix):]: sha256(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read())
+            for k in keys if k != prefix + MANIFEST_NAME}
+
+
+def manifest(s3, prefix: str) -> bytes:
+    return s3.get_object(Bucket=BUCKET, Key=prefix + MANIFEST_NAME)["Body"].read()
+
+
+def inputs_for(name: str, version: str, uri: str | None = None) -> PublishInput:
+    return PublishInput(model=name, version=version, slug=slugify(name), source_uri=uri or download_uri(name, version))
+
+
+def local_model(folder: Path, files: dict[str, bytes]) -> str:
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    return folder.as_uri()
+
+
+# -- through MLflow -----------------------------------------------------------------------------
+
+def test_publishes_a_registered_model_byte_for_byte_with_the_manifest_last(registered_model, s3, s3_calls, tmp_path):
+    name, version = registered_model(extra_files={"a/b/c.txt": b"nested three deep", "sub/x.bin": os.urandom(300_000)})
+    inputs = inputs_for(name, version)
+
+    result = publish(inputs)
+
+    prefix = model_prefix(inputs.slug, version)
+    source = mlflow_hashes(inputs.source_uri, tmp_path)
+    assert s3_hashes(s3, prefix) == source
+    assert {"a/b/c.txt", "sub/x.bin", "MLmodel"} <= set(source)
+    assert result == Publication(uri=f"s3://{BUCKET}/{prefix}", files=len(source), uploaded=len(source), skipped=0,
+                                 bytes_uploaded=result.bytes_uploaded, manifest_sha256=result.manifest_sha256)
+    raw = manifest(s3, prefix)
+    written = json.loads(raw)
+    assert written["format"] == MANIFEST_FORMAT
+    assert (written["model"], written["version"], written["source_uri"]) == (name, version, inputs.source_uri)
+    assert [f["path"] for f in written["files"]] == sorted(source)
+    assert {f["path"]: f["sha256"] for f in written["files"]} == source
+    assert written["total_bytes"] == sum(f["size"] for f in written["files"]) == result.bytes_uploaded
+    assert result.manifest_sha256 == sha256(raw)
+    writes = [(op, key) for op, key in s3_calls if op in WRITES]
+    assert writes[-1] == ("PutObject", prefix + MANIFEST_NAME)
+    assert [key for _, key in writes].count(prefix + MANIFEST_NAME) == 1
+
+
+def test_second_publish_uploads_nothing_and_never_downloads_the_source(registered_model, s3_calls, monkeypatch):
+    name, version = registered_model(extra_files={"a/b/c.txt": b"x"})
+    inputs = inputs_for(name, version)
+    first = publish(inputs)
+    s3_calls.clear()
+
+    def no_download(self, path):
+        raise AssertionError(f"the source was downloaded: {path}")
+
+    monkeypatch.setattr(RepositorySource, "fetch", no_download)
+    again = publish(inputs)
+
+    assert (again.uploaded, again.skipped, again.bytes_uploaded) == (0, first.files, 0)
+    assert again.manifest_sha256 == first.manifest_sha256
+    prefix = model_prefix(inputs.slug, version)
+    # One listing of the prefix and one read of the manifest: no per-file request at all.
+    assert [op for op, _ in s3_calls] == ["HeadBucket", "ListObjectsV2", "GetObject"]
+    assert s3_calls[-1] == ("GetObject", prefix + MANIFEST_NAME)
+
+
+def test_a_partial_copy_is_completed_and_corrected(registered_model, s3, tmp_path):
+    name, version = registered_model(extra_files={"sub/x.bin": os.urandom(50_000), "sub/y.bin": os.urandom(70_000)})
+    inputs = inputs_for(name, version)
+    first = publish(inputs)
+    prefix = model_prefix(inputs.slug, version)
+    original_manifest = manifest(s3, prefix)
+    # What a crashed or tampered earlier run could leave: no manifest, one object gone, one
+    # with other bytes of the same size (and honest metadata for them), one stray object.
+    s3.delete_object(Bucket=BUCKET, Key=prefix + MANIFEST_NAME)
+    s3.delete_object(Bucket=BUCKET, Key=prefix + "sub/x.bin")
+    other = os.urandom(70_000)
+    s3.put_object(Bucket=BUCKET, Key=prefix + "sub/y.bin", Body=other, Metadata={"sha256": sha256(other)})
+    s3.put_object(Bucket=BUCKET, Key=prefix + "stray/left-over.tmp", Body=b"junk")
+
+    again = publish(inputs)
+
+    assert (again.uploaded, again.skipped) == (2, first.files - 2)
+    assert again.bytes_uploaded == 120_000
+    assert s3_hashes(s3, prefix) == mlflow_hashes(inputs.source_uri, tmp_path)
+    assert manifest(s3, prefix) == original_manifest  # deterministic: same copy, same manifest
+    assert again.manifest_sha256 == first.manifest_sha256
+
+
+def test_publishes_from_s3_uri_the_same_files_as_through_the_server(registered_model, s3):
+    name, version = registered_model(extra_files={"a/b/c.txt": b"nested"})
+    proxied = download_uri(name, version)
+    direct = proxied.replace("mlflow-artifacts:/", f"s3://{ARTIFACTS_BUCKET}/", 1)
+    assert direct != proxied
+    via_server = publish(inputs_for(name, version, proxied))
+    via_s3 = publish(PublishInput(model=name, version=version, slug=slugify(name + "-direct"), source_uri=direct))
+
+    files = [json.loads(manifest(s3, model_prefix(slug, version)))["files"]
+             for slug in (slugify(name), slugify(name + "-direct"))]
+    assert files[0] == files[1]
+    assert via_server.files == via_s3.files
+
+
+# -- immutability ----------------------------------------------------------------------------------
+
+def test_a_complete_prefix_from_another_source_is_refused(stack, s3, s3_calls, tmp_path, unique_name):
+    slug = slugify(unique_name)
+    first = local_model(tmp_path / "one", {"model.bin": b"one"})
+    second = local_model(tmp_path / "two", {"model.bin": b"two"})
+    publish(PublishInput(model="fixed", version="1", slug=slug, source_uri=first))
+    s3_calls.clear()
+
+    with pytest.raises(PublishError, match=r"already published from a different source.*immutable"):
+        publish(PublishInput(model="fixed", version="1", slug=slug, source_uri=second))
+    assert not [c for c in s3_calls if c[0] in WRITES]
+    assert s3.get_object(Bucket=BUCKET, Key=f"models/{slug}/1/model.bin")["Body"].read() == b"one"
+
+
+def test_a_source_that_changed_since_publishing_is_refused(stack, tmp_path, unique_name):
+    slug = slugify(unique_name)
+    uri = local_model(tmp_path / "m", {"model.bin": b"v1", "extra/notes.txt": b"n"})
+    publish(PublishInput(model="grows", version="3", slug=slug, source_uri=uri))
+    (tmp_path / "m" / "model.bin").write_bytes(b"v1 plus more")
+    (tmp_path / "m" / "new.txt").write_bytes(b"new")
+
+    with pytest.raises(PublishError, match=r"new files: new\.txt; sizes changed: model\.bin.*immutable"):
+        publish(PublishInput(model="grows", version="3", slug=slug, source_uri=uri))
+
+
+def test_a_complete_prefix_damaged_after_publishing_is_refused_not_repaired(stack, s3, tmp_path, unique_name):
+    slug = slugify(unique_name)
+    uri = local_model(tmp_path / "m", {"a.bin": b"a", "b.bin": b"b"})
+    publish(PublishInput(model="damaged", version="1", slug=slug, source_uri=uri))
+    s3.delete_object(Bucket=BUCKET, Key=f"models/{slug}/1/a.bin")
+
+    with pytest.raises(PublishError, match=r"no longer match its manifest \(missing: a\.bin\)"):
+        publish(PublishInput(model="damaged", version="1", slug=slug, source_uri=uri))
+
+
+# -- what is refused before anything is written ---------------------------------------------------
+
+def test_a_symlink_in_a_local_model_is_refused_and_nothing_uploaded(stack, s3, s3_calls, tmp_path, unique_name):
+    slug = slugify(unique_name)
+    uri = local_model(tmp_path / "m", {"aaa.bin": b"first", "sub/zzz.bin": b"last"})
+    (tmp_path / "secret").write_text("not part of the model")
+    (tmp_path / "m" / "sub" / "link").symlink_to(tmp_path / "secret")
+
+    with pytest.raises(SourceError, match=r"'sub/link'.*symlink"):
+        publish(PublishInput(model="linked", version="1", slug=slug, source_uri=uri))
+    assert s3_calls == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"models/{slug}/")
+
+
+def test_a_bad_path_anywhere_in_the_listing_stops_the_copy_before_the_first_upload(stack, s3_calls, tmp_path):
+    class Listed:
+        uri = "mlflow-artifacts:/0/models/m-x/artifacts"
+
+        def files(self):
+            return [SourceFile("MLmodel", 10), SourceFile("weights/w.bin", 10), SourceFile("x/../../etc", 1)]
+
+        def fetch(self, path):
+            raise AssertionError("nothing may be fetched")
+
+    store = ObjectStore.from_env(BUCKET)
+    with pytest.raises(SourceError, match=r"'x/\.\./\.\./etc' contains '\.' or '\.\.'"):
+        publish_version(Listed(), store, "m", "1", "bad-path-test")
+    assert s3_calls == []
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../up", "a/../../b", "a\\b", "a//b", "a/", "./a", "", "a/\nb"])
+def test_paths_that_leave_the_model_folder_are_refused(path):
+    with pytest.raises(SourceError, match="artifact path"):
+        check_artifact_path(path)
+
+
+@pytest.mark.parametrize("listed, folder, expected", [
+    ("MLmodel", "", "MLmodel"),
+    ("artifacts/MLmodel", "", "MLmodel"),  # prefixed with the URI's last segment
+    ("sub/x.bin", "sub", "sub/x.bin"),
+    ("artifacts/sub/x.bin", "sub", "sub/x.bin"),
+    ("artifacts", "", "artifacts"),  # a real folder named like the URI's last segment
+])
+def test_listed_paths_are_made_relative_to_the_model_folder(listed, folder, expected):
+    assert listed_path(listed, folder, "mlflow-artifacts:/1/models/m-1/artifacts") == expected
+
+
+def test_a_listed_path_outside_the_listed_folder_is_refused():
+    with pytest.raises(SourceError, match="leaves the listed folder"):
+        listed_path("other/x.bin", "sub", "s3://b/1/models/m-1/artifacts")
+
+
+def test_an_unknown_source_scheme_is_refused():
+    with pytest.raises(SourceError, match=r"unknown model source scheme 'gs'.*mlflow-artifacts:"):
+        open_source("gs://bucket/models/m/artifacts")
+
+
+def test_endpoints_in_messages_carry_no_credentials():
+    assert public_endpoint("https://key:secret@minio.ml.svc:9000/") == "https://minio.ml.svc:9000/"
+
+
+def test_an_unreachable_store_is_a_transient_failure(tmp_path):
+    import boto3
+    from botocore.config import Config
+
+    from steps.outcome import is_transient
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="k",
+                          aws_secret_access_key="s", config=Config(retries={"total_max_attempts": 1}))
+    source = open_source(local_model(tmp_path / "m", {"model.bin": b"x"}))
+    with pytest.raises(StoreError, match=r"cannot connect to the object store at .*check MLFLOW_S3_ENDPOINT_URL") as err:
+        publish_version(source, ObjectStore(client, BUCKET, endpoint), "m", "1", "unreachable")
+    assert is_transient(err.value)  # Argo retries it
+
+
+def test_a_missing_bucket_says_what_to_do(stack, tmp_path):
+    source = artifacts.open_source(local_model(tmp_path / "m", {"model.bin": b"x"}))
+    store = ObjectStore.from_env("no-such-bucket")
+    with pytest.raises(StoreError, match=r"bucket 'no-such-bucket' does not exist on http://127\.0\.0\.1:\d+; "
+                                         r"create it or set MLFERRY_BUCKET"):
+        publish_version(source, store, "m", "1", "missing-bucket-test")
+
+
+# -- large models ----------------------------------------------------------------------------------
+
+BIG = 200 * 1024 * 1024
+RSS_LIMIT_MB = 300
+
+# Peak memory is read from the child's VmHWM (peak RSS of its own process image). Its
+# ru_maxrss is not usable here: Linux carries the parent's peak into a child across
+# vfork+exec, so a child of pytest reports at least pytest's own peak even if it does nothing.
+RUN_PUBLISH = """
+import json, logging, resource, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
+from steps.publish import PublishInput, publish
+uri, model, version, slug = sys.argv[1:]
+result = publish(PublishInput(model=model, version=version, slug=slug, source_uri=uri))
+hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"publication": result.model_dump(), "peak_rss_kb": hwm_kb,
+                  "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory) -> tuple[Path, str]:
+    """A 200 MB file of random bytes, written in chunks, and its sha256."""
+    path = tmp_path_factory.mktemp("big") / "big.bin"
+    digest = hashlib.sha256()
+    with open(path, "wb") as out:
+        for _ in range(BIG // (8 * 1024 * 1024)):
+            chunk = os.urandom(8 * 1024 * 1024)
+            digest.update(chunk)
+            out.write(chunk)
+    return path, digest.hexdigest()
+
+
+def publish_in_subprocess(uri: str, model: str, version: str, slug: str) -> tuple[Publication, float]:
+    """Publish in a fresh process, so that pytest's memory does not count; (result, peak RSS in MB)."""
+    run = subprocess.run([sys.executable, "-c", RUN_PUBLISH, uri, model, version, slug], cwd=REPO,
+                         env=os.environ, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    rss_mb = report["peak_rss_kb"] / 1024
+    progress = [line for line in run.stderr.splitlines() if "big.bin" in line or "published" in line]
+    print(f"\n{uri.split(':')[0]}: peak RSS {rss_mb:.0f} MB (ru_maxrss, inherited from pytest: "
+          f"{report['ru_maxrss_kb'] / 1024:.0f} MB); " + " | ".join(progress))
+    return Publication.model_validate(report["publication"]), rss_mb
+
+
+def assert_stored_big_file(s3, key: str, sha: str) -> None:
+    head = s3.head_object(Bucket=BUCKET, Key=key)
+    assert head["ContentLength"] == BIG and head["Metadata"]["sha256"] == sha
+    stored = hashlib.sha256()
+    for chunk in s3.get_object(Bucket=BUCKET, Key=key)["Body"].iter_chunks(1 << 20):
+        stored.update(chunk)
+    assert stored.hexdigest() == sha
+
+
+def test_a_200_mb_local_model_publishes_in_bounded_memory(stack, s3, tmp_path, big_file, unique_name):
+    path, sha = big_file
+    folder = tmp_path / "model"
+    (folder / "weights").mkdir(parents=True)
+    os.link(path, folder / "weights" / "big.bin")  # a hard link is a regular file, not a symlink
+    (folder / "MLmodel").write_text("flavors: {}\n")
+    slug = slugify(unique_name)
+
+    result, rss_mb = publish_in_subprocess(folder.as_uri(), "big", "1", slug)
+
+    assert rss_mb < RSS_LIMIT_MB
+    assert result.bytes_uploaded == BIG + len("flavors: {}\n")
+    assert_stored_big_file(s3, f"models/{slug}/1/weights/big.bin", sha)
+
+
+def test_a_200_mb_artifact_through_the_mlflow_server_publishes_in_bounded_memory(registered_model, s3, big_file):
+    """Guards against MLflow's ranged download, which holds 100 MB ranges in memory."""
+    from mlflow.artifacts import get_artifact_repository  # type: ignore[attr-defined]
+
+    path, sha = big_file
+    name, version = registered_model()
+    uri = download_uri(name, version)
+    get_artifact_repository(uri).log_artifact(str(path), "weights")
+
+    result, rss_mb = publish_in_subprocess(uri, name, version, slugify(name))
+
+    assert rss_mb < RSS_LIMIT_MB
+    assert result.bytes_uploaded > BIG
+    assert_stored_big_file(s3, f"models/{slugify(name)}/{version}/weights/big.bin", sha)
