@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from mlferry.stack import DEFAULT_DIR, Stack, StackError
@@ -45,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _stack_commands(commands)
     _promote_command(commands)
+    _submit_command(commands)
+    _runs_commands(commands)
+    _generate_command(commands)
     return parser
 
 
@@ -110,7 +114,13 @@ def use_local_stack_if_unset(stack_dir: str) -> None:
             os.environ.setdefault(name, value)
 
 
-# -- mlferry promote --------------------------------------------------------------------------
+# -- mlferry promote / submit / runs / generate ----------------------------------------------
+
+def _local_options(sub) -> None:
+    sub.add_argument("--config", help="mlferry.yaml (default: $MLFERRY_CONFIG or ./mlferry.yaml)")
+    sub.add_argument("--stack-dir", default=DEFAULT_DIR,
+                     help="local stack used when MLFLOW_TRACKING_URI is unset; runs are kept in STACK_DIR/runs")
+
 
 def _promote_command(commands) -> None:
     sub = commands.add_parser("promote", help="promote one model version to one environment")
@@ -121,8 +131,7 @@ def _promote_command(commands) -> None:
     which.add_argument("--stage", help="legacy stage, e.g. Production")
     sub.add_argument("--env", required=True, help="target environment, e.g. production")
     sub.add_argument("--trigger", default="manual", help="why (recorded in the commit)")
-    sub.add_argument("--config", help="mlferry.yaml (default: $MLFERRY_CONFIG or ./mlferry.yaml)")
-    sub.add_argument("--stack-dir", default=DEFAULT_DIR, help="local stack used when MLFLOW_TRACKING_URI is unset")
+    _local_options(sub)
     sub.set_defaults(func=_promote)
 
 
@@ -130,19 +139,127 @@ def _promote(args) -> None:
     from mlferry.promotion import PromotionRequest, promote
 
     use_local_stack_if_unset(args.stack_dir)
-    if args.config:
-        os.environ["MLFERRY_CONFIG"] = args.config
     result = promote(PromotionRequest(model=args.model, version=args.version or "", alias=args.alias or "",
                                       stage=args.stage or "", env=args.env, trigger=args.trigger),
-                     progress=_print_progress)
+                     runs_root=Path(args.stack_dir) / "runs", config=args.config, on_event=print_event)
     print(result.summary())
 
 
-def _print_progress(line: str) -> None:
+def print_event(event) -> None:
+    """One line per task state change, like `argo watch`."""
+    if event.phase in ("Running", "Pending") and event.duration is None:
+        line = f"  {event.name:<28} {event.phase}"
+    else:
+        took = f"{event.duration:6.1f}s" if event.duration is not None else ""
+        line = f"  {event.name:<28} {event.phase:<10} {took}"
+    if event.message and event.phase not in ("Succeeded", "Omitted"):
+        line += f"  {event.message.splitlines()[-1][:160]}"
     print(line, flush=True)
 
 
-Progress = Callable[[str], None]
+def _submit_command(commands) -> None:
+    sub = commands.add_parser("submit", help="run a workflow locally, with the words of `argo submit`")
+    sub.add_argument("file", nargs="?", help="a Workflow YAML file")
+    sub.add_argument("--from", dest="source", help="workflowtemplate/NAME")
+    sub.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE")
+    _local_options(sub)
+    sub.set_defaults(func=_submit)
+
+
+def _submit(args) -> int:
+    from mlferry.local import LocalArgo
+
+    if bool(args.file) == bool(args.source):
+        raise ValueError("give either a Workflow file or --from workflowtemplate/NAME")
+    params = dict(_key_value(p) for p in args.parameter)
+    use_local_stack_if_unset(args.stack_dir)
+    local = LocalArgo.from_environment(args.config, Path(args.stack_dir) / "runs")
+    run = local.submit(args.source or args.file, params, on_event=print_event)
+    _print_run(run)
+    return 0 if run.phase == "Succeeded" else 1
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ValueError(f"parameter {text!r} must look like key=value")
+    key, value = text.split("=", 1)
+    return key, value
+
+
+def _runs_commands(commands) -> None:
+    runs = commands.add_parser("runs", help="local workflow runs: list, show")
+    actions = runs.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="every local run, newest first")
+    listing.add_argument("--stack-dir", default=DEFAULT_DIR)
+    listing.set_defaults(func=_runs_list)
+    show = actions.add_parser("show", help="one run: tasks, phases, durations, outputs and logs")
+    show.add_argument("run")
+    show.add_argument("--stack-dir", default=DEFAULT_DIR)
+    show.add_argument("--no-logs", action="store_true")
+    show.set_defaults(func=_runs_show)
+
+
+def _runs_list(args) -> None:
+    from workflows.runs import list_runs
+
+    print(f"{'NAME':<36} {'STATUS':<10} {'STARTED':<20} {'DURATION':>8}  PARAMETERS")
+    for run in list_runs(Path(args.stack_dir) / "runs"):
+        params = " ".join(f"{k}={v}" for k, v in run.parameters.items()
+                          if v and k not in ("body", "signature", "timestamp", "delivery_id"))
+        print(f"{run.run_id:<36} {run.phase:<10} {run.started[:19]:<20} {run.duration or 0:>7.1f}s  {params}")
+
+
+def _runs_show(args) -> None:
+    from workflows.runs import load_run
+
+    _print_run(load_run(Path(args.stack_dir) / "runs", args.run), logs=not args.no_logs)
+
+
+def _print_run(run, logs: bool = False) -> None:
+    print(f"\nName:      {run.run_id}\nWorkflow:  {run.workflow}\nStatus:    {run.phase}"
+          f"{'  ' + run.message.splitlines()[0] if run.message else ''}\nDuration:  {run.duration or 0:.1f}s")
+    for key, value in run.outputs.items():
+        print(f"Output:    {key}={value}")
+    print(f"\n{'STEP':<28} {'PHASE':<10} {'DURATION':>8}  MESSAGE")
+    for task in run.tasks:
+        message = task.message.splitlines()[-1][:100] if task.message else ""
+        print(f"{task.name:<28} {task.phase:<10} {task.duration or 0:>7.1f}s  {message}")
+    if logs:
+        for task in run.tasks:
+            if task.log and Path(task.log).exists():
+                print(f"\n--- {task.name} ({task.log})")
+                print(Path(task.log).read_text(errors="replace").rstrip())
+
+
+def _generate_command(commands) -> None:
+    sub = commands.add_parser("generate", help="write the Argo YAML generated from the Hera definitions")
+    sub.add_argument("--config", help="mlferry.yaml with a `bundle:` section (default: the built-in bundle)")
+    sub.add_argument("--out", help="also write the files to this folder")
+    sub.add_argument("--check", action="store_true", help="exit 1 with a diff when the checked-in YAML is stale")
+    sub.set_defaults(func=_generate)
+
+
+def _generate(args) -> int:
+    from workflows.bundle import Bundle, load_bundle
+    from workflows.generate import GENERATED_DIR, render_files, stale_diff, write
+
+    files = render_files(load_bundle(args.config) if args.config else Bundle())
+    if args.check:
+        diff = stale_diff(files, GENERATED_DIR)
+        if diff:
+            print(diff, end="")
+            print(f"mlferry: the YAML in {GENERATED_DIR} is stale; run `mlferry generate`", file=sys.stderr)
+            return 1
+        print(f"{GENERATED_DIR}: {len(files)} files, current")
+        return 0
+    targets = [Path(args.out)] if args.out else []
+    if not args.config:
+        targets.insert(0, GENERATED_DIR)  # only the built-in bundle is the checked-in one
+    for out in targets:
+        for path in write(files, out):
+            print(path)
+    return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

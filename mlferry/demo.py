@@ -30,14 +30,16 @@ def main() -> int:
     os.environ.update(stack.up(log=lambda line: print("    " + line)))
     try:
         version, rows = _train_and_register()
-        _say(f"3/5 mlferry promote {MODEL} --alias production --env production")
+        _say(f"3/5 mlferry promote {MODEL} --alias production --env production "
+             "(the mlferry-promote WorkflowTemplate, on the local executor)")
+        from mlferry.cli import print_event
         from mlferry.promotion import PromotionRequest, promote
 
         result = promote(PromotionRequest(model=MODEL, alias="production", env="production", trigger="demo"),
-                         progress=lambda line: print("    " + line))
+                         runs_root=stack.dir / "runs", on_event=print_event)
         print(result.summary())
-        _say(f"4/5 serving the published copy {result.publication.uri}")
-        predictions = _serve_and_predict(result.publication.uri, rows)
+        _say(f"4/5 serving the published copy {result.uri}")
+        predictions = _serve_and_predict(result.uri, rows)
         _say("5/5 predictions from the served copy")
         for row, prediction in zip(rows["data"], predictions):
             print(f"    alcohol={row[0]:<6} color_intensity={row[9]:<6} → {prediction:.3f}")
@@ -125,13 +127,14 @@ def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120)
 
 def _where_to_look(stack: Stack, result) -> None:
     env = stack.environment()
-    folder = result.commit.folder
+    folder = result.folder
     print(f"""
 where to look:
     MLflow UI        {env['MLFLOW_TRACKING_URI']}/#/models/{MODEL}   (tags mlferry.production.*)
     GitOps history   git --git-dir {stack.gitops_repo} log --stat
     manifests        git --git-dir {stack.gitops_repo} show HEAD:{folder}/kustomization.yaml
-    published copy   {result.publication.uri}  (mlferry-manifest.json lists sizes and sha256)""")
+    published copy   {result.uri}  (mlferry-manifest.json lists sizes and sha256)
+    the run          mlferry runs show {result.run.run_id} --stack-dir {stack.dir}""")
 
 
 def _say(line: str) -> None:

@@ -1,20 +1,22 @@
-"""One promotion: resolve → publish → render → commit → report.
+"""`mlferry promote`: one run of the `mlferry-promote` WorkflowTemplate, on the local executor.
 
-The order and the data passed between the steps are the same as in the `mlferry-promote`
-WorkflowTemplate; a failure after resolve is written back to the registry as
-`mlferry.<env>.status=failed` before it is raised.
+The flow itself (resolve → publish ∥ render → commit → report) is defined once, in
+workflows/promote.py; this module only submits it and reads the run back for people.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-from steps.commit import Commit, CommitInput, commit
-from steps.publish import Publication, PublishInput, publish
-from steps.render import RenderInput, Rendered, render
-from steps.report import ReportInput, report
-from steps.resolve import ModelVersion, ResolveInput, resolve
+from mlferry.local import LocalArgo
+from steps.outcome import readable_failure
+from workflows.runs import NodeEvent, RunResult
+
+TEMPLATE = "workflowtemplate/mlferry-promote"
+
+
+class PromotionFailed(RuntimeError):
+    """The workflow ran and failed; the message is the failing step's own error line."""
 
 
 @dataclass(frozen=True)
@@ -26,42 +28,62 @@ class PromotionRequest:
     stage: str = ""
     trigger: str = "manual"
 
+    def parameters(self) -> dict[str, str]:
+        return {"model": self.model, "version": self.version, "alias": self.alias, "stage": self.stage,
+                "env": self.env, "trigger": self.trigger}
+
 
 @dataclass(frozen=True)
 class PromotionResult:
-    version: ModelVersion
-    publication: Publication
-    rendered: Rendered
-    commit: Commit
+    run: RunResult
+
+    def output(self, task: str, name: str) -> str:
+        for record in self.run.tasks:
+            if record.name == task:
+                return record.outputs.get(name, "")
+        return ""
+
+    @property
+    def uri(self) -> str:
+        return self.run.outputs.get("uri", "")
+
+    @property
+    def commit(self) -> str:
+        return self.run.outputs.get("commit", "")
+
+    @property
+    def folder(self) -> str:
+        return self.run.outputs.get("folder", "")
+
+    @property
+    def changed(self) -> bool:
+        return self.run.outputs.get("changed") == "true"
 
     def summary(self) -> str:
-        pub, com = self.publication, self.commit
-        change = f"commit {com.sha[:12]}" if com.changed else f"nothing to change (head {com.sha[:12]})"
+        name, version, env = (self.output("resolve", k) for k in ("name", "version", "env"))
+        out = lambda key: self.output("publish", key)  # noqa: E731
+        change = f"commit {self.commit[:12]}" if self.changed else f"nothing to change (head {self.commit[:12]})"
         return "\n".join([
-            f"promoted {self.version.name} v{self.version.version} to {self.version.env}",
-            f"  artifacts  {pub.uri}  ({pub.uploaded} uploaded, {pub.skipped} already there, "
-            f"{pub.files} files, {pub.bytes_uploaded} bytes sent)",
-            f"  gitops     {com.repo} {com.branch}:{com.folder}/  {change}",
+            f"promoted {name} v{version} to {env} in {self.run.duration or 0:.1f}s (run {self.run.run_id})",
+            f"  artifacts  {self.uri}  ({out('uploaded')} uploaded, {out('skipped')} already there, "
+            f"{out('files')} files, {out('bytes_uploaded')} bytes sent)",
+            f"  gitops     {self.output('commit', 'repo')} {self.output('commit', 'branch')}:{self.folder}/  {change}",
         ])
 
 
-def promote(req: PromotionRequest, progress: Callable[[str], None] = lambda _line: None) -> PromotionResult:
-    mv = resolve(ResolveInput(model=req.model, version=req.version, alias=req.alias, stage=req.stage, env=req.env))
-    progress(f"resolve   {mv.name} v{mv.version} (run {mv.run_id or '-'}) for {mv.env}")
-    try:
-        pub = publish(PublishInput(model=mv.name, version=mv.version, slug=mv.slug, source_uri=mv.source_uri))
-        progress(f"publish   {pub.uri} ({pub.uploaded} uploaded, {pub.skipped} skipped)")
-        rendered = render(RenderInput(model=mv.name, version=mv.version, slug=mv.slug, env=mv.env,
-                                      run_id=mv.run_id, source_commit=mv.source_commit,
-                                      description=mv.description))
-        progress(f"render    {rendered.folder}/ ({', '.join(sorted(rendered.files))})")
-        com = commit(CommitInput(model=mv.name, version=mv.version, env=mv.env, folder=rendered.folder,
-                                 files=rendered.files, run_id=mv.run_id, trigger=req.trigger))
-        progress(f"commit    {com.sha[:12]}" + ("" if com.changed else " (unchanged)"))
-    except Exception as err:
-        report(ReportInput(model=mv.name, version=mv.version, env=mv.env, status="failed",
-                           message=f"{type(err).__name__}: {err}"))
-        raise
-    report(ReportInput(model=mv.name, version=mv.version, env=mv.env, commit=com.sha, uri=pub.uri))
-    progress(f"report    tags mlferry.{mv.env}.* set on {mv.name} v{mv.version}")
-    return PromotionResult(mv, pub, rendered, com)
+def promote(req: PromotionRequest, *, runs_root: str | Path, config: str | None = None,
+            on_event: Callable[[NodeEvent], None] | None = None) -> PromotionResult:
+    local = LocalArgo.from_environment(config, runs_root)
+    run = local.submit(TEMPLATE, req.parameters(), on_event=on_event)
+    if run.phase != "Succeeded":
+        raise PromotionFailed(f"promotion of {req.model} to {req.env} failed: {failure_line(run)} "
+                              f"(details: mlferry runs show {run.run_id})")
+    return PromotionResult(run)
+
+
+def failure_line(run: RunResult) -> str:
+    """The failing step's own one-line error, not its whole stderr."""
+    failed = [t for t in run.tasks if t.phase in ("Failed", "Error") and t.type == "Pod"]
+    if not failed:
+        return run.message or run.phase
+    return f"{failed[0].name}: {readable_failure(failed[0].message) or failed[0].phase}"

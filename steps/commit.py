@@ -117,7 +117,7 @@ def folder_change(inputs: CommitInput) -> gitops.FolderChange:
     else:
         check_version(inputs.version)
         check_file_names(inputs.files)
-    return gitops.FolderChange(folder=inputs.folder, files=dict(inputs.files), message=commit_message(inputs))
+    return gitops.FolderChange.single(inputs.folder, dict(inputs.files), commit_message(inputs))
 
 
 def _slug(model: str) -> str:

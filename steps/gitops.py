@@ -86,11 +86,21 @@ class Identity:
 
 @dataclasses.dataclass(frozen=True)
 class FolderChange:
-    """Make ``folder`` hold exactly ``files`` (name → content); no files: delete the folder."""
+    """Make each folder hold exactly its files (name → content); no files: delete the folder.
 
-    folder: str
-    files: Mapping[str, str]
+    Usually one folder (a promotion); several when a reconcile prunes in one commit.
+    """
+
+    folders: Mapping[str, Mapping[str, str]]
     message: str
+
+    @classmethod
+    def single(cls, folder: str, files: Mapping[str, str], message: str) -> "FolderChange":
+        return cls(folders={folder: files}, message=message)
+
+    @property
+    def label(self) -> str:
+        return ", ".join(sorted(self.folders))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,7 +424,7 @@ def publish_folder(
     before_push: Callable[[], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Published:
-    """Make ``change.folder`` on ``branch`` of the remote hold exactly ``change.files``.
+    """Make each folder of ``change`` on ``branch`` of the remote hold exactly its files.
 
     Idempotent: when the branch head already holds that content, nothing is committed and the
     head is reported with ``changed=False``. ``workdir`` (empty or missing) keeps the clone for
@@ -465,13 +475,13 @@ def _attempt(git: _Git, branch: str, change: FolderChange, identity: Identity,
     base = _sync(git, branch)
     tree = _replace_folder(git, base, change)
     if tree == (_tree_of(git, base) if base else EMPTY_TREE):
-        logger.info("%s already holds this content on %s at %s: nothing to commit", change.folder, branch, base)
+        logger.info("%s already holds this content on %s at %s: nothing to commit", change.label, branch, base)
         return Published(sha=base, changed=False)
     sha = _commit(git, tree, base, change.message, identity)
     if before_push:
         before_push()
     _push(git, sha, branch)
-    logger.info("pushed %s to %s %s (%s)", sha[:12], git.remote.display, branch, change.folder)
+    logger.info("pushed %s to %s %s (%s)", sha[:12], git.remote.display, branch, change.label)
     return Published(sha=sha, changed=True)
 
 
@@ -518,19 +528,21 @@ def _start_clone(git: _Git, branch: str, head: str) -> None:
 
 
 def _replace_folder(git: _Git, base: str, change: FolderChange) -> str:
-    """The tree of ``base`` with ``change.folder`` holding exactly ``change.files``."""
+    """The tree of ``base`` with each folder of ``change`` holding exactly its files."""
     if base:
-        _check_parents(git, base, change.folder)
+        for folder in sorted(change.folders):
+            _check_parents(git, base, folder)
         git.run("read-tree", base, action="read the head")
     else:
         git.run("read-tree", "--empty", action="start a tree")
-    stale = git.run("ls-files", "-z", "--", change.folder, action="list the folder")
+    stale = git.run("ls-files", "-z", "--", *sorted(change.folders), action="list the folder")
     if stale:
         git.run("update-index", "-z", "--force-remove", "--stdin", stdin=stale.encode() + b"\0",
                 action="clear the folder")
     entries = b"".join(
-        f"100644 {_blob(git, content)}\t{change.folder}/{name}".encode() + b"\0"
-        for name, content in sorted(change.files.items())
+        f"100644 {_blob(git, content)}\t{folder}/{name}".encode() + b"\0"
+        for folder, files in sorted(change.folders.items())
+        for name, content in sorted(files.items())
     )
     if entries:
         git.run("update-index", "-z", "--add", "--index-info", stdin=entries, action="fill the folder")
@@ -587,3 +599,56 @@ def _push_status(porcelain: str, ref: str) -> tuple[str, str]:
         if len(fields) >= 3 and fields[1].endswith(f":{ref}"):
             return fields[0], fields[2]
     return "", ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The files under a prefix at the head of a branch (read-only; for reconcile and status)."""
+
+    sha: str  # "" when the branch does not exist yet
+    files: Mapping[str, str]  # path → text
+
+    def folders(self, depth: int) -> dict[str, dict[str, str]]:
+        """Files grouped by their first ``depth`` path segments (teams/<team>/<slug>/<env>: 4)."""
+        grouped: dict[str, dict[str, str]] = collections.defaultdict(dict)
+        for path, text in self.files.items():
+            parts = path.split("/")
+            if len(parts) == depth + 1:
+                grouped["/".join(parts[:depth])][parts[-1]] = text
+        return dict(grouped)
+
+
+def read_snapshot(remote_url: str, branch: str, prefix: str, *,
+                  environ: Mapping[str, str] | None = None) -> Snapshot:
+    """One shallow fetch, then every file under ``prefix`` read in a single cat-file call."""
+    environ = os.environ if environ is None else environ
+    check_branch(branch)
+    with tempfile.TemporaryDirectory(prefix="mlferry-gitops-") as tmp:
+        scratch = Path(tmp)
+        git = _Git(scratch / "clone", remote_for(remote_url, environ, scratch), scratch, environ)
+        try:
+            head = _sync(git, branch)
+            if not head:
+                return Snapshot(sha="", files={})
+            listing = git.run("ls-tree", "-r", "-z", "--full-tree", head, "--", prefix, action="list files")
+            entries = [line.split("\t", 1) for line in listing.split("\0") if "\t" in line]
+            blobs = [(path, meta.split()[2]) for meta, path in entries if meta.split()[1] == "blob"]
+            contents = _read_blobs(git, [sha for _, sha in blobs])
+        except _GitFailed as failed:
+            raise _failure(git.remote, failed) from None
+        return Snapshot(sha=head, files={path: contents[sha] for path, sha in blobs})
+
+
+def _read_blobs(git: _Git, shas: list[str]) -> dict[str, str]:
+    if not shas:
+        return {}
+    done = subprocess.run(["git", "cat-file", "--batch"], cwd=git.root, input="".join(f"{s}\n" for s in shas).encode(),
+                          capture_output=True, env=git.env, timeout=GIT_TIMEOUT, check=True)
+    out, pos, contents = done.stdout, 0, {}
+    for sha in shas:
+        header_end = out.index(b"\n", pos)
+        _, _, size = out[pos:header_end].split()
+        start = header_end + 1
+        contents[sha] = out[start:start + int(size)].decode("utf-8", errors="replace")
+        pos = start + int(size) + 1
+    return contents

@@ -18,7 +18,6 @@ TRANSIENT_EXIT = 75  # EX_TEMPFAIL
 PERMANENT_EXIT = 1
 
 F = TypeVar("F", bound=Callable)
-log = logging.getLogger("mlferry.step")
 
 
 class TransientError(RuntimeError):
@@ -65,11 +64,38 @@ def as_argo_step(fn: F) -> F:
             return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - the boundary of the task
             transient = is_transient(err)
-            log.error("%s failed%s: %s", fn.__name__, " (transient, will be retried)" if transient else "",
-                      err, extra={"step": fn.__name__, "transient": transient, "error_type": type(err).__name__})
+            logging.getLogger(f"mlferry.step.{fn.__name__}").error(
+                "%s%s", err, " (transient: Argo retries it)" if transient else "",
+                extra={"step": fn.__name__, "transient": transient, "error_type": type(err).__name__})
             raise SystemExit(TRANSIENT_EXIT if transient else PERMANENT_EXIT) from None
 
     return step  # type: ignore[return-value]
+
+
+def readable_failure(message: str) -> str:
+    """The one line worth showing from a failed task's message (Argo puts its last log lines
+    there): the last error a step logged, JSON or text, without the traceback around it."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "{" in line:
+            try:
+                record = json.loads(line[line.index("{"):])
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("level") == "error":
+                return str(record.get("msg", ""))
+    return lines[-1] if lines else ""
+
+
+def readable_failures(failures_json: str) -> str:
+    """Argo's `{{workflow.failures}}` (a JSON list of failed nodes) as one line per failed step."""
+    try:
+        failures = json.loads(failures_json or "[]")
+    except ValueError:
+        return failures_json.strip()
+    lines = [f"{f.get('displayName', '?')}: {readable_failure(f.get('message') or '') or f.get('phase', '')}"
+             for f in failures if isinstance(f, dict) and f.get("templateName") not in (None, "")]
+    return "; ".join(lines)
 
 
 class JsonLines(logging.Formatter):

@@ -7,6 +7,7 @@ because the person reading it is a data scientist who just moved an alias.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,30 @@ def run_facts(mlflow: MlflowClient, run_id: str) -> tuple[dict[str, float], str]
 def set_version_tags(mlflow: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
     for key, value in tags.items():
         mlflow.set_model_version_tag(name, version, key, value)
+
+
+@dataclass(frozen=True)
+class RegisteredModelView:
+    """What reconcile needs of a registered model: its aliases and its latest version per stage."""
+
+    name: str
+    aliases: dict[str, str]  # alias → version
+    stages: dict[str, str]  # legacy stage → latest version in it
+
+
+def list_models(mlflow: MlflowClient, page_size: int = 1000) -> list[RegisteredModelView]:
+    """Every registered model, a page of up to `page_size` per request."""
+    views, token = [], None
+    while True:
+        page = mlflow.search_registered_models(max_results=page_size, page_token=token)
+        views.extend(_view(model) for model in page)
+        token = page.token
+        if not token:
+            return views
+
+
+def _view(model) -> RegisteredModelView:
+    aliases = model.aliases if isinstance(model.aliases, dict) else {}
+    stages = {v.current_stage: str(v.version) for v in (model.latest_versions or [])
+              if v.current_stage and v.current_stage != "None"}
+    return RegisteredModelView(model.name, {a: str(v) for a, v in aliases.items()}, stages)

@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from steps import __version__
 from steps.naming import check_environment_name, is_dns_label
 
 Runtime = Literal["deployment", "kserve"]
@@ -60,7 +61,8 @@ class Settings(BaseModel):
     gitops_repo: str = ""
     gitops_branch: str = "main"
     runtime: Runtime = "deployment"
-    serving_image: str = "ghcr.io/mlflow/mlflow:v3.17.2"
+    # images/serving: mlflow + boto3, which MLflow's own image lacks for s3:// models
+    serving_image: str = f"ghcr.io/mlferry/mlferry-serving:{__version__}"
     s3_endpoint: str = ""  # what serving pods use to reach the object store
     s3_secret: str = "mlferry-s3"  # Secret (in each serving namespace) with AWS_* keys
     prune: bool = True

@@ -93,5 +93,6 @@ def test_an_unknown_alias_is_one_clear_line(registered_model, gitops_remote):
     name, _ = registered_model(alias="production")
     result = promote(name, "--alias", "staging", "--env", "staging")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (f"mlferry: error: model '{name}' has no alias 'staging' "
-                                                      "(its aliases: production)")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"mlferry: error: promotion of {name} to staging failed: resolve: model '{name}' "
+                           "has no alias 'staging' (its aliases: production) (details: mlferry runs show ")

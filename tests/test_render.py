@@ -13,6 +13,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, assume, given, settings as hypothesis_settings, strategies as st
 
+from steps import __version__
 from steps.manifests import ManifestError, validate_documents, validate_folder, validate_manifest
 from steps.naming import slugify
 from steps.render import MAX_DESCRIPTION, RenderInput, folder_digest, render_folder
@@ -80,7 +81,7 @@ def test_deployment_runtime_serves_the_published_copy_with_mlflow():
     assert deployment["spec"]["replicas"] == 3
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["image"] == "ghcr.io/mlflow/mlflow:v3.17.2"
+    assert container["image"] == f"ghcr.io/mlferry/mlferry-serving:{__version__}"
     assert container["command"] == [
         "mlflow", "models", "serve", "-m", f"s3://fraud-models/models/{slug}/7/",
         "--host", "0.0.0.0", "--port", "8080", "--env-manager", "local",

@@ -1,0 +1,92 @@
+"""Local mode: the bundle's own Argo YAML, run on this machine by the local executor.
+
+The WorkflowTemplates are generated from the same Hera code (and bundle config) as the
+checked-in YAML, serialized to YAML text and loaded back, so what runs here is what Argo would
+receive. A pod's ConfigMap is this process's settings; its Secrets are this process's
+environment variables (AWS_*, MLFERRY_GIT_TOKEN, MLFERRY_WEBHOOK_SECRET, …).
+"""
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import yaml
+
+from steps.settings import load_settings
+from workflows import executor, plan as workflow_plan
+from workflows.bundle import Bundle, load_bundle
+from workflows.generate import documents, to_yaml
+from workflows.runs import NodeEvent, RunResult, list_runs, load_run, new_run_dir
+from workflows.submission import ArgumentError, Cluster
+from workflows.tasks import S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class LocalArgo:
+    bundle: Bundle
+    runs_root: Path
+    environ: Mapping[str, str]
+
+    @classmethod
+    def from_environment(cls, config: str | None, runs_root: str | Path,
+                         environ: Mapping[str, str] | None = None) -> "LocalArgo":
+        environ = dict(os.environ if environ is None else environ)
+        bundle = load_bundle(config) if config else Bundle()
+        # Local mode: the team settings come from this shell (env + mlferry.yaml), as the steps see them.
+        bundle = bundle.model_copy(update={"settings": load_settings(config, environ=environ)})
+        return cls(bundle, Path(runs_root), environ)
+
+    def templates(self) -> dict[str, dict]:
+        """WorkflowTemplates by name, as YAML text would carry them to Argo."""
+        found = {}
+        for doc in documents(self.bundle):
+            if doc["kind"] == "WorkflowTemplate":
+                found[doc["metadata"]["name"]] = yaml.safe_load(to_yaml(doc))
+        return found
+
+    def cluster(self) -> Cluster:
+        config_map = {
+            SETTINGS_KEY: self.bundle.settings_yaml(),
+            TRACKING_URI_KEY: self.environ.get("MLFLOW_TRACKING_URI", ""),
+            S3_ENDPOINT_KEY: self.environ.get("MLFLOW_S3_ENDPOINT_URL", ""),
+        }
+        local = Cluster.from_environment(self.environ)
+        return Cluster(config_maps={self.bundle.config_map: config_map}, secrets=local.secrets)
+
+    def load(self, source: str | Path) -> workflow_plan.Plan:
+        """`workflowtemplate/NAME` (as `argo submit --from`) or a YAML file."""
+        templates = self.templates()
+        text = str(source)
+        if text.lower().startswith(("workflowtemplate/", "wftmpl/")):
+            name = text.split("/", 1)[1]
+            if name not in templates:
+                raise LookupError(f"workflowtemplate {name!r} not found; known: {', '.join(sorted(templates))}")
+            return workflow_plan.load(templates[name])
+        return workflow_plan.load(Path(source), workflow_templates=templates.values())
+
+    def submit(self, source: str | Path, parameters: Mapping[str, str],
+               on_event: Callable[[NodeEvent], None] | None = None) -> RunResult:
+        plan = self.load(source)
+        run_dir = new_run_dir(self.runs_root, plan.generate_name)
+        env = {**self.environ, "PYTHONPATH": _python_path(self.environ)}
+        try:
+            return executor.run(plan, parameters, run_dir=run_dir, env=env, on_event=on_event,
+                                cluster=self.cluster(), cwd=ROOT, lock_dir=self.runs_root.parent / "locks",
+                                namespace=self.bundle.namespace)
+        except ArgumentError:
+            shutil.rmtree(run_dir, ignore_errors=True)  # it never ran: no record of a run
+            raise
+
+    def runs(self) -> list[RunResult]:
+        return list_runs(self.runs_root)
+
+    def run(self, run_id: str) -> RunResult:
+        return load_run(self.runs_root, run_id)
+
+
+def _python_path(environ: Mapping[str, str]) -> str:
+    return os.pathsep.join(p for p in (str(ROOT), environ.get("PYTHONPATH", "")) if p)

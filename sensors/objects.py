@@ -1,0 +1,208 @@
+"""Argo Events objects: the MLflow webhook EventSource and the Sensor that submits promotions.
+
+    MLflow ──POST──▶ EventSource mlferry-mlflow ──▶ Sensor mlferry-promotion
+                                                    one dependency + trigger per environment
+                                                    ──▶ Workflow from WorkflowTemplate mlferry-promote
+
+The Sensor only pre-filters (which entity, action, alias; steps/event_filter.py): it cannot check
+MLflow's signature, so each Workflow gets the delivery id, timestamp, signature and body, and its
+first task, verify-event, checks them before anything else runs.
+
+Built with hera.events.models where those models match Argo Events; three of them do not (the
+inline webhook context, Backoff's duration and factor, the trigger's resource), and those parts are
+written in the shape the controller reads (see workflows/schema.py, which checks the same shapes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hera.events.models import (
+    ArgoWorkflowTrigger,
+    DataFilter,
+    EventDependency,
+    EventDependencyFilter,
+    EventSourceSpec,
+    RateLimit,
+    SensorSpec,
+    Service,
+    Template,
+    Trigger,
+    TriggerParameter,
+    TriggerParameterSource,
+    TriggerTemplate,
+    WebhookContext,
+)
+from hera.events.models.io.k8s.api.core.v1 import SecretKeySelector, ServicePort
+from hera.events.models.io.k8s.apimachinery.pkg.apis.meta.v1 import ObjectMeta
+from hera.workflows import models as wf
+
+from steps.event_filter import ACTIONS, ENTITY, environment_aliases
+from steps.signature import DELIVERY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from steps.settings import SettingsError
+from workflows.bundle import Bundle
+from workflows.promote import NAME as PROMOTE_TEMPLATE
+from workflows.promote import _labels  # the same labels as every other object of the bundle
+
+API_VERSION = "argoproj.io/v1alpha1"
+EVENT_SOURCE = "mlferry-mlflow"
+EVENT_NAME = "mlflow"
+SENSOR = "mlferry-promotion"
+
+# Argo Events matches a string filter value as an unanchored Go regexp: any one character,
+# newlines included (?s), found anywhere means "not empty".
+NON_EMPTY = "(?s)."
+_GO_REGEXP_SPECIAL = set(r"\.+*?()|[]{}^$")
+
+
+def event_source(bundle: Bundle) -> dict[str, Any]:
+    events = bundle.events
+    spec = _dump(EventSourceSpec(
+        event_bus_name=events.event_bus,
+        service=Service(ports=[ServicePort(name="webhook", port=events.port)]),
+    ))
+    spec["webhook"] = {EVENT_NAME: _webhook(bundle)}
+    return _document("EventSource", EVENT_SOURCE, bundle, spec)
+
+
+def sensor(bundle: Bundle) -> dict[str, Any]:
+    by_env = environment_aliases(bundle.settings)
+    if not by_env:
+        raise SettingsError("no environment has an alias, so no webhook could ever start a promotion")
+    spec = _dump(SensorSpec(
+        event_bus_name=bundle.events.event_bus,
+        template=Template(service_account_name=bundle.events.service_account),
+        dependencies=[_dependency(env, aliases) for env, aliases in by_env.items()],
+    ))
+    spec["triggers"] = [_trigger(bundle, env) for env in by_env]
+    return _document("Sensor", SENSOR, bundle, spec)
+
+
+def webhook_url(bundle: Bundle) -> str:
+    """Where MLflow posts, inside the cluster (Argo Events names the Service `<source>-eventsource-svc`)."""
+    scheme = "https" if bundle.events.tls_secret else "http"
+    return (f"{scheme}://{EVENT_SOURCE}-eventsource-svc.{bundle.namespace}.svc:{bundle.events.port}"
+            f"{bundle.events.path}")
+
+
+# --- the EventSource ---------------------------------------------------------------------------
+
+def _webhook(bundle: Bundle) -> dict[str, Any]:
+    events = bundle.events
+    tls = events.tls_secret
+    context = WebhookContext(
+        url=webhook_url(bundle),  # informational for a plain webhook, but Argo Events' schema requires it
+        endpoint=events.path,
+        port=str(events.port),
+        method="POST",
+        server_cert_secret=SecretKeySelector(name=tls, key="tls.crt") if tls else None,
+        server_key_secret=SecretKeySelector(name=tls, key="tls.key") if tls else None,
+        auth_secret=(SecretKeySelector(name=events.auth_secret, key=events.auth_secret_key)
+                     if events.auth_secret else None),
+    )
+    return _dump(context)  # inline: Argo Events reads no `webhookContext` key here
+
+
+# --- the Sensor --------------------------------------------------------------------------------
+
+def dependency_name(env: str) -> str:
+    return f"mlflow-alias-{env}"
+
+
+def _dependency(env: str, aliases: tuple[str, ...]) -> EventDependency:
+    return EventDependency(
+        name=dependency_name(env),
+        event_source_name=EVENT_SOURCE,
+        event_name=EVENT_NAME,
+        filters=EventDependencyFilter(data=data_filters(aliases)),
+    )
+
+
+def data_filters(aliases: tuple[str, ...]) -> list[DataFilter]:
+    """steps.event_filter.accept, as Argo Events data filters on the webhook event (`body` is MLflow's JSON)."""
+    return [
+        DataFilter(path="body.entity", type="string", value=[exactly(ENTITY)]),
+        DataFilter(path="body.action", type="string", value=[exactly(a) for a in ACTIONS]),
+        DataFilter(path="body.data.name", type="string", value=[NON_EMPTY]),
+        DataFilter(path="body.data.alias", type="string", value=[exactly(a) for a in aliases]),
+    ]
+
+
+def exactly(text: str) -> str:
+    """A Go regexp matching `text` only: Argo Events matches string filters as unanchored regexps."""
+    return "^" + "".join("\\" + c if c in _GO_REGEXP_SPECIAL else c for c in text) + "$"
+
+
+def header_path(name: str) -> str:
+    """Where the webhook event keeps a request header: Go canonicalises its name, values are a list."""
+    canonical = "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+    return f"header.{canonical}.0"
+
+
+# Workflow parameter -> (path in the webhook event, default when absent). No default: the
+# filters guarantee the path. Missing headers pass on as "" for verify-event to reject with a
+# clear message, instead of a trigger error in the Sensor's log. No `version`: resolve selects by
+# exactly one of version/alias, and resolving the alias when the run starts lets the latest move win.
+EVENT_PARAMETERS: dict[str, tuple[str, str | None]] = {
+    "model": ("body.data.name", None),
+    "alias": ("body.data.alias", None),
+    "delivery_id": (header_path(DELIVERY_ID_HEADER), ""),
+    "timestamp": (header_path(TIMESTAMP_HEADER), ""),
+    "signature": (header_path(SIGNATURE_HEADER), ""),
+    "body": ("body", None),  # the JSON text of the body, as the event source re-encoded it
+}
+
+
+def _trigger(bundle: Bundle, env: str) -> dict[str, Any]:
+    events = bundle.events
+    workflow = promotion_workflow(bundle, env)
+    names = [p["name"] for p in workflow["spec"]["arguments"]["parameters"]]
+    trigger = _dump(Trigger(
+        template=TriggerTemplate(
+            name=f"promote-{env}",
+            conditions=dependency_name(env),  # without it a trigger waits for every dependency
+            argo_workflow=ArgoWorkflowTrigger(operation="submit", parameters=[
+                _parameter(env, names.index(name), path, default)
+                for name, (path, default) in EVENT_PARAMETERS.items()
+            ]),
+        ),
+        rate_limit=RateLimit(unit="Minute", requests_per_unit=events.rate_limit_per_minute),
+        # Argo Events retries a trigger only when it waits for the outcome (atLeastOnce).
+        at_least_once=True,
+    ))
+    trigger["template"]["argoWorkflow"]["source"] = {"resource": workflow}
+    trigger["retryStrategy"] = {"steps": events.retry_steps, "duration": "2s", "factor": 2, "jitter": 0.2}
+    return trigger
+
+
+def _parameter(env: str, index: int, path: str, default: str | None) -> TriggerParameter:
+    return TriggerParameter(
+        src=TriggerParameterSource(dependency_name=dependency_name(env), data_key=path, value=default),
+        dest=f"spec.arguments.parameters.{index}.value",
+    )
+
+
+def promotion_workflow(bundle: Bundle, env: str) -> dict[str, Any]:
+    """The Workflow a trigger submits; the event's values are written into its parameters."""
+    fixed = {"env": env, "trigger": "webhook"}
+    parameters = [wf.Parameter(name=name, value=fixed.get(name, ""))
+                  for name in [*EVENT_PARAMETERS, *fixed]]
+    workflow = wf.Workflow(
+        metadata=wf.ObjectMeta(generate_name=f"{PROMOTE_TEMPLATE}-{env}-", namespace=bundle.namespace,
+                               labels={**_labels(bundle), "mlferry.io/trigger": "webhook"}),
+        spec=wf.WorkflowSpec(workflow_template_ref=wf.WorkflowTemplateRef(name=PROMOTE_TEMPLATE),
+                             arguments=wf.Arguments(parameters=parameters)),
+    )
+    return {"apiVersion": API_VERSION, "kind": "Workflow", **_dump(workflow)}
+
+
+# --- shared ------------------------------------------------------------------------------------
+
+def _document(kind: str, name: str, bundle: Bundle, spec: dict[str, Any]) -> dict[str, Any]:
+    # Hera's models carry no apiVersion/kind; Argo needs both.
+    metadata = _dump(ObjectMeta(name=name, namespace=bundle.namespace, labels=_labels(bundle)))
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": spec}
+
+
+def _dump(model: Any) -> dict[str, Any]:
+    return model.model_dump(by_alias=True, exclude_none=True, mode="json")

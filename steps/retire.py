@@ -1,0 +1,66 @@
+"""retire: remove model folders from the GitOps repo, in one commit.
+
+Used when an alias is deleted (one folder, from the webhook) and by reconcile's prune (every
+folder whose alias is gone). Argo CD's ApplicationSet then deletes the Application, and with it
+the serving objects. Nothing happens when prune is off in the settings.
+"""
+# No `from __future__ import annotations`: Hera reads the Input/Output annotations as classes.
+
+from hera.workflows import Input, Output
+
+from steps import gitops
+from steps.commit import trailer_value
+from steps.layout import gitops_folder, parse_gitops_folder
+from steps.naming import slugify
+from steps.outcome import as_argo_step
+from steps.settings import SettingsError, load_settings
+
+
+class RetireInput(Input):
+    model: str = ""  # one folder: the model and environment whose alias was deleted
+    env: str = ""
+    targets: list[dict[str, str]] = []  # several: [{model, env, folder?}] from the reconcile plan
+    trigger: str = "manual"
+
+
+class Retired(Output):
+    sha: str = ""
+    changed: bool = False
+    folders: list[str] = []
+
+
+@as_argo_step
+def retire(inputs: RetireInput) -> Retired:
+    settings = load_settings()
+    if not settings.prune:
+        return Retired()
+    if not settings.gitops_repo:
+        raise SettingsError("no GitOps repo configured: set MLFERRY_GITOPS_REPO or gitops_repo in mlferry.yaml")
+    change = retirement(targets(inputs), settings.team, inputs.trigger)
+    if change is None:
+        return Retired()
+    published = gitops.publish_folder(settings.gitops_repo, settings.gitops_branch, change)
+    return Retired(sha=published.sha, changed=published.changed, folders=sorted(change.folders))
+
+
+def targets(inputs: RetireInput) -> list[dict[str, str]]:
+    single = [{"model": inputs.model, "env": inputs.env}] if inputs.model else []
+    return single + list(inputs.targets)
+
+
+def retirement(targets: list[dict[str, str]], team: str, trigger: str) -> gitops.FolderChange | None:
+    """The commit that removes each target's folder (checked to be one mlferry owns)."""
+    folders: dict[str, str] = {}
+    for target in targets:
+        folder = gitops_folder(team, slugify(target["model"]), target["env"])
+        if target.get("folder") and target["folder"] != folder:
+            raise ValueError(f"folder {target['folder']!r} is not {target['model']!r}'s folder in {target['env']!r}")
+        parse_gitops_folder(folder)
+        folders[folder] = f"{target['model']} from {target['env']}"
+    if not folders:
+        return None
+    lines = [f"- {what}" for what in sorted(folders.values())]
+    subject = (f"remove {next(iter(folders.values()))}" if len(folders) == 1
+               else f"remove {len(folders)} models whose aliases are gone")
+    message = "\n".join([subject, "", *lines, "", f"Trigger: {trailer_value(trigger)}"]) + "\n"
+    return gitops.FolderChange(folders={folder: {} for folder in folders}, message=message)

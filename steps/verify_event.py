@@ -1,0 +1,88 @@
+"""verify-event: the first task of a webhook-triggered promotion; trust the event or stop the run.
+
+Argo Events' webhook source cannot check MLflow's signature, so this step does, before any side
+effect: signature and timestamp window (sensors/signature.py), then the same filter the Sensor
+applied (steps/event_filter.py), so an event the Sensor let through by mistake stops here too.
+Without an event (a manual, CLI or reconcile submit) there is nothing to verify and it succeeds.
+The secret comes from MLFERRY_WEBHOOK_SECRET (the bundle's webhook Secret).
+"""
+# No `from __future__ import annotations`: Hera reads the Input/Output annotations as classes.
+# The filter and the check live in steps/ so that the step, the Sensor builder (sensors/) and
+# the local receiver all run the very same code.
+
+import json
+import os
+import time
+from typing import Any
+
+from hera.workflows import Input, Output
+
+from steps.event_filter import accept
+from steps.signature import SignatureError, canonical_body, verify
+from steps.outcome import as_argo_step
+from steps.settings import Settings, load_settings
+
+SECRET_ENV = "MLFERRY_WEBHOOK_SECRET"
+
+
+class VerifyEventInput(Input):
+    delivery_id: str = ""
+    timestamp: str = ""
+    signature: str = ""
+    body: str = ""  # the webhook body as a JSON string; empty when no event started the run
+
+
+class VerifiedEvent(Output):
+    verified: bool = False  # False: no event was passed, nothing to verify
+    delivery_id: str = ""
+    action: str = ""  # created | deleted
+    model: str = ""
+    alias: str = ""
+    version: str = ""  # empty on `deleted`
+    env: str = ""
+
+
+class EventRejected(ValueError):
+    """The event must not start a promotion; retrying cannot change that."""
+
+
+@as_argo_step
+def verify_event(inputs: VerifyEventInput) -> VerifiedEvent:
+    if not inputs.body:
+        return VerifiedEvent()
+    return verified_event(inputs, os.environ.get(SECRET_ENV, ""), load_settings(), now=time.time())
+
+
+def verified_event(inputs: VerifyEventInput, secret: str, settings: Settings, *, now: float) -> VerifiedEvent:
+    payload = _parse(inputs.body)
+    try:
+        _verify_any(secret, inputs, _signed_forms(inputs.body, payload), now)
+    except SignatureError as err:
+        raise EventRejected(f"webhook event {inputs.delivery_id or '(no delivery id)'} rejected: {err}") from None
+    decision = accept(payload, settings)
+    if not decision.accepted:
+        raise EventRejected(f"webhook event {inputs.delivery_id} is signed but not a promotion: {decision.reason}")
+    return VerifiedEvent(verified=True, delivery_id=inputs.delivery_id, action=decision.action,
+                         model=decision.model, alias=decision.alias, version=decision.version, env=decision.env)
+
+
+def _parse(body: str) -> Any:
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as err:
+        raise EventRejected(f"the webhook body is not JSON: {err}") from None
+
+
+def _signed_forms(body: str, payload: Any) -> list[bytes]:
+    """The body as received, then as MLflow wrote it (Argo Events hands it on compacted)."""
+    received, canonical = body.encode("utf-8"), canonical_body(payload)
+    return [received] if received == canonical else [received, canonical]
+
+
+def _verify_any(secret: str, inputs: VerifyEventInput, forms: list[bytes], now: float) -> None:
+    for form in forms:
+        try:
+            return verify(secret, inputs.delivery_id, inputs.timestamp, form, inputs.signature, now=now)
+        except SignatureError as err:
+            rejected = err
+    raise rejected

@@ -1,0 +1,64 @@
+"""Small step functions for the executor tests, run through Hera's runner as real steps are.
+
+Each is a `constructor="runner"` script, so `hera.workflows.runner -e tests.executor_steps:<fn>`
+runs it in a subprocess exactly as a container would; the tests build WorkflowTemplates from
+them with Hera, so the YAML has the shape Hera emits.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+from hera.workflows import Input, Output, Parameter, script
+
+
+class Order(Input):
+    model: str
+    version: int
+
+
+class Priced(Output):
+    label: str
+    doubled: Annotated[int, Parameter(name="doubled-version")]
+
+
+@script(constructor="runner", image="python:3.11")
+def price(order: Order) -> Priced:
+    return Priced(label=f"{order.model}@v{order.version}", doubled=order.version * 2)
+
+
+@script(constructor="runner", image="python:3.11")
+def shout(label: str) -> Annotated[str, Parameter(name="loud")]:
+    return label.upper()
+
+
+@script(constructor="runner", image="python:3.11")
+def coin(side: str) -> str:
+    return side  # printed: becomes outputs.result
+
+
+@script(constructor="runner", image="python:3.11")
+def items(count: int) -> Annotated[list, Parameter(name="items")]:
+    return [{"n": i, "name": f"item-{i}"} for i in range(count)]
+
+
+@script(constructor="runner", image="python:3.11")
+def work(n: int, journal: str, seconds: float) -> Annotated[str, Parameter(name="done")]:
+    """Record when it ran, so a test can count how many ran at once."""
+    started = time.time()
+    time.sleep(seconds)
+    Path(journal, f"{n}.json").write_text(json.dumps([started, time.time(), os.getpid()]))
+    return f"done-{n}"
+
+
+@script(constructor="runner", image="python:3.11")
+def refuse(reason: str) -> None:
+    raise RuntimeError(reason)
+
+
+@script(image="python:3.11")
+def add_one(count: int):
+    """An inline script (Hera's default constructor): Argo runs its `source`, not the runner."""
+    print(count + 1)

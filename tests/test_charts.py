@@ -1,0 +1,658 @@
+"""The Helm charts and the images, checked the way a cluster would check them: strictly.
+
+Each chart is linted (`helm lint --strict`) and rendered (`helm template`) with its default
+values and with its full example (charts/*/examples/full-values.yaml). Every rendered object is
+validated against a strict schema: core kinds with kubernetes-validate (steps.manifests), Argo
+kinds with the schemas Hera's models give (workflows.schema), Argo CD and Istio kinds with the
+CRD schemas vendored in tests/schemas. Then what the schemas cannot say: the Argo objects are
+`mlferry generate`'s, the RBAC is least privilege, the NetworkPolicies admit exactly the
+intended (namespace, port) pairs, no object carries a credential, and the Dockerfiles build
+what pyproject.toml says. helm itself comes from mlferry.tools.ensure_helm().
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import json
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import jsonschema
+import pytest
+import yaml
+
+import mlferry
+from mlferry.tools import ensure_helm
+from steps.manifests import parse_documents, validate_manifest
+from steps.render import SERVING_PORT
+from steps.settings import EnvironmentSettings, Resources, Settings
+from workflows.bundle import Bundle
+from workflows.generate import GENERATED_DIR, render_files
+from workflows.schema import KINDS as ARGO_KINDS
+from workflows.schema import validate_argo
+from workflows.tasks import S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+CHARTS = ROOT / "charts"
+IMAGES = ROOT / "images"
+SCHEMAS = Path(__file__).with_name("schemas")
+
+# (chart, values file or None) → the namespace it is installed into. The full examples are
+# written for team "fraud" in namespace "fraud".
+CASES = {
+    ("mlferry", None): "ml",
+    ("mlferry", "examples/full-values.yaml"): "fraud",
+    ("team-workspace", None): "ml",
+    ("team-workspace", "examples/full-values.yaml"): "fraud",
+}
+CASE_IDS = [f"{chart}-{'full' if values else 'default'}" for chart, values in CASES]
+
+VENDORED = {
+    ("argoproj.io/v1alpha1", "AppProject"): "argocd-appproject-v1alpha1.json",
+    ("argoproj.io/v1alpha1", "ApplicationSet"): "argocd-applicationset-v1alpha1.json",
+    ("security.istio.io/v1", "AuthorizationPolicy"): "istio-authorizationpolicy-v1.json",
+}
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    return ensure_helm()
+
+
+def values_file(chart: str, values: str | None) -> list[str]:
+    return ["-f", str(CHARTS / chart / values)] if values else []
+
+
+@functools.cache
+def _render(helm: Path, chart: str, values: str | None, namespace: str, *extra: str) -> str:
+    result = subprocess.run(
+        [str(helm), "template", "t", str(CHARTS / chart), "-n", namespace, *values_file(chart, values), *extra],
+        capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssertionError(f"helm template {chart} failed: {result.stderr}")
+    return result.stdout
+
+
+def rendered(helm: Path, chart: str, values: str | None = None) -> list[dict[str, Any]]:
+    return parse_documents(_render(helm, chart, values, CASES[(chart, values)]), f"{chart} (helm template)")
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# lint and strict validation
+
+
+@pytest.mark.parametrize("chart,values", list(CASES), ids=CASE_IDS)
+def test_helm_lint_strict(helm, chart, values):
+    result = subprocess.run([str(helm), "lint", "--strict", str(CHARTS / chart), *values_file(chart, values)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("chart,values", list(CASES), ids=CASE_IDS)
+def test_every_rendered_object_is_strictly_valid(helm, chart, values):
+    docs = rendered(helm, chart, values)
+    assert docs
+    for doc in docs:
+        validate_object(doc, f"{chart} {values or 'default values'}")
+
+
+def validate_object(doc: dict[str, Any], source: str) -> None:
+    key = (doc["apiVersion"], doc["kind"])
+    if key in ARGO_KINDS:
+        validate_argo(doc, source)
+        validate_metadata(doc, source)
+    elif key in VENDORED:
+        errors = sorted(_vendored(VENDORED[key]).iter_errors(doc), key=lambda e: list(e.absolute_path))
+        assert not errors, f"{source}: {doc['kind']}/{doc['metadata']['name']}: " + "; ".join(
+            f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message[:200]}" for e in errors)
+        validate_metadata(doc, source)
+    else:
+        validate_manifest(doc, source)  # core kinds: kubernetes-validate, names, labels, credentials
+
+
+def validate_metadata(doc: dict[str, Any], source: str) -> None:
+    """A custom resource's metadata is checked as ObjectMeta by the API server, whatever its CRD
+    says; so is it here, carried by the smallest core kind that has one (as steps.manifests does
+    for InferenceServices)."""
+    validate_manifest({"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]},
+                      f"{source}: {doc['kind']}/{doc['metadata']['name']}")
+
+
+@functools.cache
+def _vendored(file_name: str) -> jsonschema.Draft7Validator:
+    schema = json.loads((SCHEMAS / file_name).read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def test_vendored_schemas_are_strict():
+    """An unknown field in a vendored kind is an error (the point of vendoring them)."""
+    project = {"apiVersion": "argoproj.io/v1alpha1", "kind": "AppProject", "metadata": {"name": "p"},
+               "spec": {"sourceRepos": ["x"], "destinatons": []}}
+    assert any("destinatons" in e.message for e in _vendored(VENDORED[(project["apiVersion"], "AppProject")])
+               .iter_errors(project))
+    policy = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "p"},
+              "spec": {"rules": [{"from": [{"source": {"principal": ["x"]}}]}]}}
+    assert any("principal" in e.message for e in _vendored(VENDORED[(policy["apiVersion"], "AuthorizationPolicy")])
+               .iter_errors(policy))
+
+
+@pytest.mark.parametrize("chart", ["mlferry", "team-workspace"])
+def test_values_schema_rejects_unknown_keys(helm, chart):
+    result = subprocess.run([str(helm), "template", "t", str(CHARTS / chart), "--set", "nosuchvalue=1"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "nosuchvalue" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# the mlferry chart: the generated Argo objects, the ConfigMap, RBAC, Argo CD
+
+
+def generated_documents() -> list[dict[str, Any]]:
+    """The checked-in `mlferry generate` output the chart embeds (which
+    test_checked_in_generated_files_are_current holds equal to what the code generates)."""
+    return [yaml.safe_load(path.read_text()) for path in sorted(GENERATED_DIR.glob("*.yaml"))]
+
+
+def moved(node: Any, old: str, new: str) -> Any:
+    """A generated object moved from namespace `old` to `new` the way the chart does it: every
+    `namespace:` key holding `old`, and every service host `.<old>.svc`."""
+    if isinstance(node, dict):
+        return {k: new if k == "namespace" and v == old else moved(v, old, new) for k, v in node.items()}
+    if isinstance(node, list):
+        return [moved(v, old, new) for v in node]
+    return node.replace(f".{old}.svc", f".{new}.svc") if isinstance(node, str) else node
+
+
+@pytest.mark.parametrize("values", [None, "examples/full-values.yaml"], ids=["default", "full"])
+def test_chart_embeds_exactly_what_mlferry_generate_writes(helm, values):
+    docs = rendered(helm, "mlferry", values)
+    namespace = CASES[("mlferry", values)]
+    argo = [d for d in docs if (d["apiVersion"], d["kind"]) in ARGO_KINDS]
+    expected = [moved(d, d["metadata"]["namespace"], namespace) for d in generated_documents()]
+
+    def key(doc):  # helm orders documents by its own idea of install order
+        return doc["kind"], doc["metadata"]["name"]
+
+    assert sorted(map(key, argo)) == sorted(map(key, expected))
+    for got, want in zip(sorted(argo, key=key), sorted(expected, key=key)):
+        assert got == want
+    # Argo's own expressions reach the cluster untouched by Helm.
+    text = _render(helm, "mlferry", values, namespace)
+    assert text.count("{{workflow.parameters.model}}") == sum(
+        p.read_text().count("{{workflow.parameters.model}}") for p in GENERATED_DIR.glob("*.yaml")) > 0
+
+
+def test_generated_objects_leave_no_trace_of_the_bundle_namespace(helm):
+    """Installed elsewhere than the default bundle's namespace, no Argo object may still point
+    there: a Sensor submitting into another namespace would fail (or worse, succeed)."""
+    old = Bundle().namespace
+    docs = rendered(helm, "mlferry", "examples/full-values.yaml")
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) not in ARGO_KINDS:
+            continue
+        for path, key, value in walk(doc):
+            assert not (key == "namespace" and value == old), f"{doc['kind']} {'.'.join(map(str, path))}"
+            assert not (isinstance(value, str) and f".{old}.svc" in value), f"{doc['kind']} {path}: {value}"
+
+
+def test_names_the_generated_objects_use_exist_in_the_chart(helm):
+    docs = rendered(helm, "mlferry")
+    bundle = Bundle()
+    accounts = {d["metadata"]["name"] for d in of_kind(docs, "ServiceAccount")}
+    assert {bundle.service_account, "mlferry-sensor"} <= accounts
+    config_map = one(docs, "ConfigMap", bundle.config_map)
+    for doc in generated_documents():
+        spec = doc["spec"]
+        account = spec.get("serviceAccountName") or (spec.get("workflowSpec") or {}).get("serviceAccountName") \
+            or (spec.get("template") or {}).get("serviceAccountName")
+        if doc["kind"] != "EventSource":
+            assert account in accounts, f"{doc['kind']}/{doc['metadata']['name']} runs as {account!r}"
+        for path, key, value in walk(doc):
+            if key == "configMapKeyRef":
+                assert value["name"] == bundle.config_map and value["key"] in config_map["data"]
+            if key == "secretKeyRef":
+                assert value["name"] in bundle.secrets.model_dump().values()
+    assert set(config_map["data"]) == {SETTINGS_KEY, TRACKING_URI_KEY, S3_ENDPOINT_KEY}
+
+
+def test_configmap_hands_the_steps_valid_settings(helm):
+    default = one(rendered(helm, "mlferry"), "ConfigMap", "mlferry-config")["data"]
+    settings = Settings.model_validate(yaml.safe_load(default[SETTINGS_KEY]))
+    # The chart's defaults are the steps' defaults, but for the image it serves models with.
+    assert settings.model_dump() == Settings(serving_image=f"ghcr.io/mlferry/mlferry-serving:{mlferry.__version__}"
+                                             ).model_dump()
+    assert default[TRACKING_URI_KEY] == "http://mlflow.ml.svc:5000" == Bundle().mlflow_tracking_uri
+    assert default[S3_ENDPOINT_KEY] == "http://minio.ml.svc:9000" == Bundle().s3_endpoint
+    full = one(rendered(helm, "mlferry", "examples/full-values.yaml"), "ConfigMap", "mlferry-config")["data"]
+    assert Settings.model_validate(yaml.safe_load(full[SETTINGS_KEY])).team == "fraud"
+
+
+def test_values_schema_settings_mirror_the_settings_model():
+    schema = json.loads((CHARTS / "mlferry" / "values.schema.json").read_text())
+    settings = schema["properties"]["settings"]
+    assert set(settings["properties"]) == set(Settings.model_fields)
+    assert set(settings["properties"]["resources"]["properties"]) == set(Resources.model_fields)
+    env = settings["properties"]["environments"]["additionalProperties"]
+    assert set(env["properties"]) == set(EnvironmentSettings.model_fields)
+    for node in (schema, settings, settings["properties"]["resources"], env):
+        assert node["additionalProperties"] is False
+
+
+def test_chart_refuses_settings_the_generated_templates_cannot_serve(helm):
+    result = subprocess.run([str(helm), "template", "t", str(CHARTS / "mlferry"),
+                             "--set", "settings.environments.dev.aliases[0]=dev"], capture_output=True, text=True)
+    assert result.returncode != 0 and "regenerate" in result.stderr
+
+
+def rules_of(docs: list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
+    return one(docs, "Role", role)["rules"]
+
+
+def test_rbac_is_least_privilege(helm):
+    for values in (None, "examples/full-values.yaml"):
+        docs = rendered(helm, "mlferry", values)
+        namespace = CASES[("mlferry", values)]
+        assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
+        assert rules_of(docs, "mlferry-workflow") == [
+            {"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"], "verbs": ["create", "patch"]}]
+        templates = [d["metadata"]["name"] for d in generated_documents() if d["kind"] == "WorkflowTemplate"]
+        assert rules_of(docs, "mlferry-sensor") == [
+            {"apiGroups": ["argoproj.io"], "resources": ["workflows"], "verbs": ["create"]},
+            {"apiGroups": ["argoproj.io"], "resources": ["workflowtemplates"], "verbs": ["get"],
+             "resourceNames": templates}]
+        for binding in of_kind(docs, "RoleBinding"):
+            assert binding["metadata"]["namespace"] == namespace
+            assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                          "name": binding["metadata"]["name"]}
+            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": binding["metadata"]["name"],
+                                            "namespace": namespace}]
+
+
+def test_argocd_objects_only_with_argocd_enabled(helm):
+    assert not [d for d in rendered(helm, "mlferry") if d["kind"] in ("AppProject", "ApplicationSet")]
+
+
+def test_argocd_project_confines_the_team(helm):
+    docs = rendered(helm, "mlferry", "examples/full-values.yaml")
+    project = one(docs, "AppProject", "mlferry-fraud")["spec"]
+    repo = "https://git.example.com/platform/gitops.git"
+    assert project["sourceRepos"] == [repo]
+    assert {d["namespace"] for d in project["destinations"]} == {"fraud-staging", "fraud-production"}
+    assert project["clusterResourceWhitelist"] == []
+    assert "sourceNamespaces" not in project  # Applications of this project live in Argo CD's namespace only
+    appset = one(docs, "ApplicationSet", "mlferry-fraud")["spec"]
+    assert appset["generators"] == [{"git": {"repoURL": repo, "revision": "main",
+                                             "directories": [{"path": "teams/fraud/*/*"}]}}]
+    template = appset["template"]
+    assert template["spec"]["project"] == "mlferry-fraud"
+    assert template["spec"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
+    # What Argo CD's goTemplate makes of one folder of the GitOps contract.
+    app = go_template(template, "teams/fraud/wine-quality/staging")
+    assert app["metadata"]["name"] == "fraud-wine-quality-staging"
+    assert app["spec"]["source"]["path"] == "teams/fraud/wine-quality/staging"
+    assert app["spec"]["destination"]["namespace"] in {d["namespace"] for d in project["destinations"]}
+    # A folder for an environment the team does not have lands outside the project.
+    stray = go_template(template, "teams/fraud/wine-quality/dev")
+    assert stray["spec"]["destination"]["namespace"] not in {d["namespace"] for d in project["destinations"]}
+
+
+def go_template(node: Any, path: str) -> Any:
+    """The three goTemplate expressions the ApplicationSet uses, evaluated for one folder."""
+    values = {"{{ .path.path }}": path, "{{ .path.basename }}": path.rsplit("/", 1)[-1],
+              "{{ index .path.segments 2 }}": path.split("/")[2]}
+    if isinstance(node, dict):
+        return {k: go_template(v, path) for k, v in node.items()}
+    if isinstance(node, list):
+        return [go_template(v, path) for v in node]
+    if isinstance(node, str):
+        for expression, value in values.items():
+            node = node.replace(expression, value)
+        assert "{{" not in node, f"unexpected template expression in {node!r}"
+    return node
+
+
+def test_chart_refuses_a_namespace_the_applicationset_cannot_reach(helm):
+    result = subprocess.run(
+        [str(helm), "template", "t", str(CHARTS / "mlferry"), "-f", str(CHARTS / "mlferry/examples/full-values.yaml"),
+         "--set", "settings.environments.staging.namespace=elsewhere"], capture_output=True, text=True)
+    assert result.returncode != 0 and "elsewhere" in result.stderr
+
+
+@pytest.mark.parametrize("values", [None, "examples/full-values.yaml"], ids=["default", "full"])
+def test_notes_print_the_operator_commands(helm, values):
+    namespace = CASES[("mlferry", values)]
+    result = subprocess.run([str(helm), "install", "t", str(CHARTS / "mlferry"), "-n", namespace, "--dry-run=client",
+                             *values_file("mlferry", values)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert (f"argo submit --from workflowtemplate/mlferry-promote -n {namespace} -p model=<model> "
+            "-p version=<version> -p env=<env>") in notes
+    if values:
+        url = "https://mlferry-hooks.fraud.example.com/mlflow"
+    else:  # the generated EventSource's Service, as Argo Events names it
+        source = next(d for d in generated_documents() if d["kind"] == "EventSource")
+        hook = next(iter(source["spec"]["webhook"].values()))
+        url = f"http://{source['metadata']['name']}-eventsource-svc.{namespace}.svc:{hook['port']}{hook['endpoint']}"
+    assert f"mlferry webhook register --url {url}\n" in notes
+    for secret in Bundle().secrets.model_dump().values():
+        assert secret in notes
+
+
+# ---------------------------------------------------------------------------------------------
+# the team workspace: network isolation, Istio, pod security
+
+
+def pod_labels(docs: list[dict[str, Any]], deployment: str) -> dict[str, str]:
+    return one(docs, "Deployment", deployment)["spec"]["template"]["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("values", [None, "examples/full-values.yaml"], ids=["default", "full"])
+def test_network_policies_admit_exactly_the_intended_peers(helm, values):
+    docs = rendered(helm, "team-workspace", values)
+    team = CASES[("team-workspace", values)]
+    net = Network(of_kind(docs, "NetworkPolicy"))
+    mlflow, minio = pod_labels(docs, "mlflow"), pod_labels(docs, "minio")
+    step_pod = {"workflows.argoproj.io/workflow": "promote-x"}
+    serving = [f"{team}-staging", f"{team}-production"]
+    platform = ["argo", "monitoring", "ingress-nginx"] if values else []
+    other_team = "ml" if team != "ml" else "fraud"
+
+    for source in [(team, step_pod), (team, mlflow)] + [(ns, {}) for ns in platform]:
+        assert net.allows(source, (team, minio), 9000), source
+        assert net.allows(source, (team, mlflow), 5000), source
+    for ns in serving:  # model servers read published models, and nothing else here
+        assert net.allows((ns, {}), (team, minio), 9000)
+        assert not net.allows((ns, {}), (team, minio), 9001)
+        assert not net.allows((ns, {}), (team, mlflow), 5000)
+    for ns in (other_team, "default", "kube-system"):
+        for target, port in ((mlflow, 5000), (minio, 9000), (minio, 9001)):
+            assert not net.allows((ns, {}), (team, target), port), (ns, port)
+
+    # Out: DNS in kube-system only on 53, the own namespace, the platform; nothing else.
+    dns = ("kube-system", {"k8s-app": "kube-dns"})
+    assert net.allows((team, step_pod), dns, 53, "UDP") and net.allows((team, step_pod), dns, 53, "TCP")
+    assert not net.allows((team, step_pod), dns, 443)
+    assert not net.allows((team, step_pod), (other_team, {}), 5000)
+    assert not net.allows((team, step_pod), "203.0.113.7", 443)
+    if values:  # the full example opens the API server and the GitOps remote by address
+        assert net.allows((team, step_pod), "10.96.0.1", 443)
+        assert not net.allows((team, step_pod), "10.96.0.1", 80)
+        assert net.allows((team, step_pod), ("monitoring", {}), 9090)
+
+
+class Network:
+    """Kubernetes NetworkPolicy semantics for the policies of one namespace: a connection is
+    allowed when the source's egress and the destination's ingress both allow it, and a side
+    that no policy of that direction selects allows everything."""
+
+    def __init__(self, policies: list[dict[str, Any]]):
+        self.policies = policies
+
+    def allows(self, source, destination, port: int, protocol: str = "TCP") -> bool:
+        return (self._allowed(source, destination, port, protocol, "Egress")
+                and self._allowed(destination, source, port, protocol, "Ingress"))
+
+    def _allowed(self, pod, peer, port, protocol, direction) -> bool:
+        if isinstance(pod, str):  # an address, not a pod: no policy applies to it
+            return True
+        namespace, labels = pod
+        selecting = [p for p in self.policies
+                     if p["metadata"]["namespace"] == namespace and _types(p) >= {direction}
+                     and _selects(p["spec"]["podSelector"], labels)]
+        if not selecting:
+            return True
+        key, peers_key = ("egress", "to") if direction == "Egress" else ("ingress", "from")
+        for policy in selecting:
+            for rule in policy["spec"].get(key, []):
+                peers = rule.get(peers_key)
+                if (not peers or any(_peer_matches(p, peer, namespace) for p in peers)) \
+                        and _port_matches(rule.get("ports"), port, protocol):
+                    return True
+        return False
+
+
+def _types(policy: dict[str, Any]) -> set[str]:
+    spec = policy["spec"]
+    return set(spec.get("policyTypes") or (["Ingress"] + (["Egress"] if "egress" in spec else [])))
+
+
+def _selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        present, value = expression["key"] in labels, labels.get(expression["key"])
+        if not {"In": present and value in expression.get("values", []),
+                "NotIn": not present or value not in expression.get("values", []),
+                "Exists": present, "DoesNotExist": not present}[expression["operator"]]:
+            return False
+    return True
+
+
+def _peer_matches(peer: Mapping[str, Any], other, policy_namespace: str) -> bool:
+    if isinstance(other, str):
+        block = peer.get("ipBlock")
+        return bool(block) and ipaddress.ip_address(other) in ipaddress.ip_network(block["cidr"]) and not any(
+            ipaddress.ip_address(other) in ipaddress.ip_network(e) for e in block.get("except", []))
+    if "ipBlock" in peer:
+        return False  # pod addresses are not in the blocks these charts list
+    namespace, labels = other
+    if "namespaceSelector" in peer:
+        ns_ok = _selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace})
+    else:
+        ns_ok = namespace == policy_namespace
+    return ns_ok and _selects(peer.get("podSelector") or {}, labels)
+
+
+def _port_matches(ports, port: int, protocol: str) -> bool:
+    if not ports:
+        return True
+    for entry in ports:
+        if entry.get("protocol", "TCP") != protocol:
+            continue
+        number = entry.get("port")
+        assert number is None or isinstance(number, int), "named ports: resolve them before using this model"
+        if number is None or number <= port <= entry.get("endPort", number):
+            return True
+    return False
+
+
+def test_istio_admits_by_mtls_identity_never_by_header(helm):
+    docs = rendered(helm, "team-workspace", "examples/full-values.yaml")
+    policies = of_kind(docs, "AuthorizationPolicy")
+    assert {p["metadata"]["name"] for p in policies} == {"mlflow", "minio"}
+    for policy in policies:
+        spec = policy["spec"]
+        assert spec["action"] == "ALLOW" and spec["selector"]["matchLabels"]
+        for rule in spec["rules"]:
+            assert "when" not in rule  # conditions (request.headers[...]) are where header trust hides
+            for entry in rule["from"]:
+                source = entry["source"]
+                assert set(source) <= {"principals", "namespaces"}, source
+                assert source.get("principals") or source.get("namespaces")
+                # Istio's CEL rule (not in the JSON schema): serviceAccounts excludes these.
+                assert not ({"serviceAccounts", "notServiceAccounts"} & set(source))
+            for entry in rule.get("to", []):
+                assert set(entry["operation"]) == {"ports"}
+    minio = one(docs, "AuthorizationPolicy", "minio")["spec"]["rules"]
+    s3 = next(r for r in minio if r["to"][0]["operation"]["ports"] == ["9000"])
+    assert "ml" not in s3["from"][0]["source"]["namespaces"]  # another team
+    assert {"fraud", "fraud-staging", "fraud-production"} <= set(s3["from"][0]["source"]["namespaces"])
+    assert "header" not in json.dumps(policies).lower()
+    assert not of_kind(rendered(helm, "team-workspace"), "AuthorizationPolicy")
+
+
+@pytest.mark.parametrize("values", [None, "examples/full-values.yaml"], ids=["default", "full"])
+def test_every_pod_runs_as_non_root_with_nothing_extra(helm, values):
+    docs = rendered(helm, "team-workspace", values)
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "Job")]
+    assert len(pods) == 3
+    for pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                               "capabilities": {"drop": ["ALL"]}}
+            assert ":" in container["image"] and not container["image"].endswith(":latest")
+
+
+def test_mlflow_server_is_set_up_for_webhooks_and_proxied_artifacts(helm):
+    for values, sqlite in ((None, True), ("examples/full-values.yaml", False)):
+        docs = rendered(helm, "team-workspace", values)
+        container = one(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"]["valueFrom"]["secretKeyRef"]["key"] \
+            == "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"
+        assert env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"]["value"] == "true"
+        assert env["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"]["value"] == "http,https"
+        assert "--serve-artifacts" in container["args"]
+        assert any(a.startswith("--workers=") for a in container["args"])
+        store = env["MLFLOW_BACKEND_STORE_URI"]
+        assert (store.get("value") == "sqlite:////data/mlflow.db") is sqlite
+        assert ("valueFrom" in store) is not sqlite
+        assert bool([d for d in of_kind(docs, "PersistentVolumeClaim") if d["metadata"]["name"] == "mlflow-data"]) \
+            is sqlite
+    assert "--workers=4" in container["args"]
+
+
+# ---------------------------------------------------------------------------------------------
+# no credentials, anywhere
+
+
+_CREDENTIAL_KEY = re.compile(r"pass(word|wd)?|secret|token|credential|access_?key|private_?key|api_?key", re.I)
+_REFERENCE_KEY = re.compile(r"(secret|credentials?)(name|ref|s)?$|^s3_secret$|secretkeyref|existingsecret", re.I)
+_CREDENTIAL_TEXT = [
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key ids
+    re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"),  # a URL with a password in it
+    re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{30,}|glpat-[A-Za-z0-9_-]{20,})"),  # GitHub / GitLab tokens
+]
+
+
+def credential_literals(node: Any, path: str = "") -> Iterator[str]:
+    """Places in a document that hold a credential value rather than a reference to one."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(value, str) and _CREDENTIAL_KEY.search(str(key)) and not _REFERENCE_KEY.search(str(key)):
+                yield f"{where}: a credential-named key with a literal value"
+            yield from credential_literals(value, where)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from credential_literals(value, f"{path}[{index}]")
+    elif isinstance(node, str):
+        for pattern in _CREDENTIAL_TEXT:
+            if pattern.search(node):
+                yield f"{path}: looks like a credential ({pattern.pattern[:30]}…)"
+        if "\n" in node and ":" in node:  # embedded YAML (settings.yaml): look inside too
+            try:
+                inner = yaml.safe_load(node)
+            except yaml.YAMLError:
+                inner = None
+            if isinstance(inner, (dict, list)):
+                yield from credential_literals(inner, f"{path}(yaml)")
+
+
+@pytest.mark.parametrize("chart,values", list(CASES), ids=CASE_IDS)
+def test_no_rendered_object_holds_a_credential(helm, chart, values):
+    docs = rendered(helm, chart, values)
+    assert not of_kind(docs, "Secret"), "the charts reference Secrets; they never create one"
+    problems = [f"{d['kind']}/{d['metadata']['name']}: {p}" for d in docs for p in credential_literals(d)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_credential_scan_finds_credentials():
+    # Assembled, so that this file holds no credential-looking literal itself.
+    fake = "hunter" + "22"
+    planted = {"env": [{"name": "X", "value": f"postgresql://mlflow:{fake}@db:5432/mlflow"}],
+               "data": {"settings.yaml": f"team: ml\npass{'word'}: {fake}\n", "k": "AKIA" + "ABCDEFGHIJKLMNOP"}}
+    assert len(list(credential_literals(planted))) == 3
+    assert not list(credential_literals({"secretKeyRef": {"name": "mlferry-s3", "key": "AWS_SECRET_ACCESS_KEY"},
+                                         "s3_secret": "mlferry-s3", "secretName": "x"}))
+
+
+# ---------------------------------------------------------------------------------------------
+# versions and images
+
+
+def dockerfile(name: str) -> str:
+    return (IMAGES / name / "Dockerfile").read_text()
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#")))
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in joined.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("image", ["steps", "serving", "mlflow"])
+def test_dockerfile_pins_its_base_and_runs_as_non_root(image):
+    steps = instructions(dockerfile(image))
+    bases = [args for op, args in steps if op == "FROM"]
+    assert bases and all(re.fullmatch(r"python:\d+\.\d+\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", b) for b in bases)
+    users = [args for op, args in steps if op == "USER"]
+    assert users and re.fullmatch(r"[1-9][0-9]*(:[1-9][0-9]*)?", users[-1]), "the last USER must be a numeric non-root id"
+    assert [op for op, _ in steps].index("USER") > max(i for i, (op, _) in enumerate(steps) if op == "RUN")
+
+
+def test_steps_image_installs_exactly_the_runtime_dependencies(tmp_path):
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runs = [args for op, args in instructions(dockerfile("steps")) if op == "RUN"]
+    derive = next(r for r in runs if "requirements.txt" in r and "tomllib" in r)
+    command = derive.split(" > requirements.txt", 1)[0]
+    (tmp_path / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    out = subprocess.run(["bash", "-c", command.replace("python ", f"{_python()} ", 1)], cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == pyproject["dependencies"]
+    assert "pip install -r requirements.txt" in derive
+    assert any(re.search(r"pip install --no-deps \.(\s|$)", r) for r in runs)  # the package, nothing resolved again
+    assert not any(re.search(r"\[(local|test)\]", r) for r in runs)
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable
+
+
+def test_serving_image_serves_what_the_render_step_runs():
+    text = dockerfile("serving")
+    assert re.search(r'"mlflow==3\.17\.2"', text) and '"boto3' in text and '"scikit-learn' in text
+    assert ("EXPOSE", str(SERVING_PORT)) in instructions(text)
+
+
+def test_versions_follow_the_package():
+    version = mlferry.__version__
+    for chart in ("mlferry", "team-workspace"):
+        meta = yaml.safe_load((CHARTS / chart / "Chart.yaml").read_text())
+        assert meta["version"] == meta["appVersion"] == version
+    assert Bundle().image == f"ghcr.io/mlferry/mlferry-steps:{version}"
+    values = yaml.safe_load((CHARTS / "mlferry" / "values.yaml").read_text())
+    assert values["settings"]["serving_image"] == f"ghcr.io/mlferry/mlferry-serving:{version}"
+    workspace = yaml.safe_load((CHARTS / "team-workspace" / "values.yaml").read_text())
+    assert workspace["mlflow"]["image"] == f"ghcr.io/mlferry/mlferry-mlflow:{version}"
+
+
+def walk(node: Any, path: list[Any] | None = None) -> Iterator[tuple[list[Any], Any, Any]]:
+    path = path or []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        yield path, key, value
+        yield from walk(value, path + [key])

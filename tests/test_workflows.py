@@ -1,0 +1,114 @@
+"""The generated Argo YAML: current, strictly valid, and runnable as `argo submit` would run it."""
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workflows.bundle import Bundle
+from workflows.generate import GENERATED_DIR, documents
+from workflows.plan import PlanError, load
+from workflows.schema import ArgoValidationError, validate_argo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlferry.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def test_checked_in_yaml_is_what_the_code_generates():
+    result = cli("generate", "--check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(p.name for p in GENERATED_DIR.glob("*.yaml"))[0] == "01-workflowtemplate-mlferry-promote.yaml"
+
+
+def test_check_reports_a_stale_file_with_a_diff(tmp_path):
+    from workflows.generate import render_files, stale_diff, write
+
+    files = render_files(Bundle())
+    write(files, tmp_path)
+    stale = tmp_path / "01-workflowtemplate-mlferry-promote.yaml"
+    stale.write_text(stale.read_text().replace("mlferry-promote", "mlferry-promote-old", 1))
+    diff = stale_diff(files, tmp_path)
+    assert "-  name: mlferry-promote-old" in diff and "+  name: mlferry-promote" in diff
+
+
+def promote_doc() -> dict:
+    return next(d for d in documents(Bundle()) if d["metadata"]["name"] == "mlferry-promote")
+
+
+@pytest.mark.parametrize("where,field", [
+    (lambda d: d["spec"]["templates"][0]["script"], "contaner"),
+    (lambda d: d["spec"], "entrypont"),
+    (lambda d: d["spec"]["templates"][-1]["dag"]["tasks"][0], "dependencie"),
+    (lambda d: d["spec"]["arguments"]["parameters"][0], "vaule"),
+])
+def test_strict_validation_rejects_an_unknown_field(where, field):
+    doc = copy.deepcopy(promote_doc())
+    validate_argo(doc)  # valid as generated
+    where(doc)[field] = "x"
+    with pytest.raises(ArgoValidationError, match=field):
+        validate_argo(doc)
+
+
+def test_every_generated_object_is_strictly_valid():
+    for path in sorted(GENERATED_DIR.glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        validate_argo(doc, source=path.name)
+
+
+def test_the_executor_refuses_a_template_with_a_dangling_task_reference():
+    doc = copy.deepcopy(promote_doc())
+    dag = next(t for t in doc["spec"]["templates"] if t["name"] == "promote")["dag"]
+    dag["tasks"][-1]["arguments"]["parameters"][0]["value"] = "{{tasks.nonexistent.outputs.parameters.sha}}"
+    with pytest.raises(PlanError, match="nonexistent"):
+        load(doc)
+
+
+def test_workflow_template_and_step_image_carry_the_same_version():
+    from mlferry import __version__
+
+    doc = promote_doc()
+    assert doc["metadata"]["labels"]["app.kubernetes.io/version"] == __version__
+    images = {t["script"]["image"] for t in doc["spec"]["templates"] if "script" in t}
+    assert images == {f"ghcr.io/mlferry/mlferry-steps:{__version__}"}
+
+
+def test_commit_holds_a_mutex_per_gitops_repo_and_nothing_else_does():
+    doc = promote_doc()
+    locked = {t["name"]: t["synchronization"]["mutexes"][0]["name"]
+              for t in doc["spec"]["templates"] if "synchronization" in t}
+    assert list(locked) == ["commit"] and locked["commit"] == Bundle().gitops_mutex
+    other = Bundle.model_validate({"settings": {"gitops_repo": "https://git.example/other.git"}})
+    assert other.gitops_mutex != Bundle().gitops_mutex
+
+
+def test_submit_from_workflowtemplate_runs_the_promotion(registered_model, gitops_remote, tmp_path):
+    name, version = registered_model(alias="staging")
+    stack_dir = str(tmp_path / "local")
+    result = cli("submit", "--from", "workflowtemplate/mlferry-promote", "-p", f"model={name}",
+                 "-p", f"version={version}", "-p", "env=staging", "--stack-dir", stack_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Status:    Succeeded" in result.stdout
+    assert "Output:    folder=teams/ml/" in result.stdout and "Output:    changed=true" in result.stdout
+
+    listing = cli("runs", "list", "--stack-dir", stack_dir)
+    run_id = listing.stdout.splitlines()[1].split()[0]
+    assert run_id.startswith("mlferry-promote-") and "Succeeded" in listing.stdout
+    shown = cli("runs", "show", run_id, "--stack-dir", stack_dir)
+    for task in ("verify-event", "resolve", "publish", "render", "commit", "report"):
+        assert f"\n{task:<28} Succeeded" in shown.stdout
+    assert "--- publish (" in shown.stdout  # each task's log follows
+
+
+def test_submit_refuses_an_unknown_parameter_before_running(stack, tmp_path):
+    result = cli("submit", "--from", "workflowtemplate/mlferry-promote", "-p", "modle=x", "-p", "env=staging",
+                 "--stack-dir", str(tmp_path / "local"))
+    assert result.returncode == 1 and "modle" in result.stderr
+    assert not (tmp_path / "local" / "runs").exists() or not any((tmp_path / "local" / "runs").iterdir())

@@ -1,0 +1,177 @@
+"""One attempt of a script or container template, run as a local process instead of a pod.
+
+What Argo's executor does around the main container is done here the same way: the script
+source is written to a file appended to the arguments (workflow/controller/operator.go,
+executeScript), stdout becomes `outputs.result` less one trailing newline and capped at 256 kB
+(workflow/executor, CaptureScriptResult), output parameters are read from their files with
+`valueFrom.default` when a file is missing (SaveParameters), and a deadline kills the process
+group as the kubelet kills a pod past activeDeadlineSeconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Mapping
+
+from workflows.runs import ERROR, FAILED, SUCCEEDED
+
+MAX_RESULT_BYTES = 256 * 1024
+MESSAGE_LINES = 5
+POLL_SECONDS = 0.05
+
+
+class Stop(threading.Event):
+    """Set once, with the reason every process it stops reports (deadline, interrupt)."""
+
+    reason: str = ""
+
+    def stop(self, reason: str) -> None:
+        if not self.is_set():
+            self.reason = reason
+            self.set()
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    argv: list[str]
+    env: Mapping[str, str]
+    cwd: Path
+    log: Path
+    outputs: Mapping[str, tuple[Path, str | None]] = field(default_factory=dict)  # name -> (file, default)
+    script: tuple[Path, str] | None = None  # (file, source) written before start
+    deadline: float | None = None  # time.monotonic()
+    deadline_message: str = "deadline exceeded"
+
+
+@dataclass(frozen=True)
+class PodResult:
+    phase: str
+    message: str = ""
+    exit_code: int | None = None
+    result: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def run_pod(pod: Pod, stop: Stop, *, kill_grace: float = 2.0) -> PodResult:
+    if pod.script is not None:
+        pod.script[0].parent.mkdir(parents=True, exist_ok=True)
+        pod.script[0].write_text(pod.script[1])
+    pod.log.parent.mkdir(parents=True, exist_ok=True)
+    with open(pod.log, "a", encoding="utf-8") as log:
+        try:
+            proc = subprocess.Popen(pod.argv, cwd=pod.cwd, env=dict(pod.env), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as err:
+            log.write(f"failed to start {pod.argv[0]}: {err}\n")
+            return PodResult(ERROR, f"failed to start container: {err}")
+        streams = _Streams(proc, log)
+        try:
+            why_killed = _wait(proc, pod, stop, kill_grace)
+        except BaseException:  # e.g. KeyboardInterrupt: never leave the process group behind
+            _kill(proc, kill_grace)
+            raise
+        streams.join()
+    return _result(pod, proc.returncode, streams, why_killed)
+
+
+def _wait(proc: subprocess.Popen, pod: Pod, stop: Stop, kill_grace: float) -> str:
+    """Wait for the process; kill its group at the deadline or on stop, and say why."""
+    while True:
+        try:
+            proc.wait(timeout=POLL_SECONDS)
+            return ""
+        except subprocess.TimeoutExpired:
+            pass
+        if pod.deadline is not None and time.monotonic() >= pod.deadline:
+            _kill(proc, kill_grace)
+            return pod.deadline_message
+        if stop.is_set():
+            _kill(proc, kill_grace)
+            return stop.reason
+
+
+def _kill(proc: subprocess.Popen, grace: float) -> None:
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class _Streams:
+    """Copies stdout and stderr to the log as they come, keeping stdout and stderr's tail."""
+
+    def __init__(self, proc: subprocess.Popen, log: IO[str]):
+        self.log, self.lock = log, threading.Lock()
+        self.stdout: list[bytes] = []
+        self.stderr_tail: deque[str] = deque(maxlen=50)
+        self.threads = [threading.Thread(target=self._copy, args=(proc.stdout, True), daemon=True),
+                        threading.Thread(target=self._copy, args=(proc.stderr, False), daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def _copy(self, stream: IO[bytes], is_stdout: bool) -> None:
+        for line in iter(stream.readline, b""):
+            text = line.decode("utf-8", errors="replace")
+            with self.lock:
+                self.log.write(text if text.endswith("\n") else text + "\n")
+                self.log.flush()
+            if is_stdout:
+                self.stdout.append(line)
+            else:
+                self.stderr_tail.append(text.rstrip("\n"))
+        stream.close()
+
+    def join(self) -> None:
+        for t in self.threads:
+            t.join()
+
+    def result(self) -> str:
+        out = b"".join(self.stdout)
+        if out.endswith(b"\n"):  # Argo trims one trailing newline "for user convenience"
+            out = out[:-1]
+        return out[-MAX_RESULT_BYTES:].decode("utf-8", errors="replace")
+
+    def last_lines(self) -> str:
+        lines = [line for line in self.stderr_tail if line.strip()]
+        return "\n".join(lines[-MESSAGE_LINES:])
+
+
+def _result(pod: Pod, returncode: int, streams: _Streams, why_killed: str) -> PodResult:
+    code = 128 - returncode if returncode < 0 else returncode  # killed by signal N: 128+N, as in k8s
+    outputs, missing = _read_outputs(pod.outputs)
+    base = dict(exit_code=code, result=streams.result(), outputs=outputs)
+    if why_killed:
+        return PodResult(FAILED, why_killed, **base)
+    if code != 0:
+        tail = streams.last_lines()
+        return PodResult(FAILED, f"Error (exit code {code})" + (f": {tail}" if tail else ""), **base)
+    if missing:
+        return PodResult(ERROR, "; ".join(missing), **base)
+    return PodResult(SUCCEEDED, **base)
+
+
+def _read_outputs(outputs: Mapping[str, tuple[Path, str | None]]) -> tuple[dict[str, str], list[str]]:
+    values, missing = {}, []
+    for name, (path, default) in outputs.items():
+        try:
+            values[name] = path.read_text()
+        except OSError as err:
+            if default is not None:
+                values[name] = default
+            else:
+                missing.append(f"output parameter {name}: {err.strerror}: {path}")
+    return values, missing

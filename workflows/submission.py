@@ -1,0 +1,128 @@
+"""What a run is given, checked before anything runs, as `argo submit` and the kubelet check it.
+
+The workflow's parameters (declared, required, enum) and the ConfigMaps and Secrets its pods read
+(configMapKeyRef, secretKeyRef, envFrom). On a laptop there is no cluster to hold them, so a
+`Cluster` is a parameter of the run: local mode reads Secrets from environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+from workflows.expressions import tags
+from workflows.plan import Plan, WorkflowParameter
+
+
+class ArgumentError(ValueError):
+    """The run cannot start: a parameter, ConfigMap or Secret it needs is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The ConfigMaps and Secrets a pod would read (name -> key -> value)."""
+
+    config_maps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None, *,
+                         config_maps: Mapping[str, Mapping[str, str]] | None = None) -> "Cluster":
+        """Local mode: every Secret (and ConfigMap, unless given) reads its keys from environment variables."""
+        everywhere = _SameForEveryName(dict(os.environ if environ is None else environ))
+        return cls(everywhere if config_maps is None else config_maps, everywhere)
+
+    def lookup(self, kind: str, name: str, key: str, namespace: str) -> str:
+        objects = self.config_maps if kind == "ConfigMap" else self.secrets
+        if name not in objects:
+            raise LookupError(f"{kind.lower()} \"{name}\" not found")
+        if key not in objects[name]:
+            hint = f" (local mode reads {kind} keys from environment variables: set {key})" \
+                if isinstance(objects, _SameForEveryName) else ""
+            raise LookupError(f"couldn't find key {key} in {kind} {namespace}/{name}{hint}")
+        return objects[name][key]
+
+
+class _SameForEveryName(Mapping):
+    def __init__(self, values: Mapping[str, str]):
+        self.values = values
+
+    def __getitem__(self, name: str) -> Mapping[str, str]:
+        return self.values
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def workflow_arguments(plan: Plan, given: Mapping[str, str], cluster: Cluster, namespace: str) -> dict[str, str]:
+    """The workflow's parameter values, checked as `argo submit` checks them, before anything runs."""
+    declared = {p.name: p for p in plan.parameters}
+    problems = [f"unknown parameter {name!r} (the workflow declares: {', '.join(declared) or 'none'})"
+                for name in given if name not in declared]
+    values = {}
+    for p in plan.parameters:
+        value = _parameter_value(p, given, cluster, namespace, problems)
+        if value is None:
+            continue
+        if p.enum and value not in p.enum:
+            problems.append(f"parameter {p.name}: {value!r} is not one of {', '.join(p.enum)}")
+        values[p.name] = value
+    if problems:
+        raise ArgumentError("; ".join(problems))
+    return values
+
+
+def _parameter_value(p: WorkflowParameter, given: Mapping[str, str], cluster: Cluster, namespace: str,
+                     problems: list[str]) -> str | None:
+    if p.name in given:
+        return str(given[p.name])
+    if p.config_map_key is not None:
+        try:
+            return cluster.lookup("ConfigMap", *p.config_map_key, namespace)
+        except LookupError as err:
+            if p.value is None:
+                problems.append(f"parameter {p.name}: {err}")
+                return None
+    if p.value is None:
+        problems.append(f"parameter {p.name!r} is required (no value and no default)")
+    return p.value
+
+
+def check_environment(plan: Plan, cluster: Cluster, namespace: str) -> None:
+    """Every ConfigMap and Secret key the reachable templates read must exist (unless optional)."""
+    problems: dict[str, list[str]] = {}  # what is missing -> templates that need it
+    for name in sorted(_reachable(plan)):
+        t = plan.templates[name]
+        body = t.get("script") or t.get("container") or {}
+        for var in body.get("env") or []:
+            for key, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
+                ref = (var.get("valueFrom") or {}).get(key)
+                if ref is None or ref.get("optional") or tags(f"{ref['name']}{ref['key']}"):
+                    continue
+                try:
+                    cluster.lookup(kind, ref["name"], ref["key"], namespace)
+                except LookupError as err:
+                    problems.setdefault(str(err), []).append(name)
+    if problems:
+        raise ArgumentError("; ".join(f"{err} (needed by {', '.join(names)})" for err, names in problems.items()))
+
+
+def _reachable(plan: Plan) -> set[str]:
+    seen: set[str] = set()
+    stack = [plan.entrypoint] + ([plan.spec["onExit"]] if plan.spec.get("onExit") else [])
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        t = plan.templates[name]
+        calls = (t.get("dag") or {}).get("tasks") or [s for group in t.get("steps") or [] for s in group]
+        stack.extend(c["template"] for c in calls)
+    return seen

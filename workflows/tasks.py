@@ -1,0 +1,81 @@
+"""Step templates: each step function as a `constructor="runner"` script in the steps image.
+
+Every step template is built here, the same way: image and version from the bundle, the
+settings from the ConfigMap, credentials only from Secrets, non-root, a deadline, and retries
+for transient failures only (steps exit TRANSIENT_EXIT for those, see steps/outcome.py).
+"""
+
+from typing import Callable
+
+from hera.workflows import ConfigMapEnv, Env, Script, SecretEnv
+from hera.workflows.models import (
+    Backoff,
+    Capabilities,
+    RetryStrategy,
+    SecurityContext,
+)
+
+from steps.outcome import TRANSIENT_EXIT
+from workflows.bundle import Bundle
+
+# ConfigMap keys the bundle's chart writes; see workflows.generate.config_map.
+SETTINGS_KEY = "settings.yaml"
+TRACKING_URI_KEY = "MLFLOW_TRACKING_URI"
+S3_ENDPOINT_KEY = "MLFLOW_S3_ENDPOINT_URL"
+
+
+def step_env(bundle: Bundle) -> list:
+    cm, secrets = bundle.config_map, bundle.secrets
+    return [
+        ConfigMapEnv(name="MLFERRY_SETTINGS", config_map_name=cm, config_map_key=SETTINGS_KEY),
+        ConfigMapEnv(name="MLFLOW_TRACKING_URI", config_map_name=cm, config_map_key=TRACKING_URI_KEY),
+        ConfigMapEnv(name="MLFLOW_S3_ENDPOINT_URL", config_map_name=cm, config_map_key=S3_ENDPOINT_KEY),
+        SecretEnv(name="AWS_ACCESS_KEY_ID", secret_name=secrets.s3, secret_key="AWS_ACCESS_KEY_ID"),
+        SecretEnv(name="AWS_SECRET_ACCESS_KEY", secret_name=secrets.s3, secret_key="AWS_SECRET_ACCESS_KEY"),
+        SecretEnv(name="MLFLOW_TRACKING_TOKEN", secret_name=secrets.mlflow, secret_key="MLFLOW_TRACKING_TOKEN",
+                  optional=True),
+        SecretEnv(name="MLFERRY_GIT_TOKEN", secret_name=secrets.git, secret_key="MLFERRY_GIT_TOKEN", optional=True),
+        Env(name="MLFERRY_LOG_FORMAT", value="json"),
+    ]
+
+
+def retry_strategy(bundle: Bundle) -> RetryStrategy:
+    return RetryStrategy(
+        limit=str(bundle.retry_limit),
+        retry_policy="Always",
+        # Only what the step itself calls transient: validation errors fail at once.
+        expression=f"asInt(lastRetry.exitCode) == {TRANSIENT_EXIT}",
+        backoff=Backoff(duration="5s", factor="2", max_duration="2m"),
+    )
+
+
+def security_context() -> SecurityContext:
+    return SecurityContext(
+        run_as_non_root=True,
+        run_as_user=1000,
+        allow_privilege_escalation=False,
+        read_only_root_filesystem=False,  # steps write to /tmp (clones, staged uploads)
+        capabilities=Capabilities(drop=["ALL"]),
+    )
+
+
+def step_script(bundle: Bundle, name: str, fn: Callable, *, retry: bool = True, **kwargs) -> Script:
+    from hera.workflows import Resources
+
+    return Script(
+        name=name,
+        source=fn,
+        constructor="runner",
+        image=bundle.image,
+        image_pull_policy=bundle.image_pull_policy,
+        env=step_env(bundle),
+        security_context=security_context(),
+        # On failure Kubernetes keeps the last log lines as the termination message, which Argo
+        # shows as the node message and hands to the exit handler in {{workflow.failures}}.
+        termination_message_policy="FallbackToLogsOnError",
+        resources=Resources(cpu_request="100m", memory_request="256Mi", memory_limit="1Gi"),
+        # Argo types a template deadline as int-or-string; upstream schemas want the string.
+        active_deadline_seconds=str(bundle.step_deadline_seconds),
+        retry_strategy=retry_strategy(bundle) if retry else None,
+        **kwargs,
+    )
