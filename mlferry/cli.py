@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _stack_commands(commands)
     _promote_command(commands)
+    _reconcile_command(commands)
     _submit_command(commands)
     _runs_commands(commands)
     _generate_command(commands)
@@ -155,6 +156,25 @@ def print_event(event) -> None:
     if event.message and event.phase not in ("Succeeded", "Omitted"):
         line += f"  {event.message.splitlines()[-1][:160]}"
     print(line, flush=True)
+
+
+def _reconcile_command(commands) -> None:
+    sub = commands.add_parser("reconcile", help="make the GitOps repo match the registry's aliases and stages")
+    sub.add_argument("--prune", choices=["auto", "true", "false"], default="auto",
+                     help="remove folders whose alias is gone (auto: the settings decide)")
+    _local_options(sub)
+    sub.set_defaults(func=_reconcile)
+
+
+def _reconcile(args) -> int:
+    from mlferry.local import LocalArgo
+
+    use_local_stack_if_unset(args.stack_dir)
+    local = LocalArgo.from_environment(args.config, Path(args.stack_dir) / "runs")
+    run = local.submit("workflowtemplate/mlferry-reconcile", {"prune": args.prune, "trigger": "reconcile"},
+                       on_event=print_event)
+    _print_run(run)
+    return 0 if run.phase == "Succeeded" else 1
 
 
 def _submit_command(commands) -> None:

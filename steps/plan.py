@@ -34,6 +34,8 @@ class PlanInput(Input):
 class Plan(Output):
     promotions: list[dict[str, str]] = []  # [{model, version, env}]
     removals: list[dict[str, str]] = []  # [{model, version, env, folder}]
+    promotion_count: int = 0
+    removal_count: int = 0
     unchanged: int = 0
     head: str = ""
 
@@ -104,5 +106,5 @@ def plan_changes(desired: dict[tuple[str, str], str], deployed: dict[tuple[str, 
                   if (model, env) not in deployed or deployed[(model, env)].version != version]
     removals = [{"model": d.model, "version": d.version, "env": env, "folder": d.folder}
                 for (model, env), d in sorted(deployed.items()) if prune and (model, env) not in desired]
-    return Plan(promotions=promotions, removals=removals,
-                unchanged=len(desired) - len(promotions), head=head)
+    return Plan(promotions=promotions, removals=removals, promotion_count=len(promotions),
+                removal_count=len(removals), unchanged=len(desired) - len(promotions), head=head)

@@ -20,6 +20,7 @@ class RetireInput(Input):
     model: str = ""  # one folder: the model and environment whose alias was deleted
     env: str = ""
     targets: list[dict[str, str]] = []  # several: [{model, env, folder?}] from the reconcile plan
+    prune: str = "auto"  # "auto": the settings decide; "true" / "false" override
     trigger: str = "manual"
 
 
@@ -32,7 +33,7 @@ class Retired(Output):
 @as_argo_step
 def retire(inputs: RetireInput) -> Retired:
     settings = load_settings()
-    if not settings.prune:
+    if not (settings.prune if inputs.prune == "auto" else inputs.prune == "true"):
         return Retired()
     if not settings.gitops_repo:
         raise SettingsError("no GitOps repo configured: set MLFERRY_GITOPS_REPO or gitops_repo in mlferry.yaml")

@@ -80,11 +80,11 @@ def test_workflow_template_and_step_image_carry_the_same_version():
     assert images == {f"ghcr.io/mlferry/mlferry-steps:{__version__}"}
 
 
-def test_commit_holds_a_mutex_per_gitops_repo_and_nothing_else_does():
+def test_only_the_git_writers_hold_the_mutex_of_their_gitops_repo():
     doc = promote_doc()
     locked = {t["name"]: t["synchronization"]["mutexes"][0]["name"]
               for t in doc["spec"]["templates"] if "synchronization" in t}
-    assert list(locked) == ["commit"] and locked["commit"] == Bundle().gitops_mutex
+    assert sorted(locked) == ["commit", "retire"] and set(locked.values()) == {Bundle().gitops_mutex}
     other = Bundle.model_validate({"settings": {"gitops_repo": "https://git.example/other.git"}})
     assert other.gitops_mutex != Bundle().gitops_mutex
 

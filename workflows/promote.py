@@ -1,7 +1,8 @@
 """WorkflowTemplate `mlferry-promote`: one model version into one environment.
 
-    verify-event ── resolve ──┬── publish ──┬── commit ── report
-                              └── render  ──┘      (mutex per GitOps repo and branch)
+    verify-event ─┬─ resolve ──┬── publish ──┬── commit ── report     (alias set, or no event)
+                  │            └── render  ──┘   (mutex per GitOps repo and branch)
+                  └─ retire                                            (alias deleted, prune on)
     on exit, when the run failed: report-failure (tags the version with the error)
 
 Submitted by the Sensor on an alias webhook, by the reconcile fan-out, by `mlferry promote`
@@ -9,7 +10,9 @@ Submitted by the Sensor on an alias webhook, by the reconcile fan-out, by `mlfer
 `argo submit --from workflowtemplate/mlferry-promote -p model=… -p version=… -p env=…`.
 """
 
-from hera.workflows import DAG, Parameter, SecretEnv, WorkflowTemplate
+from dataclasses import dataclass
+
+from hera.workflows import DAG, Parameter, Script, SecretEnv, WorkflowTemplate
 from hera.workflows.models import (
     Counter,
     Gauge,
@@ -30,6 +33,7 @@ from steps.publish import publish
 from steps.render import render
 from steps.report import report
 from steps.resolve import resolve
+from steps.retire import retire
 from steps.verify_event import SECRET_ENV, verify_event
 from workflows.bundle import Bundle
 from workflows.tasks import step_script
@@ -53,7 +57,7 @@ def promote_template(bundle: Bundle) -> WorkflowTemplate:
     with WorkflowTemplate(
         name=NAME,
         namespace=bundle.namespace,
-        labels=_labels(bundle),
+        labels=labels(bundle),
         annotations={
             "workflows.argoproj.io/description": "Promote one MLflow model version into one environment "
                                                  "through the GitOps repo (mlferry).",
@@ -88,41 +92,76 @@ def promote_template(bundle: Bundle) -> WorkflowTemplate:
     return template
 
 
-def _promote_dag(bundle: Bundle) -> None:
+@dataclass(frozen=True)
+class StepTemplates:
+    """The step templates of a promotion, created once per WorkflowTemplate."""
+
+    resolve: Script
+    publish: Script
+    render: Script
+    commit: Script
+    report: Script
+
+    @classmethod
+    def of(cls, bundle: Bundle) -> "StepTemplates":
+        return cls(
+            resolve=step_script(bundle, "resolve", resolve),
+            publish=step_script(bundle, "publish", publish),
+            render=step_script(bundle, "render", render),
+            commit=step_script(bundle, "commit", commit,
+                               synchronization=Synchronization(mutexes=[Mutex(name=bundle.gitops_mutex)])),
+            report=step_script(bundle, "report", report),
+        )
+
+
+def promotion_tasks(steps: StepTemplates, selector: dict[str, str], trigger: str, when: str | None = None):
+    """resolve → publish ∥ render → commit → report, inside the current DAG.
+
+    `depends` says `.Succeeded` explicitly: a bare task name would also accept a Skipped task
+    (Argo's rule), and resolve is skipped when the event deleted the alias.
+    """
+    found = steps.resolve(name="resolve", arguments=selector, when=when)
+    version = {"model": out("resolve", "name"), "version": out("resolve", "version")}
+    steps.publish(name="publish", depends="resolve.Succeeded", arguments={
+        **version, "slug": out("resolve", "slug"), "source_uri": out("resolve", "source_uri")})
+    steps.render(name="render", depends="resolve.Succeeded", arguments={
+        **version, "slug": out("resolve", "slug"), "env": out("resolve", "env"),
+        "run_id": out("resolve", "run_id"), "source_commit": out("resolve", "source_commit"),
+        "description": out("resolve", "description")})
+    steps.commit(name="commit", depends="publish.Succeeded && render.Succeeded", arguments={
+        **version, "env": out("resolve", "env"), "folder": out("render", "folder"),
+        "files": out("render", "files"), "run_id": out("resolve", "run_id"), "trigger": trigger})
+    steps.report(name="report", depends="commit.Succeeded", arguments={
+        **version, "env": out("resolve", "env"), "status": "committed",
+        "commit": out("commit", "sha"), "uri": out("publish", "uri")})
+    return found
+
+
+def promotion_outputs() -> list[ModelParameter]:
+    # Defaults: a run that retired a folder (alias deleted) has no commit task outputs.
+    def output(name: str, task: str, parameter: str) -> ModelParameter:
+        return ModelParameter(name=name, value_from=ValueFrom(parameter=out(task, parameter), default=""))
+
+    return [output("commit", "commit", "sha"), output("changed", "commit", "changed"),
+            output("folder", "commit", "folder"), output("uri", "publish", "uri")]
+
+
+def _promote_dag(bundle: Bundle) -> Script:
     verify_t = step_script(bundle, "verify-event", verify_event)
     verify_t.env = [*verify_t.env, SecretEnv(name=SECRET_ENV, secret_name=bundle.secrets.webhook,
                                              secret_key=SECRET_ENV, optional=True)]
-    resolve_t = step_script(bundle, "resolve", resolve)
-    publish_t = step_script(bundle, "publish", publish)
-    render_t = step_script(bundle, "render", render)
-    commit_t = step_script(bundle, "commit", commit,
+    retire_t = step_script(bundle, "retire", retire,
                            synchronization=Synchronization(mutexes=[Mutex(name=bundle.gitops_mutex)]))
-    report_t = step_script(bundle, "report", report)
-
-    with DAG(name=ENTRYPOINT, outputs=[
-        ModelParameter(name="commit", value_from=ValueFrom(parameter=out("commit", "sha"))),
-        ModelParameter(name="changed", value_from=ValueFrom(parameter=out("commit", "changed"))),
-        ModelParameter(name="folder", value_from=ValueFrom(parameter=out("commit", "folder"))),
-        ModelParameter(name="uri", value_from=ValueFrom(parameter=out("publish", "uri"))),
-    ]):
+    steps = StepTemplates.of(bundle)
+    action = f"'{out('verify-event', 'action')}'"  # only created, deleted or "" (checked by verify-event)
+    with DAG(name=ENTRYPOINT, outputs=promotion_outputs()):
         verified = verify_t(name="verify-event", arguments={k: wf(k) for k in EVENT_PARAMETERS})
-        found = resolve_t(name="resolve", arguments={k: wf(k) for k in ("model", "version", "alias", "stage", "env")})
-        version = {"model": out("resolve", "name"), "version": out("resolve", "version")}
-        published = publish_t(name="publish", arguments={
-            **version, "slug": out("resolve", "slug"), "source_uri": out("resolve", "source_uri")})
-        rendered = render_t(name="render", arguments={
-            **version, "slug": out("resolve", "slug"), "env": out("resolve", "env"),
-            "run_id": out("resolve", "run_id"), "source_commit": out("resolve", "source_commit"),
-            "description": out("resolve", "description")})
-        committed = commit_t(name="commit", arguments={
-            **version, "env": out("resolve", "env"), "folder": out("render", "folder"),
-            "files": out("render", "files"), "run_id": out("resolve", "run_id"), "trigger": wf("trigger")})
-        reported = report_t(name="report", arguments={
-            **version, "env": out("resolve", "env"), "status": "committed",
-            "commit": out("commit", "sha"), "uri": out("publish", "uri")})
-        verified >> found >> [published, rendered]
-        [published, rendered] >> committed >> reported
-    return report_t
+        found = promotion_tasks(steps, {k: wf(k) for k in ("model", "version", "alias", "stage", "env")},
+                                wf("trigger"), when=f"{action} != 'deleted'")
+        retired = retire_t(name="retire", when=f"{action} == 'deleted'",
+                           arguments={"model": wf("model"), "env": wf("env"), "trigger": wf("trigger")})
+        verified >> [found, retired]
+    return steps.report
 
 
 def _exit_handler(report_t) -> None:
@@ -140,7 +179,7 @@ def _exit_handler(report_t) -> None:
         )
 
 
-def _labels(bundle: Bundle) -> dict[str, str]:
+def labels(bundle: Bundle) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "mlferry",
         "app.kubernetes.io/part-of": "mlferry",

@@ -1,0 +1,80 @@
+"""WorkflowTemplate and CronWorkflow `mlferry-reconcile`: make git match the registry.
+
+    plan ──┬── promote-one × N   (withParam, at most `parallelism` at once)
+           └── prune             (one commit removing every folder whose alias is gone)
+
+The schedule catches what webhooks cannot: deliveries MLflow dropped, changes made while the
+receiver was down, and legacy stage transitions, which send no webhook. Each promote-one is the
+same DAG as `mlferry-promote` (workflows/promote.py), so both paths render and commit alike.
+"""
+
+from hera.workflows import DAG, CronWorkflow, Parameter, Task, WorkflowTemplate
+from hera.workflows.models import Mutex, PodGC, Synchronization, TTLStrategy, WorkflowTemplateRef
+
+from steps.plan import plan
+from steps.retire import retire
+from workflows.bundle import Bundle
+from workflows.promote import StepTemplates, labels, out, promotion_tasks, wf
+from workflows.tasks import step_script
+
+NAME = "mlferry-reconcile"
+ENTRYPOINT = "reconcile"
+
+
+def inp(name: str) -> str:
+    return f"{{{{inputs.parameters.{name}}}}}"
+
+
+def reconcile_template(bundle: Bundle) -> WorkflowTemplate:
+    with WorkflowTemplate(
+        name=NAME,
+        namespace=bundle.namespace,
+        labels=labels(bundle),
+        annotations={"workflows.argoproj.io/description":
+                     "Promote what the MLflow registry's aliases and stages ask for and git lacks; "
+                     "prune folders whose alias is gone (mlferry)."},
+        entrypoint=ENTRYPOINT,
+        service_account_name=bundle.service_account,
+        arguments=[
+            Parameter(name="prune", value="auto", enum=["auto", "true", "false"],
+                      description="remove folders whose alias is gone; auto: the settings decide"),
+            Parameter(name="trigger", value="reconcile", description="why: reconcile, schedule"),
+        ],
+        active_deadline_seconds=bundle.workflow_deadline_seconds,
+        pod_gc=PodGC(strategy="OnPodSuccess", delete_delay_duration="10m"),
+        ttl_strategy=TTLStrategy(seconds_after_completion=bundle.ttl_seconds),
+    ) as template:
+        plan_t = step_script(bundle, "plan", plan)
+        prune_t = step_script(bundle, "retire", retire,
+                              synchronization=Synchronization(mutexes=[Mutex(name=bundle.gitops_mutex)]))
+        steps = StepTemplates.of(bundle)
+        with DAG(name="promote-one", inputs=[Parameter(name=n) for n in ("model", "version", "env", "trigger")]) \
+                as promote_one:
+            promotion_tasks(steps, {"model": inp("model"), "version": inp("version"), "env": inp("env")},
+                            inp("trigger"))
+        with DAG(name=ENTRYPOINT, parallelism=bundle.parallelism):
+            plan_t(name="plan", arguments={"prune": wf("prune")})
+            Task(name="promote", template=promote_one, depends="plan.Succeeded",
+                 with_param=out("plan", "promotions"),
+                 arguments={"model": "{{item.model}}", "version": "{{item.version}}", "env": "{{item.env}}",
+                            "trigger": wf("trigger")})
+            prune_t(name="prune", depends="plan.Succeeded", when=f"{out('plan', 'removal_count')} > 0",
+                    arguments={"targets": out("plan", "removals"), "prune": wf("prune"), "trigger": wf("trigger")})
+    return template
+
+
+def reconcile_cron(bundle: Bundle) -> CronWorkflow:
+    return CronWorkflow(
+        name=NAME,
+        namespace=bundle.namespace,
+        labels=labels(bundle),
+        schedules=[bundle.schedule],
+        timezone=bundle.timezone,
+        # A reconcile still running when the next is due is doing the work already.
+        concurrency_policy="Forbid",
+        starting_deadline_seconds=300,
+        successful_jobs_history_limit=3,
+        failed_jobs_history_limit=5,
+        workflow_template_ref=WorkflowTemplateRef(name=NAME),
+        arguments=[Parameter(name="trigger", value="schedule")],
+    )
