@@ -36,6 +36,11 @@ def step_env(bundle: Bundle) -> list:
                   optional=True),
         SecretEnv(name="MLFERRY_GIT_TOKEN", secret_name=secrets.git, secret_key="MLFERRY_GIT_TOKEN", optional=True),
         Env(name="MLFERRY_LOG_FORMAT", value="json"),
+        # MLflow's client retries 5xx on its own for minutes by default; keep its retries short
+        # and let the template's retryStrategy (with its backoff) do the patient retrying.
+        Env(name="MLFLOW_HTTP_REQUEST_MAX_RETRIES", value="2"),
+        Env(name="MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", value="1"),
+        Env(name="MLFLOW_HTTP_REQUEST_TIMEOUT", value="60"),
     ]
 
 
