@@ -1,0 +1,48 @@
+"""No credential in git, logs, workflow parameters, run records or generated YAML."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from workflows.generate import GENERATED_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+PLANTED_TOKEN = "ghp_plantedTestToken0123456789abcdefXYZ"
+
+
+def everything_under(folder: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file())
+
+
+def test_planted_credentials_appear_nowhere(registered_model, gitops_remote, tmp_path):
+    name, _ = registered_model(alias="production")
+    env = {**os.environ, "MLFERRY_GIT_TOKEN": PLANTED_TOKEN}
+    stack_dir = tmp_path / "local"
+    done = subprocess.run([sys.executable, "-m", "mlferry.cli", "promote", name, "--alias", "production",
+                           "--env", "production", "--stack-dir", str(stack_dir)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr
+    # A failing run too: errors are where credentials tend to leak.
+    failed = subprocess.run([sys.executable, "-m", "mlferry.cli", "promote", name, "--alias", "nope",
+                             "--env", "production", "--stack-dir", str(stack_dir)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert failed.returncode == 1
+
+    secrets = {
+        "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
+        "MLFERRY_WEBHOOK_SECRET": os.environ["MLFERRY_WEBHOOK_SECRET"],
+        "MLFERRY_GIT_TOKEN": PLANTED_TOKEN,
+    }
+    git_history = subprocess.run(["git", "--git-dir", str(gitops_remote), "log", "-p", "--all"],
+                                 capture_output=True, text=True, check=True).stdout
+    places = {
+        "git history": git_history,
+        "run records, parameters and task logs": everything_under(stack_dir / "runs"),
+        "generated Argo YAML": everything_under(GENERATED_DIR),
+        "CLI output": done.stdout + done.stderr + failed.stdout + failed.stderr,
+    }
+    assert "mlferry.io/model-name" in git_history  # the scan reads real content
+    for place, text in places.items():
+        for what, value in secrets.items():
+            assert value not in text, f"{what} leaked into {place}"
