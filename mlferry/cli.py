@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     _submit_command(commands)
     _runs_commands(commands)
     _generate_command(commands)
+    _events_commands(commands)
+    _webhook_commands(commands)
+    _operator_view_commands(commands)
     return parser
 
 
@@ -279,6 +282,116 @@ def _generate(args) -> int:
         for path in write(files, out):
             print(path)
     return 0
+
+
+# -- mlferry events / webhook -------------------------------------------------------------------
+
+def _events_commands(commands) -> None:
+    events = commands.add_parser("events", help="MLflow webhook events: the local receiver")
+    actions = events.add_subparsers(dest="action", required=True)
+    serve = actions.add_parser("serve", help="receive MLflow's alias webhooks and run each promotion locally")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765; 0 picks one)")
+    _local_options(serve)
+    serve.set_defaults(func=_events_serve)
+
+
+def _events_serve(args) -> int:
+    from mlferry.receiver import serve
+
+    use_local_stack_if_unset(args.stack_dir)
+    return serve(args.host, args.port, runs_root=Path(args.stack_dir) / "runs", config=args.config,
+                 on_event=print_event if args.verbose else None)
+
+
+def _webhook_commands(commands) -> None:
+    hook = commands.add_parser("webhook", help="the MLflow webhook that sends alias events to mlferry")
+    actions = hook.add_subparsers(dest="action", required=True)
+    register = actions.add_parser("register", help="create or update (by name) the webhook for alias events")
+    register.add_argument("--url", required=True, help="where MLflow posts, e.g. http://127.0.0.1:8765/mlflow")
+    test = actions.add_parser("test", help="have MLflow send its test event and show the answer")
+    for sub, func in ((register, _webhook_register), (test, _webhook_test)):
+        sub.add_argument("--name", default="mlferry", help="webhook name (default mlferry)")
+        sub.add_argument("--stack-dir", default=DEFAULT_DIR, help="local stack used when MLFLOW_TRACKING_URI is unset")
+        sub.set_defaults(func=func)
+
+
+def _webhook_register(args) -> None:
+    from mlferry.webhooks import register, server_settings
+
+    use_local_stack_if_unset(args.stack_dir)
+    done = register(args.url, secret=os.environ.get("MLFERRY_WEBHOOK_SECRET", ""), name=args.name)
+    print(f"{'created' if done.created else 'updated'} webhook {done.name} ({done.webhook_id}): "
+          f"{', '.join(done.events)} -> {done.url}, signed with MLFERRY_WEBHOOK_SECRET")
+    for webhook_id in done.removed:
+        print(f"deleted duplicate webhook {webhook_id} of the same name")
+    print("the MLflow server's environment (the local stack sets all of these):")
+    for setting in server_settings(args.url):
+        print(f"  {setting.name + '=' + setting.value:<52} {setting.need}: {setting.why}")
+
+
+def _webhook_test(args) -> int:
+    from mlferry.webhooks import send_test
+
+    use_local_stack_if_unset(args.stack_dir)
+    answer = send_test(args.name)
+    if answer.status is None:
+        print(f"webhook {answer.name} -> {answer.url}: no answer: {answer.error}")
+    else:
+        print(f"webhook {answer.name} -> {answer.url}: HTTP {answer.status} {answer.body.strip()}")
+    return 0 if answer.success else 1
+
+
+# -- mlferry status / history: the operator's view ---------------------------------------------
+
+def _operator_view_commands(commands) -> None:
+    status = commands.add_parser("status", help="every model in every environment: registry, git, object store, drift")
+    status.add_argument("--env", default="", help="only this environment")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--check", action="store_true", help="exit 3 when anything drifts")
+    history = commands.add_parser("history", help="a model's deployments, from the GitOps repo's git log")
+    history.add_argument("model", help="registered model name")
+    history.add_argument("--env", default="", help="only this environment (default: all)")
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+    for sub, func in ((status, _status), (history, _history)):
+        sub.add_argument("--config", help="mlferry.yaml (default: $MLFERRY_CONFIG or ./mlferry.yaml)")
+        sub.add_argument("--stack-dir", default=DEFAULT_DIR, help="local stack used when MLFLOW_TRACKING_URI is unset")
+        sub.set_defaults(func=func)
+
+
+def _operator_view_settings(args):
+    from steps.settings import load_settings
+
+    use_local_stack_if_unset(args.stack_dir)
+    if not args.verbose:  # progress and retry lines are noise in a report; failures still say one line
+        logging.getLogger("steps.gitops").setLevel(logging.WARNING)
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    return load_settings(args.config)
+
+
+def _status(args) -> int:
+    import json
+
+    from mlferry.fleet import fleet_status
+
+    # A read-only report should fail in seconds, not after MLflow's minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    report = fleet_status(_operator_view_settings(args), env=args.env)
+    print(json.dumps(report.as_json(), indent=2) if args.json else report.table(), end="\n" if args.json else "")
+    return 3 if args.check and report.drifting else 0
+
+
+def _history(args) -> None:
+    import json
+
+    from mlferry.history import model_history
+
+    settings = _operator_view_settings(args)
+    if not settings.gitops_repo:
+        raise SettingsError("no GitOps repo configured: set MLFERRY_GITOPS_REPO or gitops_repo in mlferry.yaml")
+    found = model_history(args.model, args.env, settings.team, settings.gitops_repo, settings.gitops_branch)
+    print(json.dumps(found.as_json(), indent=2) if args.json else found.table(), end="\n" if args.json else "")
 
 
 if __name__ == "__main__":

@@ -228,6 +228,9 @@ class Stack:
             # The receiver is on loopback and speaks plain http (see DESIGN.md, the events path).
             "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
             "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+            # MLflow caches its webhook list per event (60 s by default): without this, a webhook
+            # just registered with `mlferry webhook register` would miss the next minute of events.
+            "MLFLOW_WEBHOOK_CACHE_TTL": os.environ.get("MLFLOW_WEBHOOK_CACHE_TTL", "1"),
             # No background job consumers: the local stack needs none and they cost memory.
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         })

@@ -24,7 +24,6 @@ JSON string instead; :func:`parse_trailer_value` reverses :func:`trailer_value`.
 
 # No ``from __future__ import annotations`` here: Hera's runner reads the annotations of
 # ``commit`` at run time and needs the classes, not strings.
-import json
 import logging
 import os
 import re
@@ -35,6 +34,7 @@ from hera.workflows import Input, Output
 from steps.outcome import as_argo_step
 from steps import gitops
 from steps.layout import check_version, parse_gitops_folder
+from steps.trailers import parse_trailer_value, trailer_value  # noqa: F401 (re-exported)
 from steps.naming import slugify
 from steps.settings import SettingsError, load_settings
 
@@ -165,17 +165,6 @@ def commit_message(inputs: CommitInput) -> str:
     }
     lines = [f"{key}: {trailer_value(value)}" for key, value in trailers.items() if value]
     return f"{subject}\n\n{body}\n\n" + "\n".join(lines) + "\n"
-
-
-def trailer_value(text: str) -> str:
-    """``text`` as a one-line trailer value: itself when that is safe, else a JSON string."""
-    if text.isprintable() and text == text.strip() and not text.startswith('"'):
-        return text
-    return json.dumps(text)  # ASCII-only: no line or paragraph separator can survive
-
-
-def parse_trailer_value(value: str) -> str:
-    return json.loads(value) if value.startswith('"') else value
 
 
 def _subject_text(text: str) -> str:

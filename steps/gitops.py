@@ -272,17 +272,22 @@ _INHERITED_GIT_STATE = re.compile(
 )
 
 
+def git_environment(remote: Remote, environ: Mapping[str, str]) -> dict[str, str]:
+    """The caller's environment minus anything pointing git elsewhere, plus the remote's auth;
+    never interactive, so a missing credential fails instead of hanging."""
+    env = {k: v for k, v in environ.items() if not _INHERITED_GIT_STATE.match(k)}
+    env.update(remote.env)
+    env.update(LC_ALL="C", LANGUAGE="C", GIT_TERMINAL_PROMPT="0", GCM_INTERACTIVE="never",
+               SSH_ASKPASS_REQUIRE="never", GIT_LITERAL_PATHSPECS="1")
+    return env
+
+
 class _Git:
     """git in one clone, with the remote's credentials in the environment and nowhere else."""
 
     def __init__(self, root: Path, remote: Remote, scratch: Path, environ: Mapping[str, str] = os.environ):
         self.root, self.remote, self.scratch = root, remote, scratch
-        env = {k: v for k, v in environ.items() if not _INHERITED_GIT_STATE.match(k)}
-        env.update(remote.env)
-        env.update(LC_ALL="C", LANGUAGE="C", GIT_TERMINAL_PROMPT="0", GCM_INTERACTIVE="never",
-                   SSH_ASKPASS_REQUIRE="never", GIT_LITERAL_PATHSPECS="1",
-                   GIT_INDEX_FILE=str(root / ".git" / "mlferry-index"))
-        self.env = env
+        self.env = {**git_environment(remote, environ), "GIT_INDEX_FILE": str(root / ".git" / "mlferry-index")}
 
     def run(self, *args: str, action: str, stdin: bytes = b"", cwd: Path | None = None,
             extra_env: Mapping[str, str] | None = None) -> str:

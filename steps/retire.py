@@ -9,7 +9,7 @@ the serving objects. Nothing happens when prune is off in the settings.
 from hera.workflows import Input, Output
 
 from steps import gitops
-from steps.commit import trailer_value
+from steps.trailers import trailer_value
 from steps.layout import gitops_folder, parse_gitops_folder
 from steps.naming import slugify
 from steps.outcome import as_argo_step

@@ -271,8 +271,11 @@ def test_rbac_is_least_privilege(helm):
         assert not of_kind(docs, "ClusterRole") and not of_kind(docs, "ClusterRoleBinding")
         assert rules_of(docs, "mlferry-workflow") == [
             {"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"], "verbs": ["create", "patch"]}]
-        templates = [d["metadata"]["name"] for d in generated_documents() if d["kind"] == "WorkflowTemplate"]
-        assert rules_of(docs, "mlferry-sensor") == [
+        templates = sorted(d["metadata"]["name"] for d in generated_documents() if d["kind"] == "WorkflowTemplate")
+        sensor_rules = rules_of(docs, "mlferry-sensor")
+        for rule in sensor_rules:
+            rule.get("resourceNames", []).sort()
+        assert sensor_rules == [
             {"apiGroups": ["argoproj.io"], "resources": ["workflows"], "verbs": ["create"]},
             {"apiGroups": ["argoproj.io"], "resources": ["workflowtemplates"], "verbs": ["get"],
              "resourceNames": templates}]

@@ -76,5 +76,6 @@ def reconcile_cron(bundle: Bundle) -> CronWorkflow:
         successful_jobs_history_limit=3,
         failed_jobs_history_limit=5,
         workflow_template_ref=WorkflowTemplateRef(name=NAME),
+        service_account_name=bundle.service_account,
         arguments=[Parameter(name="trigger", value="schedule")],
     )

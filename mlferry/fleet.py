@@ -1,0 +1,313 @@
+"""`mlferry status`: every model in every environment, as the registry, git and the object store
+each see it, and where they disagree.
+
+One row per (model, environment) that the registry selects (an alias or a legacy stage) or
+that has a folder in the GitOps repo. Requests stay proportional to what is shown:
+
+- registry: one paged listing (aliases and latest-per-stage come with each model), the same
+  one `reconcile` reads, and the same rule (:func:`steps.plan.desired_state`) picks the version;
+- GitOps repo: one shallow read of ``teams/<team>/`` for the folders and their annotations
+  (:func:`steps.gitops.read_snapshot`, as `reconcile` does), and one blobless clone with one
+  streamed `git log` for each folder's latest commit (:mod:`mlferry.history`), run in parallel;
+- object store: one HEAD of ``models/<slug>/<version>/mlferry-manifest.json`` per row shown
+  that has a version in git (plus one HEAD of the bucket, so a wrong bucket is said plainly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Iterable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+from mlferry.history import FolderEvent, GitOpsHistory, printable, age, format_table
+from steps import gitops, plan, registry
+from steps.layout import MANIFEST_NAME, gitops_folder, model_prefix, parse_gitops_folder
+from steps.naming import slugify
+from steps.settings import Settings, SettingsError
+from steps.store import ObjectStore
+
+# Drift: what disagrees, each with what to do about it.
+VERSION_DIFFERS = "version-differs"  # the registry selects another version than git holds
+NOT_DEPLOYED = "not-deployed"  # the registry selects a version; git has no folder
+NOT_PUBLISHED = "not-published"  # git's version has no complete copy in the object store
+NO_ALIAS = "no-alias"  # a folder in git that no alias or stage selects any more
+UNREADABLE = "unreadable-folder"  # a folder under teams/<team>/ without mlferry's annotations
+CONFLICTING_ALIASES = "conflicting-aliases"  # two aliases for one environment, two versions
+
+
+class FleetError(RuntimeError):
+    """A source could not be read; the message is one line saying what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Drift:
+    code: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    model: str  # "" for a folder whose model mlferry cannot tell
+    env: str
+    folder: str
+    registry_version: str = ""  # "" when no alias or stage selects a version
+    selected_by: tuple[tuple[str, str], ...] = ()  # (("alias", "production"),) or (("stage", "Production"),)
+    git_version: str = ""  # "" when git has no folder (or it names no version)
+    in_git: bool = False
+    published: bool | None = None  # None: nothing in git to check
+    last: FolderEvent | None = None
+    drift: tuple[Drift, ...] = ()
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.drift
+
+    def as_json(self, now: datetime) -> dict:
+        return {
+            "model": self.model, "env": self.env, "folder": self.folder,
+            "registry": ({"version": self.registry_version,
+                          "selected_by": [{"kind": kind, "name": name} for kind, name in self.selected_by]}
+                         if self.registry_version else None),
+            "git": {"version": self.git_version} if self.in_git else None,
+            "published": self.published,
+            "last_commit": self.last.as_json(now) if self.last else None,
+            "drift": [{"code": d.code, "message": d.message} for d in self.drift],
+            "in_sync": self.in_sync,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetStatus:
+    registry: str
+    repo: str
+    branch: str
+    head: str
+    bucket: str
+    team: str
+    env: str  # the --env filter, "" for all
+    rows: list[Row]
+
+    @property
+    def drifting(self) -> list[Row]:
+        return [r for r in self.rows if r.drift]
+
+    def as_json(self, now: datetime | None = None) -> dict:
+        now = now or datetime.now(timezone.utc)
+        return {"registry": self.registry, "repo": self.repo, "branch": self.branch, "head": self.head,
+                "bucket": self.bucket, "team": self.team, "env": self.env or None,
+                "rows": [r.as_json(now) for r in self.rows], "drifting": len(self.drifting)}
+
+    def table(self, now: datetime | None = None) -> str:
+        now = now or datetime.now(timezone.utc)
+        head = f"@{self.head[:12]}" if self.head else " (branch not created yet)"
+        intro = (f"registry {self.registry} · gitops {self.repo} {self.branch}{head} · "
+                 f"bucket s3://{self.bucket} · team {self.team}\n")
+        header = ["MODEL", "ENV", "REGISTRY", "GIT", "PUBLISHED", "LAST CHANGE", "AGE", "DRIFT"]
+        rows = [_cells(row, now) for row in self.rows]
+        if not rows:
+            scope = f" for environment {self.env}" if self.env else ""
+            return (intro + format_table(header, [])
+                    + f"(nothing to show{scope}: no alias or stage selects a model version, "
+                      f"and teams/{self.team}/ holds no model folder)\n")
+        details = [f"  {printable(r.model or r.folder, 200)} in {r.env}: {d.message}"
+                   for r in self.drifting for d in r.drift]
+        count = f"{len(self.rows)} row{'s' * (len(self.rows) != 1)}"
+        summary = (f"{count}, all in sync\n" if not details else
+                   f"{count}, {len(self.drifting)} drifting:\n" + "\n".join(details) + "\n")
+        return intro + format_table(header, rows) + "\n" + summary
+
+
+def _cells(row: Row, now: datetime) -> list[str]:
+    selectors = " ".join(f"@{name}" if kind == "alias" else f"stage {name}" for kind, name in row.selected_by)
+    registry_cell = f"v{row.registry_version} {selectors}" if row.registry_version else "-"
+    git_cell = (f"v{row.git_version}" if row.git_version else "?") if row.in_git else "-"
+    published = {True: "yes", False: "NO", None: "-"}[row.published]
+    last = f"{row.last.commit[:10]} {row.last.kind}" if row.last else "-"
+    when = age(row.last.age_seconds(now)) if row.last else "-"
+    drift = ", ".join(d.code for d in row.drift) or "in sync"
+    return [printable(row.model, 64) or "?", row.env, registry_cell, git_cell, published, last, when, drift]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the three sources
+
+
+def fleet_status(settings: Settings, *, env: str = "", environ: Mapping[str, str] | None = None,
+                 mlflow=None, store: ObjectStore | None = None) -> FleetStatus:
+    if not settings.gitops_repo:
+        raise SettingsError("no GitOps repo configured: set MLFERRY_GITOPS_REPO or gitops_repo in mlferry.yaml")
+    mlflow = mlflow or _registry_client()
+    prefix = f"teams/{settings.team}/"
+    repo, branch = settings.gitops_repo, settings.gitops_branch
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        listing = pool.submit(_list_models, mlflow)
+        reading = pool.submit(gitops.read_snapshot, repo, branch, prefix, environ=environ)
+        with GitOpsHistory.clone(repo, branch, environ=environ) as history:
+            models, snapshot = listing.result(), reading.result()
+            rows = compare(models, snapshot, settings)
+            rows = _only_env(rows, env, settings)
+            events = history.events(prefix, rev=snapshot.sha, until_seen={r.folder for r in rows})
+    latest: dict[str, FolderEvent] = {}
+    for event in events:  # newest first: keep the first one seen per folder
+        latest.setdefault(event.folder, event)
+    rows = [dataclasses.replace(r, last=latest.get(r.folder)) for r in rows]
+    rows = check_published(rows, store or ObjectStore.from_env(settings.bucket, environ), settings)
+    return FleetStatus(registry=shown_uri(mlflow.tracking_uri), repo=gitops.display_url(repo),
+                       branch=branch, head=snapshot.sha, bucket=settings.bucket, team=settings.team,
+                       env=env, rows=rows)
+
+
+def _registry_client():
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return registry.client()
+    except MlflowException as err:
+        raise FleetError(f"cannot use the MLflow registry ({_first_line(err)}); "
+                         "set MLFLOW_TRACKING_URI to your MLflow server") from None
+
+
+def _list_models(mlflow) -> list[registry.RegisteredModelView]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return registry.list_models(mlflow)
+    except MlflowException as err:
+        where = shown_uri(mlflow.tracking_uri)
+        if any(s in str(err) for s in ("Max retries exceeded", "Connection refused", "NewConnectionError")):
+            raise FleetError(f"cannot reach the MLflow server at {where}; check MLFLOW_TRACKING_URI "
+                             "and that the server is up") from None
+        raise FleetError(f"cannot list the registered models at {where} ({_first_line(err)}); "
+                         "check MLFLOW_TRACKING_URI and the MLflow credentials") from None
+
+
+def shown_uri(uri: str) -> str:
+    """A tracking URI fit for output: without any user:password part, otherwise as given."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def _first_line(err) -> str:
+    line = (str(getattr(err, "message", err)).strip().splitlines() or ["no detail"])[0]
+    return line if len(line) <= 200 else line[:199] + "…"
+
+
+def _only_env(rows: list[Row], env: str, settings: Settings) -> list[Row]:
+    if not env:
+        return rows
+    if env not in settings.environments and not any(r.env == env for r in rows):
+        known = ", ".join(sorted(settings.environments)) or "none"
+        raise SettingsError(f"unknown environment {env!r}; configured environments: {known}")
+    return [r for r in rows if r.env == env]
+
+
+def check_published(rows: list[Row], store: ObjectStore, settings: Settings) -> list[Row]:
+    """One HEAD per (model, version) in git: does its complete copy (the manifest) exist?"""
+    keys = {(r.folder, r.git_version): _manifest_key(r) for r in rows if r.git_version}
+    keys = {k: v for k, v in keys.items() if v}
+    if not keys:
+        return rows
+    store.check_bucket()
+    with ThreadPoolExecutor(max_workers=min(8, len(keys))) as pool:
+        found = dict(zip(keys, pool.map(lambda key: store.head(key) is not None, keys.values())))
+    out = []
+    for row in rows:
+        if (row.folder, row.git_version) not in found:
+            out.append(row)
+            continue
+        published = found[(row.folder, row.git_version)]
+        drift = row.drift if published else row.drift + (_not_published(row, settings),)
+        out.append(dataclasses.replace(row, published=published, drift=drift))
+    return out
+
+
+def _manifest_key(row: Row) -> str:
+    _, slug, _ = parse_gitops_folder(row.folder)
+    try:
+        return model_prefix(slug, row.git_version) + MANIFEST_NAME
+    except ValueError:  # a version annotation that is not a number: nothing to look up
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing (no I/O)
+
+
+def compare(models: Iterable[registry.RegisteredModelView], snapshot: gitops.Snapshot,
+            settings: Settings) -> list[Row]:
+    """One row per (model, env) the registry selects or git holds, drift flagged (no I/O)."""
+    models = list(models)
+    views = {m.name: m for m in models}
+    desired = plan.desired_state(models, settings)
+    deployed = plan.deployed_state(snapshot)
+    rows = []
+    for model, env in sorted(set(desired) | set(deployed)):
+        wanted, there = desired.get((model, env), ""), deployed.get((model, env))
+        selected, ignored = _selection(views.get(model), env, wanted, settings) if wanted else ((), ())
+        row = Row(model=model, env=env,
+                  folder=there.folder if there else gitops_folder(settings.team, slugify(model), env),
+                  registry_version=wanted, selected_by=selected,
+                  git_version=there.version if there else "", in_git=there is not None)
+        rows.append(dataclasses.replace(row, drift=_drift(row, ignored, settings)))
+    owned = {d.folder for d in deployed.values()}
+    for folder in sorted(snapshot.folders(depth=4)):
+        if folder in owned:
+            continue
+        try:
+            _, _, env = parse_gitops_folder(folder)
+        except ValueError:
+            continue  # not a folder mlferry owns: none of our business
+        rows.append(Row(model="", env=env, folder=folder, in_git=True, drift=(Drift(
+            UNREADABLE, f"{folder} has no mlferry.io/model-name annotation matching its name: "
+                        "written or edited by hand; promote the model again or remove the folder"),)))
+    return rows
+
+
+def _selection(view: registry.RegisteredModelView | None, env: str, version: str,
+               settings: Settings) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """(what selects ``version`` for env, aliases for env that point elsewhere and lose)."""
+    if view is None:
+        return (), ()
+    aliases = sorted(a for a in view.aliases if settings.environment_for_alias(a) == env)
+    chosen = tuple(("alias", a) for a in aliases if view.aliases[a] == version)
+    ignored = tuple((a, view.aliases[a]) for a in aliases if view.aliases[a] != version)
+    if chosen:
+        return chosen, ignored
+    stages = sorted(s for s, v in view.stages.items() if settings.environment_for_stage(s) == env and v == version)
+    return tuple(("stage", s) for s in stages), ()
+
+
+def _drift(row: Row, ignored: tuple[tuple[str, str], ...], settings: Settings) -> tuple[Drift, ...]:
+    found = []
+    promote = (f"mlferry promote {shlex.quote(row.model)} --version {row.registry_version} --env {row.env}"
+               if row.registry_version else "")
+    if row.registry_version and not row.in_git:
+        found.append(Drift(NOT_DEPLOYED, f"the registry selects v{row.registry_version} but git has no folder; "
+                                         f"the next reconcile deploys it, or run `{promote}`"))
+    elif row.registry_version and row.git_version != row.registry_version:
+        held = f"v{row.git_version}" if row.git_version else "a folder without a version annotation"
+        found.append(Drift(VERSION_DIFFERS, f"the registry selects v{row.registry_version} but git holds {held}; "
+                                            f"the next reconcile deploys it, or run `{promote}`"))
+    elif not row.registry_version and row.in_git:
+        then = ("the next reconcile removes the folder" if settings.prune else
+                "prune is off, so it stays until you remove the folder or set an alias again")
+        found.append(Drift(NO_ALIAS, f"no alias or stage selects a version for {row.env} any more; {then}"))
+    if ignored:
+        losers = ", ".join(f"@{alias} → v{version}" for alias, version in ignored)
+        found.append(Drift(CONFLICTING_ALIASES, f"aliases for {row.env} disagree: {losers} ignored, "
+                                                f"v{row.registry_version} wins; point them at one version"))
+    return tuple(found)
+
+
+def _not_published(row: Row, settings: Settings) -> Drift:
+    _, slug, _ = parse_gitops_folder(row.folder)
+    where = f"s3://{settings.bucket}/{model_prefix(slug, row.git_version)}"
+    again = (f"; run `mlferry promote {shlex.quote(row.model)} --version {row.git_version} --env {row.env}` "
+             "to publish it again" if row.model else "")
+    return Drift(NOT_PUBLISHED, f"git's v{row.git_version} has no complete copy at {where} "
+                                f"(no {MANIFEST_NAME}): its pods cannot load it{again}")

@@ -1,0 +1,447 @@
+"""`mlferry events serve`: MLflow's alias webhooks, received on this machine, promoted by the local executor.
+
+    MLflow ──POST <events.path>──▶ Receiver ── 202 at once
+                                     │ signature on the raw bytes, filter, replay check
+                                     ▼
+                                   queue ──▶ one run at a time: LocalArgo.submit(mlferry-promote)
+
+It stands in for the EventSource and the Sensor (sensors/objects.py), with the same code: the
+signature check is steps/signature.py, the filter is steps/event_filter.accept, and the workflow gets
+exactly the parameters the Sensor's trigger would give it (EVENT_PARAMETERS plus the trigger's fixed
+`env` and `trigger=webhook`, no `version`: resolve reads the alias when the run starts, so the latest
+move wins). Its first task, verify-event, checks the event once more.
+
+Beyond the Sensor, the receiver refuses a delivery id it has already accepted within the signature's
+time window (a replay, or MLflow retrying after a lost answer), and runs one promotion at a time (all
+go to one GitOps repo). A promotion still queued for the same model and environment is replaced by the
+newer event: both would resolve the same alias. MLflow sends each event once (plus retries on 429/5xx),
+so events missed while the receiver is down are caught up by `mlferry reconcile`, as in a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from email.message import Message
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+from mlferry.local import LocalArgo
+from mlferry.promotion import TEMPLATE, PromotionResult, failure_line
+from sensors.objects import EVENT_PARAMETERS, header_path, promotion_workflow
+from steps.event_filter import accept, environment_aliases
+from steps.settings import SettingsError
+from steps.signature import (DELIVERY_ID_HEADER, MAX_AGE_SECONDS, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError,
+                             verify)
+from steps.verify_event import SECRET_ENV
+from workflows.bundle import Bundle
+from workflows.runs import NodeEvent, RunResult, list_runs
+
+log = logging.getLogger("mlferry.receiver")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+HEALTH_PATH = "/healthz"
+MAX_BODY_BYTES = 1024 * 1024  # MLflow's alias events are a few hundred bytes
+DRAIN_LIMIT = 8 * MAX_BODY_BYTES  # an oversized body up to this is read and dropped, so the client sees the 413
+SOCKET_TIMEOUT = 10.0  # seconds a client may take to send its request
+# A queued event whose signed timestamp gets older than this is not run: verify-event would reject it as
+# stale (MAX_AGE_SECONDS), and the failure would be tagged on the version as if the promotion had failed.
+QUEUE_AGE_LIMIT = MAX_AGE_SECONDS - 10
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer: status, one-line JSON body, and what the log line says about it."""
+
+    status: int
+    body: dict[str, Any]
+    note: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def error(cls, status: int, message: str, note: str = "") -> "Reply":
+        return cls(status, {"error": message}, note or message)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One accepted webhook event, waiting for or in its promotion run."""
+
+    delivery_id: str
+    action: str
+    model: str
+    alias: str
+    env: str
+    timestamp: int  # X-MLflow-Timestamp, unix seconds (signed)
+    parameters: dict[str, str] = field(repr=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.model, self.env)
+
+    def describe(self) -> str:
+        return f"{self.model} alias {self.alias} {self.action} → {self.env} (delivery {self.delivery_id})"
+
+
+# --- the Sensor's parameters -------------------------------------------------------------------
+
+def sensor_parameters(env: str, headers: Message, body_text: str, payload: Any, bundle: Bundle) -> dict[str, str]:
+    """The parameters the Sensor's trigger for `env` gives the workflow for this request.
+
+    The trigger's fixed values come from the Workflow it submits (sensors.objects.promotion_workflow);
+    each event value is read at the same path the trigger reads (EVENT_PARAMETERS), from the headers as
+    Go canonicalises them and the parsed body. `body` is the body as received: Argo Events hands on a
+    compacted copy, which verify-event also accepts; locally the signed bytes themselves are available.
+    """
+    workflow = promotion_workflow(bundle, env)
+    values = {p["name"]: p.get("value", "") for p in workflow["spec"]["arguments"]["parameters"]}
+    event = {"header": _canonical_headers(headers), "body": payload}
+    for name, (path, default) in EVENT_PARAMETERS.items():
+        found = body_text if path == "body" else _lookup(event, path)
+        values[name] = (default or "") if found is None else found
+    return values
+
+
+def _canonical_headers(headers: Message) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name in dict.fromkeys(headers.keys()):
+        canonical = header_path(name).split(".", 1)[1].rsplit(".", 1)[0]  # "header.<Name>.0"
+        out[canonical] = [str(v) for v in headers.get_all(name, [])]
+    return out
+
+
+def _lookup(value: Any, path: str) -> str | None:
+    """A gjson-style path (`a.b.0`) into JSON values; objects and arrays come back as JSON text."""
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+# --- state shared by the HTTP threads and the worker ---------------------------------------------
+
+class SeenDeliveries:
+    """Delivery ids accepted recently: remembered for as long as their signature stays fresh."""
+
+    def __init__(self, window: int = MAX_AGE_SECONDS):
+        self.window = window
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def first_time(self, delivery_id: str, sent: int, now: float) -> bool:
+        with self._lock:
+            for known in [k for k, until in self._until.items() if until < now]:
+                del self._until[known]
+            if delivery_id in self._until:
+                return False
+            # A copy signed at `sent` passes the signature check until sent + window.
+            self._until[delivery_id] = max(now, sent) + self.window + 1
+            return True
+
+
+class PromotionQueue:
+    """Accepted deliveries in order, at most one per (model, environment): a newer one replaces it."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[tuple[str, str], Delivery] = OrderedDict()
+        self._ready = threading.Condition()
+
+    def put(self, delivery: Delivery) -> Delivery | None:
+        """Queue `delivery`; return the queued one it replaces, if any."""
+        with self._ready:
+            replaced = self._items.get(delivery.key)
+            self._items[delivery.key] = delivery  # keeps the replaced one's place in the line
+            self._ready.notify()
+            return replaced
+
+    def get(self, timeout: float) -> Delivery | None:
+        with self._ready:
+            if not self._items:
+                self._ready.wait(timeout)
+            if not self._items:
+                return None
+            return self._items.popitem(last=False)[1]
+
+    def drain(self) -> list[Delivery]:
+        with self._ready:
+            items = list(self._items.values())
+            self._items.clear()
+            return items
+
+    def __len__(self) -> int:
+        with self._ready:
+            return len(self._items)
+
+
+# --- the receiver ------------------------------------------------------------------------------
+
+class Receiver:
+    """What happens to one request (`receive`), and the promotions it starts (`work`, one at a time)."""
+
+    def __init__(self, local: LocalArgo, secret: str, *, clock: Callable[[], float] = time.time,
+                 on_event: Callable[[NodeEvent], None] | None = None):
+        self.local = local
+        self.bundle = local.bundle
+        self.settings = local.bundle.settings
+        self.path = local.bundle.events.path
+        self.secret = secret
+        self.clock = clock
+        self.on_event = on_event
+        self.seen = SeenDeliveries()
+        self.queue = PromotionQueue()
+        self.running: Delivery | None = None
+        self.finished = 0
+        self.accepting = True
+
+    # the request, from headers and raw bytes to an answer
+    def receive(self, headers: Message, body: bytes) -> Reply:
+        if not self.accepting:
+            return Reply.error(HTTPStatus.SERVICE_UNAVAILABLE, "the receiver is shutting down")
+        content_type = headers.get_content_type() if headers.get("Content-Type") else ""
+        if content_type != "application/json":
+            return Reply.error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                               f"Content-Type must be application/json, not {content_type or 'missing'}")
+        delivery_id = headers.get(DELIVERY_ID_HEADER, "")
+        timestamp = headers.get(TIMESTAMP_HEADER, "")
+        signature = headers.get(SIGNATURE_HEADER, "")
+        now = self.clock()
+        try:
+            verify(self.secret, delivery_id, timestamp, body, signature, now=now)
+        except SignatureError as err:
+            return Reply.error(HTTPStatus.UNAUTHORIZED, str(err), f"rejected delivery {_printable(delivery_id)}: {err}")
+        try:
+            body_text = body.decode("utf-8")
+            payload = json.loads(body_text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            return Reply.error(HTTPStatus.BAD_REQUEST, f"the body is not JSON: {err}",
+                               f"delivery {delivery_id}: the body is not JSON: {err}")
+        decision = accept(payload, self.settings)
+        if not decision.accepted:
+            return Reply(HTTPStatus.OK, {"status": "ignored", "reason": decision.reason},
+                         f"ignored delivery {delivery_id}: {decision.reason}")
+        if not self.seen.first_time(delivery_id, int(timestamp), now):
+            return Reply(HTTPStatus.OK, {"status": "duplicate", "delivery_id": delivery_id},
+                         f"duplicate delivery {delivery_id}: already accepted, nothing started")
+        delivery = Delivery(delivery_id, decision.action, decision.model, decision.alias, decision.env,
+                            int(timestamp), sensor_parameters(decision.env, headers, body_text, payload, self.bundle))
+        replaced = self.queue.put(delivery)
+        answer = {"status": "accepted", "delivery_id": delivery_id, "model": delivery.model, "env": delivery.env}
+        note = f"accepted {delivery.describe()}"
+        if replaced:
+            answer["replaces"] = replaced.delivery_id
+            note += f", replacing queued delivery {replaced.delivery_id}"
+        return Reply(HTTPStatus.ACCEPTED, answer, note)
+
+    def health(self) -> dict[str, Any]:
+        running = self.running
+        return {"status": "ok" if self.accepting else "stopping", "path": self.path, "queued": len(self.queue),
+                "running": running.delivery_id if running else None, "finished": self.finished}
+
+    # the promotions, in the calling (main) thread: a signal stops a run as it stops `mlferry promote`
+    def work(self) -> None:
+        while True:
+            delivery = self.queue.get(timeout=0.5)
+            if delivery is not None:
+                self.promote(delivery)
+
+    def promote(self, delivery: Delivery) -> None:
+        waited = self.clock() - delivery.timestamp
+        if waited > QUEUE_AGE_LIMIT:
+            log.warning("skipped %s: it waited %.0f s, its signature would be stale when the run starts; "
+                        "`mlferry reconcile` catches up", delivery.describe(), waited)
+            return
+        self.running = delivery
+        try:
+            run = self.local.submit(TEMPLATE, delivery.parameters, on_event=self.on_event)
+        except KeyboardInterrupt:
+            stopped = self._run_of(delivery)
+            if stopped:
+                log.warning("stopped run %s of %s: interrupted; `mlferry reconcile` catches up",
+                            stopped.run_id, delivery.describe())
+            else:
+                log.warning("stopped %s before its run started; `mlferry reconcile` catches up", delivery.describe())
+            raise
+        except (ValueError, LookupError, OSError, RuntimeError) as err:  # the run could not start
+            log.error("could not start a run for %s: %s", delivery.describe(), err)
+            return
+        finally:
+            self.running = None
+            self.finished += 1
+        log.info("%s", run_line(run, delivery))
+
+    def _run_of(self, delivery: Delivery) -> RunResult | None:
+        runs = [r for r in list_runs(self.local.runs_root) if r.parameters.get("delivery_id") == delivery.delivery_id]
+        return runs[0] if runs else None
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """An unverified header value, safe for one log line."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit]) or "-"
+
+
+def run_line(run: RunResult, delivery: Delivery) -> str:
+    """One log line for a finished run: id, phase, and where it went or why it failed."""
+    head = f"run {run.run_id} {run.phase} in {run.duration or 0:.1f}s: {delivery.describe()}"
+    if run.phase != "Succeeded":
+        return f"{head}: {failure_line(run)} (details: mlferry runs show {run.run_id})"
+    result = PromotionResult(run)
+    retired = next((t for t in run.tasks if t.name == "retire" and t.phase == "Succeeded"), None)
+    if retired is not None:  # the alias was deleted: its folder is removed (when prune is on)
+        sha, folders = retired.outputs.get("sha", ""), _folders(retired.outputs.get("folders", ""))
+        if not sha:
+            return f"{head}: nothing removed (prune is off)"
+        changed = retired.outputs.get("changed") == "true"
+        change = f"commit {sha[:12]}" if changed else f"nothing to remove (head {sha[:12]})"
+        return f"{head}: removed {', '.join(folders) or 'no folder'} {change}"
+    if not result.commit:
+        return f"{head}: no commit"
+    change = f"commit {result.commit[:12]}" if result.changed else f"nothing to change (head {result.commit[:12]})"
+    return f"{head}: v{result.output('resolve', 'version')} {result.folder}/ {change}"
+
+
+def _folders(text: str) -> list[str]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return [text] if text else []
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+# --- HTTP --------------------------------------------------------------------------------------
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], receiver: Receiver):
+        self.receiver = receiver
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "mlferry-receiver"
+    timeout = SOCKET_TIMEOUT
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        path = urlsplit(self.path).path
+        if path == HEALTH_PATH:
+            self._reply(Reply(HTTPStatus.OK, self.server.receiver.health()), level=logging.DEBUG)
+        elif path == self.server.receiver.path:
+            self._reply(Reply(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use POST"}, "use POST",
+                              headers=(("Allow", "POST"),)))
+        else:
+            self._reply(Reply.error(HTTPStatus.NOT_FOUND, f"no such path; MLflow posts to {self.server.receiver.path}"))
+
+    def do_POST(self) -> None:  # noqa: N802
+        receiver = self.server.receiver
+        if urlsplit(self.path).path != receiver.path:
+            return self._reply(Reply.error(HTTPStatus.NOT_FOUND, f"no such path; MLflow posts to {receiver.path}"))
+        if self.headers.get("Transfer-Encoding"):
+            return self._reply(Reply.error(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length"))
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            return self._reply(Reply.error(HTTPStatus.LENGTH_REQUIRED, "a valid Content-Length is required"))
+        if length > MAX_BODY_BYTES:
+            if length <= DRAIN_LIMIT:
+                self._discard(length)
+            return self._reply(Reply.error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                           f"the body is {length} bytes; the limit is {MAX_BODY_BYTES}"))
+        body = self.rfile.read(length)
+        if len(body) != length:
+            return self._reply(Reply.error(HTTPStatus.BAD_REQUEST, "the body ended before its Content-Length"))
+        try:
+            reply = receiver.receive(self.headers, body)
+        except Exception:  # a bug: say so to MLflow (it retries a 500) and in the log, keep serving
+            log.exception("delivery %s: the receiver failed", self.headers.get(DELIVERY_ID_HEADER, "-"))
+            reply = Reply.error(HTTPStatus.INTERNAL_SERVER_ERROR, "the receiver failed; see its log")
+        self._reply(reply)
+
+    def _discard(self, length: int) -> None:
+        while length > 0:
+            chunk = self.rfile.read(min(length, 65536))
+            if not chunk:
+                return
+            length -= len(chunk)
+
+    def _reply(self, reply: Reply, level: int = logging.INFO) -> None:
+        data = json.dumps(reply.body).encode() + b"\n"
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+        log.log(level, "%s %s %s %d %s", self.client_address[0], self.command, urlsplit(self.path).path,
+                reply.status, reply.note or HTTPStatus(reply.status).phrase)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        log.debug("%s %s", self.client_address[0], format % args)  # our own line is logged in _reply
+
+
+# --- the command -------------------------------------------------------------------------------
+
+def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, runs_root: str | Path, config: str | None = None,
+          environ: Mapping[str, str] | None = None, on_event: Callable[[NodeEvent], None] | None = None) -> int:
+    """Receive webhooks until SIGINT or SIGTERM; a running promotion is stopped cleanly, queued ones dropped."""
+    environ = os.environ if environ is None else environ
+    secret = environ.get(SECRET_ENV, "")
+    if not secret:
+        raise SettingsError(f"{SECRET_ENV} is not set, so no event could be trusted; give it the webhook's secret "
+                            "(`mlferry stack env` has the local stack's)")
+    local = LocalArgo.from_environment(config, runs_root, environ)
+    settings = local.bundle.settings
+    if not settings.gitops_repo:
+        raise SettingsError("no GitOps repo is configured: set MLFERRY_GITOPS_REPO or gitops_repo in mlferry.yaml")
+    receiver = Receiver(local, secret, on_event=on_event)
+    try:
+        server = _Server((host, port), receiver)
+    except OSError as err:
+        raise RuntimeError(f"cannot listen on {host}:{port}: {err.strerror}; is another receiver running? "
+                           "choose another --port") from None
+    aliases = ", ".join(f"{a}→{env}" for env, names in environment_aliases(settings).items() for a in names)
+    bound_host, bound_port = server.server_address[:2]
+    log.info("listening on http://%s:%d%s (health: %s); aliases %s; promotions run one at a time into %s (%s); "
+             "runs in %s", bound_host, bound_port, receiver.path, HEALTH_PATH, aliases or "none",
+             settings.gitops_repo, settings.gitops_branch, local.runs_root)
+    http = threading.Thread(target=server.serve_forever, name="mlferry-receiver-http", daemon=True)
+    http.start()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
+    try:
+        receiver.work()
+    except KeyboardInterrupt:
+        receiver.accepting = False
+        log.info("stopping: no new events are accepted")
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+        server.shutdown()
+        server.server_close()
+        for delivery in receiver.queue.drain():
+            log.warning("dropped queued %s; `mlferry reconcile` catches up", delivery.describe())
+    log.info("stopped after %d run(s)", receiver.finished)
+    return 0
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,20 @@
+"""Commit-message trailers (`Model: …`): written by commit and retire, read by history.
+
+Model names, run ids and triggers are arbitrary strings. A value that could break the trailer
+block (a line break, a control character, surrounding blanks, a leading quote) is written as a
+JSON string instead; `parse_trailer_value` reverses `trailer_value`. No Hera here: the CLI's
+history reads trailers without paying for Hera's import.
+"""
+
+import json
+
+
+def trailer_value(text: str) -> str:
+    """``text`` as a one-line trailer value: itself when that is safe, else a JSON string."""
+    if text.isprintable() and text == text.strip() and not text.startswith('"'):
+        return text
+    return json.dumps(text)  # ASCII-only: no line or paragraph separator can survive
+
+
+def parse_trailer_value(value: str) -> str:
+    return json.loads(value) if value.startswith('"') else value
