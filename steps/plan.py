@@ -23,6 +23,8 @@ from steps.naming import slugify
 from steps.outcome import as_argo_step
 from steps.settings import Settings, load_settings
 
+# libyaml's safe loader when present: ~10x faster, and reconcile parses every folder.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MODEL_ANNOTATION = "mlferry.io/model-name"
 VERSION_ANNOTATION = "mlferry.io/version"
 
@@ -89,7 +91,7 @@ def deployed_state(snapshot: gitops.Snapshot) -> dict[tuple[str, str], Deployed]
 def _annotations(texts: Iterable[str]) -> dict[str, str]:
     for text in texts:
         try:
-            docs = list(yaml.safe_load_all(text))
+            docs = list(yaml.load_all(text, Loader=_LOADER))
         except yaml.YAMLError:
             continue
         for doc in docs:

@@ -36,7 +36,8 @@ from steps.store import MB, TRANSFER, ObjectStore, StoredObject
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "mlferry.manifest/v1"
-FILES_AT_ONCE = 4
+FILES_AT_ONCE = 4  # large (multipart) files in flight: each holds up to 4 parts of 16 MB
+SMALL_FILES_AT_ONCE = 8  # small files in flight beside them: many small files are latency-bound
 HASH_CHUNK = 1 * MB
 
 
@@ -78,7 +79,7 @@ class Copied:
 @as_argo_step
 def publish(inputs: PublishInput) -> Publication:
     settings = load_settings()
-    store = ObjectStore.from_env(settings.bucket, connections=FILES_AT_ONCE * TRANSFER.max_concurrency + 4)
+    store = ObjectStore.from_env(settings.bucket, connections=FILES_AT_ONCE * TRANSFER.max_concurrency + SMALL_FILES_AT_ONCE + 4)
     return publish_version(open_source(inputs.source_uri), store, inputs.model, inputs.version, inputs.slug)
 
 
@@ -189,14 +190,20 @@ def stored_damage(manifest: PublishedManifest, stored: Mapping[str, int]) -> lis
 
 def copy_files(source: ModelSource, store: ObjectStore, prefix: str, listing: list[SourceFile],
                stored: Mapping[str, int], files_at_once: int) -> list[Copied]:
-    # Largest first, so the long uploads start early and the small ones fill the gaps.
-    order = sorted(listing, key=lambda f: f.size, reverse=True)
-    with ThreadPoolExecutor(max_workers=files_at_once, thread_name_prefix="publish") as pool:
-        futures = [pool.submit(copy_file, source, store, prefix, f, stored.get(f.path)) for f in order]
+    # Two lanes: large files (largest first) are bandwidth-bound and hold memory for their parts,
+    # small ones are bound by round trips; in one shared pool the large ones would take every
+    # slot and the small ones would wait behind them.
+    large = sorted((f for f in listing if f.size >= TRANSFER.multipart_threshold), key=lambda f: -f.size)
+    small = [f for f in listing if f.size < TRANSFER.multipart_threshold]
+    with ThreadPoolExecutor(max_workers=files_at_once, thread_name_prefix="publish-large") as large_pool, \
+            ThreadPoolExecutor(max_workers=SMALL_FILES_AT_ONCE, thread_name_prefix="publish-small") as small_pool:
+        futures = [pool.submit(copy_file, source, store, prefix, f, stored.get(f.path))
+                   for pool, files in ((large_pool, large), (small_pool, small)) for f in files]
         try:
             copied = [future.result() for future in futures]
         except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # stop queued files, let running ones end
+            for pool in (large_pool, small_pool):  # stop queued files, let running ones end
+                pool.shutdown(wait=True, cancel_futures=True)
             raise
     return sorted(copied, key=lambda c: c.path)
 

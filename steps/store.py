@@ -112,6 +112,11 @@ class ObjectStore:
     def upload_file(self, path: Path, key: str, sha256: str) -> None:
         """Upload from a file on disk, multipart when large, recording sha256 as metadata."""
         with self._explained(f"upload {key}"):
+            if path.stat().st_size < TRANSFER.multipart_threshold:
+                # One PUT: s3transfer's per-call thread pool costs more than a small file's upload.
+                with open(path, "rb") as body:
+                    self.client.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata={SHA256_KEY: sha256})
+                return
             self.client.upload_file(str(path), self.bucket, key, Config=TRANSFER,
                                     ExtraArgs={"Metadata": {SHA256_KEY: sha256}})
 

@@ -1,0 +1,38 @@
+"""mlferry's side of bench/artifact_copy.py, in its own process as the publish step runs on Argo.
+
+    python bench/publish_child.py SOURCE_DIR MODEL VERSION
+
+Publishes SOURCE_DIR (a ``file:`` source) with ``publish_version`` into $MLFERRY_BUCKET on the
+S3 server at $MLFLOW_S3_ENDPOINT_URL, with the object store built exactly as the publish step
+builds it, then prints one JSON line: the Publication, the seconds publish_version took, and
+this process's own peak RSS (VmHWM), read from /proc/self/status at the end.
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    source_dir, model, version = sys.argv[1:4]
+    from steps.artifacts import open_source
+    from steps.naming import slugify
+    from steps.publish import FILES_AT_ONCE, publish_version
+    from steps.store import TRANSFER, ObjectStore
+
+    imported = time.perf_counter()
+    store = ObjectStore.from_env(os.environ["MLFERRY_BUCKET"],
+                                 connections=FILES_AT_ONCE * TRANSFER.max_concurrency + 4)  # as steps.publish.publish
+    publication = publish_version(open_source(Path(source_dir).resolve().as_uri()), store, model, version,
+                                  slugify(model))
+    seconds = time.perf_counter() - imported
+    vmhwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                 if line.startswith("VmHWM:"))
+    print(json.dumps({"publication": publication.model_dump(), "publish_seconds": seconds, "vmhwm_kb": vmhwm}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
