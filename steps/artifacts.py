@@ -13,6 +13,7 @@ outside the model (credentials, other models) that the registry never recorded.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import stat
@@ -195,6 +196,9 @@ class RepositorySource:
             try:
                 self._download(path, local)
             except Exception as err:
+                if _disk_full(err):
+                    raise SourceError(f"the work disk is full: no space left in {tmp} to stage {path!r}; give "
+                                      "the step more disk (a larger volume for TMPDIR) and run again") from None
                 raise _unreachable(err)(f"cannot download {path!r} from {self.uri}: {_first_line(err)}; "
                                   "check that the model server or bucket is reachable and run again") from None
             yield local
@@ -209,6 +213,16 @@ class RepositorySource:
             HttpArtifactRepository._download_file(self.repo, path, str(local))
         else:
             self.repo._download_file(path, str(local))  # S3: boto3's download_file, streamed
+
+
+def _disk_full(err: BaseException | None) -> bool:
+    """ENOSPC anywhere in the chain: MLflow and boto3 wrap the OSError in their own errors."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
 
 
 def listed_path(listed: str, folder: str, uri: str) -> str:

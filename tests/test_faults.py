@@ -184,3 +184,30 @@ def test_a_git_remote_that_goes_down_and_comes_back_is_retried_then_lands(tmp_pa
     with pytest.raises(gitops.GitOpsError, match="gave up after 5 attempts") as gone:
         gitops.publish_folder(url, "main", change, environ=environ, sleep=lambda _d: None)
     assert isinstance(gone.value, gitops.GitOpsUnavailable)  # and Argo retries the step later
+
+
+def test_a_full_work_disk_is_one_clear_error(registered_model, s3, tmp_path, monkeypatch):
+    """The step stages each artifact on its work disk: a 1 MiB tmpfs stands in for a full one."""
+    import tempfile
+
+    from steps.registry import client, download_uri
+
+    name, version = registered_model(extra_files={"weights.bin": os.urandom(3 << 20)})
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)], capture_output=True)
+    assert mounted.returncode == 0, f"this test mounts a 1 MiB tmpfs and needs root: {mounted.stderr!r}"
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(tiny))
+        from steps.artifacts import SourceError
+
+        with pytest.raises(SourceError, match=r"the work disk is full: no space left in .* to stage "
+                                              r"'.*weights.bin'"):
+            publish_version(open_source(download_uri(client(), name, version)),
+                            ObjectStore.from_env("mlferry"), name, version, "disk-full-" + name[-8:])
+    finally:
+        monkeypatch.undo()
+        subprocess.run(["umount", str(tiny)], check=True)
+    prefix = f"models/disk-full-{name[-8:]}/{version}/"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mlferry", Prefix=prefix).get("Contents", [])]
+    assert prefix + MANIFEST_NAME not in keys  # nothing marked complete
