@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from mlferry.stack import DEFAULT_DIR, Stack, StackError
 from steps.settings import SettingsError
@@ -99,13 +100,7 @@ def _stack_status(args) -> int:
 
 def _stack_env(args) -> None:
     for name, value in _stack(args).environment().items():
-        print(f"export {name}={_shell_quote(value)}")
-
-
-def _shell_quote(value: str) -> str:
-    import shlex
-
-    return shlex.quote(value)
+        print(f"export {name}={shlex.quote(value)}")
 
 
 def use_local_stack_if_unset(stack_dir: str) -> None:

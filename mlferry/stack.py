@@ -366,7 +366,3 @@ def _create_buckets(url: str, creds: dict[str, str]) -> None:
         if bucket not in existing:
             s3.create_bucket(Bucket=bucket)
 
-
-def remove(directory: str | os.PathLike[str]) -> None:
-    """Delete a stopped stack's folder (data, secrets, repo)."""
-    shutil.rmtree(directory, ignore_errors=True)

@@ -42,7 +42,6 @@ from steps.signature import DELIVERY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEAD
 from steps.settings import SettingsError
 from workflows.bundle import Bundle
 from workflows.promote import NAME as PROMOTE_TEMPLATE
-from workflows.promote import labels  # the same labels as every other object of the bundle
 
 API_VERSION = "argoproj.io/v1alpha1"
 EVENT_SOURCE = "mlferry-mlflow"
@@ -189,7 +188,7 @@ def promotion_workflow(bundle: Bundle, env: str) -> dict[str, Any]:
                   for name in [*EVENT_PARAMETERS, *fixed]]
     workflow = wf.Workflow(
         metadata=wf.ObjectMeta(generate_name=f"{PROMOTE_TEMPLATE}-{env}-", namespace=bundle.namespace,
-                               labels={**labels(bundle), "mlferry.io/trigger": "webhook"}),
+                               labels={**bundle.labels, "mlferry.io/trigger": "webhook"}),
         spec=wf.WorkflowSpec(workflow_template_ref=wf.WorkflowTemplateRef(name=PROMOTE_TEMPLATE),
                              arguments=wf.Arguments(parameters=parameters)),
     )
@@ -200,7 +199,7 @@ def promotion_workflow(bundle: Bundle, env: str) -> dict[str, Any]:
 
 def _document(kind: str, name: str, bundle: Bundle, spec: dict[str, Any]) -> dict[str, Any]:
     # Hera's models carry no apiVersion/kind; Argo needs both.
-    metadata = _dump(ObjectMeta(name=name, namespace=bundle.namespace, labels=labels(bundle)))
+    metadata = _dump(ObjectMeta(name=name, namespace=bundle.namespace, labels=bundle.labels))
     return {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": spec}
 
 

@@ -34,7 +34,7 @@ from hera.workflows import Input, Output
 from steps.outcome import as_argo_step
 from steps import gitops
 from steps.layout import check_version, parse_gitops_folder
-from steps.trailers import parse_trailer_value, trailer_value  # noqa: F401 (re-exported)
+from steps.trailers import trailer_value
 from steps.naming import slugify
 from steps.settings import SettingsError, load_settings
 

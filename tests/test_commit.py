@@ -24,10 +24,9 @@ from steps.commit import (
     commit,
     commit_folder,
     commit_message,
-    parse_trailer_value,
-    trailer_value,
 )
 from steps.naming import slugify
+from steps.trailers import parse_trailer_value, trailer_value
 
 FAST = gitops.RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.05)
 FOLDER = "teams/ml/demo/staging"

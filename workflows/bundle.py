@@ -76,6 +76,16 @@ class Bundle(BaseModel):
         key = f"{self.settings.gitops_repo}#{self.settings.gitops_branch}"
         return f"mlferry-gitops-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
+    @property
+    def labels(self) -> dict[str, str]:
+        """The labels every generated object carries."""
+        return {
+            "app.kubernetes.io/name": "mlferry",
+            "app.kubernetes.io/part-of": "mlferry",
+            "app.kubernetes.io/version": self.version,
+            "app.kubernetes.io/managed-by": "mlferry",
+        }
+
     def settings_yaml(self) -> str:
         """What the ConfigMap hands to each step as MLFERRY_SETTINGS."""
         data = self.settings.model_dump(mode="json")

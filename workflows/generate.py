@@ -6,7 +6,7 @@ runs the check so it can never drift from the code.
 
 import difflib
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import yaml
 
@@ -73,9 +73,3 @@ def stale_diff(files: dict[str, str], out: Path) -> str:
                                                f"{out.name}/{name} (checked in)", f"{out.name}/{name} (generated)"))
     return "".join(chunks)
 
-
-def load_all(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    docs = []
-    for path in paths:
-        docs.extend(d for d in yaml.safe_load_all(Path(path).read_text()) if d)
-    return docs

@@ -18,11 +18,7 @@ from hera.workflows.models import (
     Gauge,
     Histogram,
     Metrics,
-    Mutex,
-    PodGC,
     Prometheus,
-    Synchronization,
-    TTLStrategy,
     ValueFrom,
     WorkflowMetadata,
 )
@@ -36,34 +32,23 @@ from steps.resolve import resolve
 from steps.retire import retire
 from steps.verify_event import SECRET_ENV, verify_event
 from workflows.bundle import Bundle
-from workflows.tasks import step_script
+from workflows.tasks import gitops_lock, out, step_script, wf, workflow_settings
 
 NAME = "mlferry-promote"
 ENTRYPOINT = "promote"
 EXIT_HANDLER = "exit-handler"
-PARAMETERS = ("model", "version", "alias", "stage", "env", "trigger")
 EVENT_PARAMETERS = ("delivery_id", "timestamp", "signature", "body")  # set by the Sensor; "" otherwise
-
-
-def wf(name: str) -> str:
-    return f"{{{{workflow.parameters.{name}}}}}"
-
-
-def out(task: str, name: str) -> str:
-    return f"{{{{tasks.{task}.outputs.parameters.{name}}}}}"
 
 
 def promote_template(bundle: Bundle) -> WorkflowTemplate:
     with WorkflowTemplate(
         name=NAME,
-        namespace=bundle.namespace,
-        labels=labels(bundle),
+        **workflow_settings(bundle),
         annotations={
             "workflows.argoproj.io/description": "Promote one MLflow model version into one environment "
                                                  "through the GitOps repo (mlferry).",
         },
         entrypoint=ENTRYPOINT,
-        service_account_name=bundle.service_account,
         arguments=[
             Parameter(name="model", description="registered model name"),
             Parameter(name="version", value="", description="model version (or give alias/stage)"),
@@ -81,9 +66,6 @@ def promote_template(bundle: Bundle) -> WorkflowTemplate:
                 "workflows.argoproj.io/description": f"trigger: {wf('trigger')}",
             },
         ),
-        active_deadline_seconds=bundle.workflow_deadline_seconds,
-        pod_gc=PodGC(strategy="OnPodSuccess", delete_delay_duration="10m"),
-        ttl_strategy=TTLStrategy(seconds_after_completion=bundle.ttl_seconds),
         metrics=_metrics(),
         on_exit=EXIT_HANDLER,
     ) as template:
@@ -109,7 +91,7 @@ class StepTemplates:
             publish=step_script(bundle, "publish", publish),
             render=step_script(bundle, "render", render),
             commit=step_script(bundle, "commit", commit,
-                               synchronization=Synchronization(mutexes=[Mutex(name=bundle.gitops_mutex)])),
+                               synchronization=gitops_lock(bundle)),
             report=step_script(bundle, "report", report),
         )
 
@@ -151,7 +133,7 @@ def _promote_dag(bundle: Bundle) -> Script:
     verify_t.env = [*verify_t.env, SecretEnv(name=SECRET_ENV, secret_name=bundle.secrets.webhook,
                                              secret_key=SECRET_ENV, optional=True)]
     retire_t = step_script(bundle, "retire", retire,
-                           synchronization=Synchronization(mutexes=[Mutex(name=bundle.gitops_mutex)]))
+                           synchronization=gitops_lock(bundle))
     steps = StepTemplates.of(bundle)
     action = f"'{out('verify-event', 'action')}'"  # only created, deleted or "" (checked by verify-event)
     with DAG(name=ENTRYPOINT, outputs=promotion_outputs()):
@@ -177,15 +159,6 @@ def _exit_handler(report_t) -> None:
             arguments={**{k: wf(k) for k in ("model", "version", "alias", "stage", "env")},
                        "status": "failed", "failures": "{{workflow.failures}}"},
         )
-
-
-def labels(bundle: Bundle) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "mlferry",
-        "app.kubernetes.io/part-of": "mlferry",
-        "app.kubernetes.io/version": bundle.version,
-        "app.kubernetes.io/managed-by": "mlferry",
-    }
 
 
 def _metrics() -> Metrics:

@@ -9,44 +9,35 @@ same DAG as `mlferry-promote` (workflows/promote.py), so both paths render and c
 """
 
 from hera.workflows import DAG, CronWorkflow, Parameter, Task, WorkflowTemplate
-from hera.workflows.models import Mutex, PodGC, Synchronization, TTLStrategy, WorkflowTemplateRef
+from hera.workflows.models import WorkflowTemplateRef
 
 from steps.plan import plan
 from steps.retire import retire
 from workflows.bundle import Bundle
-from workflows.promote import StepTemplates, labels, out, promotion_tasks, wf
-from workflows.tasks import step_script
+from workflows.promote import StepTemplates, promotion_tasks
+from workflows.tasks import gitops_lock, inp, out, step_script, wf, workflow_settings
 
 NAME = "mlferry-reconcile"
 ENTRYPOINT = "reconcile"
 
 
-def inp(name: str) -> str:
-    return f"{{{{inputs.parameters.{name}}}}}"
-
-
 def reconcile_template(bundle: Bundle) -> WorkflowTemplate:
     with WorkflowTemplate(
         name=NAME,
-        namespace=bundle.namespace,
-        labels=labels(bundle),
+        **workflow_settings(bundle),
         annotations={"workflows.argoproj.io/description":
                      "Promote what the MLflow registry's aliases and stages ask for and git lacks; "
                      "prune folders whose alias is gone (mlferry)."},
         entrypoint=ENTRYPOINT,
-        service_account_name=bundle.service_account,
         arguments=[
             Parameter(name="prune", value="auto", enum=["auto", "true", "false"],
                       description="remove folders whose alias is gone; auto: the settings decide"),
             Parameter(name="trigger", value="reconcile", description="why: reconcile, schedule"),
         ],
-        active_deadline_seconds=bundle.workflow_deadline_seconds,
-        pod_gc=PodGC(strategy="OnPodSuccess", delete_delay_duration="10m"),
-        ttl_strategy=TTLStrategy(seconds_after_completion=bundle.ttl_seconds),
     ) as template:
         plan_t = step_script(bundle, "plan", plan)
         prune_t = step_script(bundle, "retire", retire,
-                              synchronization=Synchronization(mutexes=[Mutex(name=bundle.gitops_mutex)]))
+                              synchronization=gitops_lock(bundle))
         steps = StepTemplates.of(bundle)
         with DAG(name="promote-one", inputs=[Parameter(name=n) for n in ("model", "version", "env", "trigger")]) \
                 as promote_one:
@@ -67,7 +58,7 @@ def reconcile_cron(bundle: Bundle) -> CronWorkflow:
     return CronWorkflow(
         name=NAME,
         namespace=bundle.namespace,
-        labels=labels(bundle),
+        labels=bundle.labels,
         schedules=[bundle.schedule],
         timezone=bundle.timezone,
         # A reconcile still running when the next is due is doing the work already.

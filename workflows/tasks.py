@@ -9,10 +9,14 @@ from typing import Callable
 
 from hera.workflows import ConfigMapEnv, Env, Script, SecretEnv
 from hera.workflows.models import (
+    Mutex,
+    PodGC,
+    TTLStrategy,
     Backoff,
     Capabilities,
     RetryStrategy,
     SecurityContext,
+    Synchronization,
 )
 
 from steps.outcome import TRANSIENT_EXIT
@@ -22,6 +26,36 @@ from workflows.bundle import Bundle
 SETTINGS_KEY = "settings.yaml"
 TRACKING_URI_KEY = "MLFLOW_TRACKING_URI"
 S3_ENDPOINT_KEY = "MLFLOW_S3_ENDPOINT_URL"
+
+
+def wf(name: str) -> str:
+    return f"{{{{workflow.parameters.{name}}}}}"
+
+
+def inp(name: str) -> str:
+    return f"{{{{inputs.parameters.{name}}}}}"
+
+
+def out(task: str, name: str) -> str:
+    return f"{{{{tasks.{task}.outputs.parameters.{name}}}}}"
+
+
+def workflow_settings(bundle: Bundle) -> dict:
+    """What every mlferry WorkflowTemplate sets the same way: where and as whom it runs, how
+    long it may take, and how long its pods and records are kept."""
+    return {
+        "namespace": bundle.namespace,
+        "labels": bundle.labels,
+        "service_account_name": bundle.service_account,
+        "active_deadline_seconds": bundle.workflow_deadline_seconds,
+        "pod_gc": PodGC(strategy="OnPodSuccess", delete_delay_duration="10m"),
+        "ttl_strategy": TTLStrategy(seconds_after_completion=bundle.ttl_seconds),
+    }
+
+
+def gitops_lock(bundle: Bundle) -> Synchronization:
+    """Held by every step that writes to the GitOps repo: one writer per repo and branch."""
+    return Synchronization(mutexes=[Mutex(name=bundle.gitops_mutex)])
 
 
 def step_env(bundle: Bundle) -> list:
