@@ -161,26 +161,21 @@ def fleet_status(settings: Settings, *, env: str = "", environ: Mapping[str, str
 
 
 def _registry_client():
-    from mlflow.exceptions import MlflowException
-
     try:
         return registry.client()
-    except MlflowException as err:
-        raise FleetError(f"cannot use the MLflow registry ({_first_line(err)}); "
-                         "set MLFLOW_TRACKING_URI to your MLflow server") from None
+    except ValueError as err:
+        raise FleetError(f"cannot use the MLflow registry: {err}") from None
 
 
 def _list_models(mlflow) -> list[registry.RegisteredModelView]:
-    from mlflow.exceptions import MlflowException
+    from steps.mlflow_api import MlflowApiError, MlflowUnreachable
 
     try:
         return registry.list_models(mlflow)
-    except MlflowException as err:
-        where = shown_uri(mlflow.tracking_uri)
-        if any(s in str(err) for s in ("Max retries exceeded", "Connection refused", "NewConnectionError")):
-            raise FleetError(f"cannot reach the MLflow server at {where}; check MLFLOW_TRACKING_URI "
-                             "and that the server is up") from None
-        raise FleetError(f"cannot list the registered models at {where} ({_first_line(err)}); "
+    except MlflowUnreachable as err:
+        raise FleetError(str(err)) from None
+    except MlflowApiError as err:
+        raise FleetError(f"cannot list the registered models at {shown_uri(mlflow.tracking_uri)} ({err}); "
                          "check MLFLOW_TRACKING_URI and the MLflow credentials") from None
 
 
@@ -191,10 +186,6 @@ def shown_uri(uri: str) -> str:
         return uri
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
-
-def _first_line(err) -> str:
-    line = (str(getattr(err, "message", err)).strip().splitlines() or ["no detail"])[0]
-    return line if len(line) <= 200 else line[:199] + "…"
 
 
 def _only_env(rows: list[Row], env: str, settings: Settings) -> list[Row]:

@@ -21,13 +21,12 @@ import tempfile
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterator, Mapping, Protocol
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 from steps.outcome import TransientError, is_transient
 
-REMOTE_SCHEMES = ("mlflow-artifacts", "s3")
 LOCAL_SCHEMES = ("file", "")
 
 
@@ -57,8 +56,10 @@ def open_source(uri: str) -> ModelSource:
     scheme = urlsplit(uri).scheme
     if scheme in LOCAL_SCHEMES:
         return LocalSource(uri, local_root(uri))
-    if scheme in REMOTE_SCHEMES:
-        return RepositorySource(uri)
+    if scheme == "mlflow-artifacts":
+        return ProxiedSource(uri)
+    if scheme == "s3":
+        return S3Source(uri)
     raise SourceError(
         f"unknown model source scheme {scheme!r} in {uri!r}; mlferry publishes from "
         "mlflow-artifacts:, s3://, file: or a local path (use MLflow's download URI of the version)"
@@ -154,38 +155,27 @@ def _identity(file: Path, path: str) -> tuple[int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-# -- MLflow artifact repositories -------------------------------------------------------------
+# -- remote sources: the tracking server's artifact proxy, or S3 ---------------------------
 
-class RepositorySource:
-    """Artifacts behind one of MLflow's artifact repositories (proxied server or S3)."""
+class RemoteSource:
+    """Artifacts behind a network API: list them, then stream one file at a time to local disk."""
 
-    def __init__(self, uri: str):
-        # Imported here: MLflow costs ~130 MB of memory and a second of start-up, which a
-        # step publishing from a local folder should not pay.
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        self.uri = uri
-        self.repo = get_artifact_repository(uri)
+    uri: str
 
     def files(self) -> list[SourceFile]:
-        return sorted(self._walk(""))
-
-    def _walk(self, folder: str) -> Iterator[SourceFile]:
-        for info in self._list(folder):
-            path = listed_path(info.path, folder, self.uri)
-            if info.is_dir:
-                yield from self._walk(path)
-            elif info.file_size is None:
-                raise SourceError(f"the listing of {self.uri} gives no size for {path!r}; cannot verify the copy")
-            else:
-                yield SourceFile(path, int(info.file_size))
-
-    def _list(self, folder: str) -> list:
         try:
-            return self.repo.list_artifacts(folder or None)
-        except Exception as err:  # MLflow raises MlflowException, requests or boto errors
-            raise _unreachable(err)(f"cannot list the artifacts at {self.uri}{'/' + folder if folder else ''}: "
-                              f"{_first_line(err)}; check MLFLOW_TRACKING_URI and that the version exists") from None
+            return sorted(self._list())
+        except SourceError:
+            raise
+        except Exception as err:  # requests, urllib3 or botocore errors
+            raise _unreachable(err)(f"cannot list the artifacts at {self.uri}: {_first_line(err)}; "
+                                    "check MLFLOW_TRACKING_URI and that the version exists") from None
+
+    def _list(self) -> Iterator[SourceFile]:
+        raise NotImplementedError
+
+    def _download(self, path: str, local: Path) -> None:
+        raise NotImplementedError
 
     @contextmanager
     def fetch(self, path: str) -> Iterator[Path]:
@@ -200,19 +190,59 @@ class RepositorySource:
                     raise SourceError(f"the work disk is full: no space left in {tmp} to stage {path!r}; give "
                                       "the step more disk (a larger volume for TMPDIR) and run again") from None
                 raise _unreachable(err)(f"cannot download {path!r} from {self.uri}: {_first_line(err)}; "
-                                  "check that the model server or bucket is reachable and run again") from None
+                                        "check that the model server or bucket is reachable and run again") from None
             yield local
 
-    def _download(self, path: str, local: Path) -> None:
-        # _download_file, not download_artifacts(): no per-file directory probe, no progress bar.
-        from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 
-        if isinstance(self.repo, HttpArtifactRepository):
-            # The proxied GET, streamed in 1 MB chunks. MLflow's own choice, when the server
-            # offers ranged downloads, reads 100 MB ranges whole into memory, several at once.
-            HttpArtifactRepository._download_file(self.repo, path, str(local))
-        else:
-            self.repo._download_file(path, str(local))  # S3: boto3's download_file, streamed
+class ProxiedSource(RemoteSource):
+    """`mlflow-artifacts:/<root>`: files served by the tracking server's artifact proxy."""
+
+    def __init__(self, uri: str, environ: Mapping[str, str] | None = None):
+        from steps.mlflow_api import MlflowApi
+
+        env = os.environ if environ is None else environ
+        parts = urlsplit(uri)
+        tracking = urlsplit(MlflowApi.from_env(env).tracking_uri)
+        # `mlflow-artifacts://host:port/...` names its server; otherwise it is the tracking server.
+        server = tracking._replace(netloc=parts.netloc) if parts.netloc else tracking
+        self.uri, self.root = uri, unquote(parts.path).strip("/")
+        self.api = MlflowApi(server.geturl(), env)
+
+    def _list(self, folder: str = "") -> Iterator[SourceFile]:
+        for entry in self.api.list_artifacts(self.root, folder):
+            path = entry_path(folder, str(entry.get("path", "")), self.uri)
+            if entry.get("is_dir"):
+                yield from self._list(path)
+            elif entry.get("file_size") is None:
+                raise SourceError(f"the listing of {self.uri} gives no size for {path!r}; cannot verify the copy")
+            else:
+                yield SourceFile(path, int(entry["file_size"]))
+
+    def _download(self, path: str, local: Path) -> None:
+        with open(local, "wb") as out:
+            for chunk in self.api.download_artifact(self.root, path):
+                out.write(chunk)
+
+
+class S3Source(RemoteSource):
+    """`s3://bucket/prefix`: MLflow's artifact store read directly, with the step's S3 settings."""
+
+    def __init__(self, uri: str, environ: Mapping[str, str] | None = None):
+        from steps.store import ObjectStore
+
+        parts = urlsplit(uri)
+        self.uri, self.prefix = uri, parts.path.strip("/") + "/"
+        self.store = ObjectStore.from_env(parts.netloc, environ)
+
+    def _list(self) -> Iterator[SourceFile]:
+        for key, size in self.store.sizes(self.prefix).items():
+            if not key.endswith("/"):  # folder markers some tools write
+                yield SourceFile(check_artifact_path(key), size)
+
+    def _download(self, path: str, local: Path) -> None:
+        from steps.store import TRANSFER
+
+        self.store.client.download_file(self.store.bucket, self.prefix + path, str(local), Config=TRANSFER)
 
 
 def _disk_full(err: BaseException | None) -> bool:
@@ -225,21 +255,13 @@ def _disk_full(err: BaseException | None) -> bool:
     return False
 
 
-def listed_path(listed: str, folder: str, uri: str) -> str:
-    """A listed entry as a path relative to the model folder.
-
-    Repositories return paths relative to their root ('sub/x.bin' when listing 'sub'); some
-    prefix them with the URI's last segment ('artifacts/MLmodel' for a URI ending in
-    /artifacts). Anything else is refused rather than guessed.
-    """
-    listed = listed.rstrip("/")
-    base = posixpath.basename(urlsplit(uri).path.rstrip("/"))
-    expected = f"{folder}/" if folder else ""
-    for candidate in (listed, listed[len(base) + 1:] if base and listed.startswith(f"{base}/") else None):
-        if candidate is not None and candidate.startswith(expected) and "/" not in candidate[len(expected):]:
-            return check_artifact_path(candidate)
-    raise SourceError(f"the listing of {uri} returned {listed!r} inside {folder or 'the model folder'!r}; "
-                      "refusing a path that leaves the listed folder")
+def entry_path(folder: str, name: str, uri: str) -> str:
+    """A listed entry's path relative to the model folder; the entry must be one plain name."""
+    if not name or "/" in name.strip("/") or name.strip("/") in (".", ".."):
+        raise SourceError(f"the listing of {uri} returned {name!r} inside {folder or 'the model folder'!r}; "
+                          "refusing a name that leaves the listed folder")
+    name = name.strip("/")
+    return check_artifact_path(f"{folder}/{name}" if folder else name)
 
 
 def _unreachable(err: BaseException) -> type[SourceError]:

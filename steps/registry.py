@@ -6,15 +6,12 @@ because the person reading it is a data scientist who just moved an alias.
 
 from __future__ import annotations
 
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import yaml
-from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion as MlflowModelVersion
-from mlflow.exceptions import MlflowException
+
+from steps.mlflow_api import MlflowApi, MlflowApiError
 
 # Run tag MLflow sets from the training code's git checkout.
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
@@ -24,17 +21,36 @@ class RegistryError(LookupError):
     """The registry has no such model, version, alias or stage, or the version is not usable."""
 
 
-def client() -> MlflowClient:
+@dataclass(frozen=True)
+class Version:
+    """A model version, as the registry's REST API describes it."""
+
+    name: str
+    version: str
+    status: str = "READY"
+    run_id: str = ""
+    description: str = ""
+    current_stage: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Version:
+        return cls(name=data["name"], version=str(data["version"]), status=data.get("status", "READY"),
+                   run_id=data.get("run_id") or "", description=data.get("description") or "",
+                   current_stage=data.get("current_stage") or "", tags=_pairs(data.get("tags")))
+
+
+def client() -> MlflowApi:
     # MLFLOW_TRACKING_URI and credentials come from the environment, as on Argo.
-    return MlflowClient()
+    return MlflowApi.from_env()
 
 
-def _missing(err: MlflowException) -> bool:
+def _missing(err: MlflowApiError) -> bool:
     return err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
 
 
-def find_version(mlflow: MlflowClient, name: str, *, version: str = "", alias: str = "",
-                 stage: str = "") -> MlflowModelVersion:
+def find_version(mlflow: MlflowApi, name: str, *, version: str = "", alias: str = "",
+                 stage: str = "") -> Version:
     """The version selected by exactly one of version, alias or legacy stage."""
     chosen = [(k, v) for k, v in (("version", version), ("alias", alias), ("stage", stage)) if v]
     if len(chosen) != 1:
@@ -51,90 +67,110 @@ def find_version(mlflow: MlflowClient, name: str, *, version: str = "", alias: s
     return check_ready(found)
 
 
-def check_ready(found: MlflowModelVersion) -> MlflowModelVersion:
+def check_ready(found: Version) -> Version:
     if found.status != "READY":
         raise RegistryError(f"model {found.name!r} version {found.version} is {found.status}, not READY; "
                             "wait for its registration to finish")
     return found
 
 
-def _registered(mlflow: MlflowClient, name: str) -> None:
+def _registered(mlflow: MlflowApi, name: str) -> dict:
     try:
-        mlflow.get_registered_model(name)
-    except MlflowException as err:
+        return mlflow.get("registered-models/get", name=name)["registered_model"]
+    except MlflowApiError as err:
         if _missing(err):
             raise RegistryError(f"model {name!r} is not registered in {mlflow.tracking_uri}") from None
         raise
 
 
-def _by_version(mlflow: MlflowClient, name: str, version: str) -> MlflowModelVersion:
+def _by_version(mlflow: MlflowApi, name: str, version: str) -> Version:
     try:
-        return mlflow.get_model_version(name, version)
-    except MlflowException as err:
+        return Version.from_json(mlflow.get("model-versions/get", name=name, version=version)["model_version"])
+    except MlflowApiError as err:
         if _missing(err):
             raise RegistryError(f"model {name!r} has no version {version!r}") from None
         raise
 
 
-def _by_alias(mlflow: MlflowClient, name: str, alias: str) -> MlflowModelVersion:
+def _by_alias(mlflow: MlflowApi, name: str, alias: str) -> Version:
     try:
-        return mlflow.get_model_version_by_alias(name, alias)
-    except MlflowException as err:
+        return Version.from_json(mlflow.get("registered-models/alias", name=name, alias=alias)["model_version"])
+    except MlflowApiError as err:
         if _missing(err):
-            known = sorted(mlflow.get_registered_model(name).aliases or {})
+            known = sorted(_aliases(_registered(mlflow, name)))
             raise RegistryError(f"model {name!r} has no alias {alias!r} "
                                 f"(its aliases: {', '.join(known) or 'none'})") from None
         raise
 
 
-def _by_stage(mlflow: MlflowClient, name: str, stage: str) -> MlflowModelVersion:
+def _by_stage(mlflow: MlflowApi, name: str, stage: str) -> Version:
     # Legacy stages: the newest version in that stage wins, as MLflow's own `models:/name/Stage`.
-    versions = [v for v in mlflow.search_model_versions(f"name = '{_quote(name)}'")
+    versions = [v for v in _search_versions(mlflow, f"name = '{_quote(name)}'")
                 if v.current_stage.lower() == stage.lower()]
     if not versions:
         raise RegistryError(f"model {name!r} has no version in stage {stage!r}")
     return max(versions, key=lambda v: int(v.version))
 
 
+def _search_versions(mlflow: MlflowApi, query: str) -> list[Version]:
+    found, token = [], ""
+    while True:
+        page = mlflow.get("model-versions/search", filter=query, max_results=1000,
+                          **({"page_token": token} if token else {}))
+        found += [Version.from_json(v) for v in page.get("model_versions", [])]
+        token = page.get("next_page_token", "")
+        if not token:
+            return found
+
+
 def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def download_uri(mlflow: MlflowClient, name: str, version: str) -> str:
-    return mlflow.get_model_version_download_uri(name, version)
+def download_uri(mlflow: MlflowApi, name: str, version: str) -> str:
+    return mlflow.get("model-versions/get-download-uri", name=name, version=version)["artifact_uri"]
 
 
 def read_mlmodel(source_uri: str) -> dict[str, Any]:
     """The version's MLmodel file: flavors and signature."""
-    from mlflow.artifacts import download_artifacts
+    from steps.artifacts import SourceError, open_source
 
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = download_artifacts(artifact_uri=f"{source_uri.rstrip('/')}/MLmodel", dst_path=tmp)
-        except MlflowException as err:
-            raise RegistryError(f"cannot read the MLmodel file at {source_uri}: {err.message}") from None
-        data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        with open_source(source_uri).fetch("MLmodel") as path:
+            data = yaml.safe_load(path.read_text()) or {}
+    except SourceError as err:
+        raise RegistryError(f"cannot read the MLmodel file at {source_uri}: {err}") from None
     if not isinstance(data, dict) or "flavors" not in data:
         raise RegistryError(f"{source_uri}/MLmodel has no flavors; is this an MLflow model?")
     return data
 
 
-def run_facts(mlflow: MlflowClient, run_id: str) -> tuple[dict[str, float], str]:
+def run_facts(mlflow: MlflowApi, run_id: str) -> tuple[dict[str, float], str]:
     """(metrics, training code's git commit) of the run that produced the version."""
     if not run_id:
         return {}, ""
     try:
-        run = mlflow.get_run(run_id)
-    except MlflowException as err:
+        data = mlflow.get("runs/get", run_id=run_id)["run"].get("data", {})
+    except MlflowApiError as err:
         if _missing(err):
             return {}, ""  # the run was deleted; the version still stands on its own
         raise
-    return dict(run.data.metrics), run.data.tags.get(GIT_COMMIT_TAG, "")
+    metrics = {m["key"]: float(m["value"]) for m in data.get("metrics", [])}
+    return metrics, _pairs(data.get("tags")).get(GIT_COMMIT_TAG, "")
 
 
-def set_version_tags(mlflow: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
+def set_version_tags(mlflow: MlflowApi, name: str, version: str, tags: dict[str, str]) -> None:
     for key, value in tags.items():
-        mlflow.set_model_version_tag(name, version, key, value)
+        mlflow.post("model-versions/set-tag", {"name": name, "version": version, "key": key, "value": value})
+
+
+def _pairs(entries: Any) -> dict[str, str]:
+    """MLflow's JSON lists of {key, value} (tags, params) as a dict."""
+    return {e["key"]: e.get("value", "") for e in entries or [] if isinstance(e, dict) and "key" in e}
+
+
+def _aliases(model: Mapping[str, Any]) -> dict[str, str]:
+    return {a["alias"]: str(a["version"]) for a in model.get("aliases") or [] if "alias" in a}
 
 
 @dataclass(frozen=True)
@@ -146,19 +182,19 @@ class RegisteredModelView:
     stages: dict[str, str]  # legacy stage → latest version in it
 
 
-def list_models(mlflow: MlflowClient, page_size: int = 1000) -> list[RegisteredModelView]:
+def list_models(mlflow: MlflowApi, page_size: int = 1000) -> list[RegisteredModelView]:
     """Every registered model, a page of up to `page_size` per request."""
-    views, token = [], None
+    views, token = [], ""
     while True:
-        page = mlflow.search_registered_models(max_results=page_size, page_token=token)
-        views.extend(_view(model) for model in page)
-        token = page.token
+        page = mlflow.get("registered-models/search", max_results=page_size,
+                          **({"page_token": token} if token else {}))
+        views.extend(_view(model) for model in page.get("registered_models", []))
+        token = page.get("next_page_token", "")
         if not token:
             return views
 
 
-def _view(model) -> RegisteredModelView:
-    aliases = model.aliases if isinstance(model.aliases, dict) else {}
-    stages = {v.current_stage: str(v.version) for v in (model.latest_versions or [])
-              if v.current_stage and v.current_stage != "None"}
-    return RegisteredModelView(model.name, {a: str(v) for a, v in aliases.items()}, stages)
+def _view(model: Mapping[str, Any]) -> RegisteredModelView:
+    stages = {v["current_stage"]: str(v["version"]) for v in model.get("latest_versions") or []
+              if v.get("current_stage") and v["current_stage"] != "None"}
+    return RegisteredModelView(model["name"], _aliases(model), stages)

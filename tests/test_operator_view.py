@@ -123,12 +123,23 @@ def test_status_and_history_follow_promotions_alias_moves_and_removals(
     assert events[0]["folder"] == f"teams/ml/{slugify(churn)}/staging"
 
 
-def test_an_empty_repo_and_registry_is_a_clear_empty_table(cli, gitops_remote, stack, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+@pytest.fixture
+def empty_registry(tmp_path_factory, monkeypatch):
+    """A second real MLflow server (and S3) with nothing registered, for this test alone."""
+    from mlferry.stack import Stack
+
+    other = Stack(tmp_path_factory.mktemp("empty-stack"), ports={"s3": 0, "mlflow": 0})
+    env = other.up(log=lambda _msg: None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    yield env["MLFLOW_TRACKING_URI"]
+    other.down(log=lambda _msg: None)
+
+
+def test_an_empty_repo_and_registry_is_a_clear_empty_table(cli, gitops_remote, stack, empty_registry):
     done = mlferry("status")  # once through the real entry point
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].startswith(f"registry sqlite:///{tmp_path / 'empty.db'} · gitops {gitops_remote} main@")
+    assert lines[0].startswith(f"registry {empty_registry} · gitops {gitops_remote} main@")
     assert lines[1].split() == ["MODEL", "ENV", "REGISTRY", "GIT", "PUBLISHED", "LAST", "CHANGE", "AGE", "DRIFT"]
     assert lines[2] == ("(nothing to show: no alias or stage selects a model version, "
                         "and teams/ml/ holds no model folder)")
@@ -142,6 +153,15 @@ def test_errors_are_one_line_saying_what_to_do(cli, gitops_remote, tmp_path, sta
     code, _, err = cli("status", "--env", "nowhere")
     assert code == 1 and err.strip() == ("mlferry: error: unknown environment 'nowhere'; "
                                          "configured environments: production, staging")
+    with monkeypatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        code, _, err = cli("status")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "MLFLOW_TRACKING_URI must be the http(s) address of the MLflow server" in err
+    with monkeypatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", "http://user:hunter2@127.0.0.1:9")  # nothing listens on port 9
+        code, _, err = cli("status")
+    assert code == 1 and "cannot reach the MLflow server at http://127.0.0.1:9" in err and "hunter2" not in err
     monkeypatch.setenv("MLFERRY_GITOPS_REPO", str(tmp_path / "missing.git"))
     code, _, err = cli("history", "fraud")
     assert code == 1 and len(err.strip().splitlines()) == 1

@@ -14,7 +14,7 @@ import pytest
 
 from mlferry.stack import ARTIFACTS_BUCKET
 from steps import artifacts, store as store_module
-from steps.artifacts import RepositorySource, SourceError, SourceFile, check_artifact_path, listed_path, open_source
+from steps.artifacts import ProxiedSource, SourceError, SourceFile, check_artifact_path, entry_path, open_source
 from steps.layout import MANIFEST_NAME, model_prefix
 from steps.naming import slugify
 from steps.publish import MANIFEST_FORMAT, Publication, PublishError, PublishInput, publish, publish_version
@@ -119,7 +119,7 @@ def test_second_publish_uploads_nothing_and_never_downloads_the_source(registere
     def no_download(self, path):
         raise AssertionError(f"the source was downloaded: {path}")
 
-    monkeypatch.setattr(RepositorySource, "fetch", no_download)
+    monkeypatch.setattr(ProxiedSource, "fetch", no_download)
     again = publish(inputs)
 
     assert (again.uploaded, again.skipped, again.bytes_uploaded) == (0, first.files, 0)
@@ -239,20 +239,19 @@ def test_paths_that_leave_the_model_folder_are_refused(path):
         check_artifact_path(path)
 
 
-@pytest.mark.parametrize("listed, folder, expected", [
+@pytest.mark.parametrize("name, folder, expected", [
     ("MLmodel", "", "MLmodel"),
-    ("artifacts/MLmodel", "", "MLmodel"),  # prefixed with the URI's last segment
-    ("sub/x.bin", "sub", "sub/x.bin"),
-    ("artifacts/sub/x.bin", "sub", "sub/x.bin"),
-    ("artifacts", "", "artifacts"),  # a real folder named like the URI's last segment
+    ("x.bin", "sub", "sub/x.bin"),
+    ("deeper/", "sub", "sub/deeper"),  # a folder entry may end in '/'
 ])
-def test_listed_paths_are_made_relative_to_the_model_folder(listed, folder, expected):
-    assert listed_path(listed, folder, "mlflow-artifacts:/1/models/m-1/artifacts") == expected
+def test_listed_entries_are_made_relative_to_the_model_folder(name, folder, expected):
+    assert entry_path(folder, name, "mlflow-artifacts:/1/models/m-1/artifacts") == expected
 
 
-def test_a_listed_path_outside_the_listed_folder_is_refused():
-    with pytest.raises(SourceError, match="leaves the listed folder"):
-        listed_path("other/x.bin", "sub", "s3://b/1/models/m-1/artifacts")
+@pytest.mark.parametrize("name", ["../x.bin", "other/x.bin", "..", "", "/etc/passwd/"])
+def test_a_listed_entry_that_leaves_the_listed_folder_is_refused(name):
+    with pytest.raises(SourceError, match="leaves"):
+        entry_path("sub", name, "mlflow-artifacts:/1/models/m-1/artifacts")
 
 
 def test_an_unknown_source_scheme_is_refused():

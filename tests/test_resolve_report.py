@@ -59,10 +59,8 @@ def test_resolve_needs_exactly_one_selector(stack, unique_name):
 
 
 def test_a_version_that_is_not_ready_is_refused():
-    # An OSS MLflow server finalizes versions at once, so the entity is built directly here.
-    from mlflow.entities.model_registry import ModelVersion
-
-    pending = ModelVersion("wine", "3", 0, status="PENDING_REGISTRATION")
+    # An OSS MLflow server finalizes versions at once, so the version is built directly here.
+    pending = registry.Version("wine", "3", status="PENDING_REGISTRATION")
     with pytest.raises(registry.RegistryError, match="'wine' version 3 is PENDING_REGISTRATION, not READY"):
         registry.check_ready(pending)
 
