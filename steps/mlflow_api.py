@@ -26,6 +26,8 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 # The bounded defaults steps also get from their WorkflowTemplate: a short client-side retry,
 # then the template's retryStrategy (exit 75, with backoff) does the patient retrying.
 DEFAULT_RETRIES, DEFAULT_BACKOFF, DEFAULT_TIMEOUT = 2, 1.0, 60.0
+AUTH_HINT = ("; check the credentials in MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME and "
+             "MLFLOW_TRACKING_PASSWORD (the mlferry-mlflow Secret on a cluster)")
 
 
 class MlflowApiError(RuntimeError):
@@ -120,7 +122,8 @@ def raise_for_error(response: requests.Response) -> None:
     code = body.get("error_code", "") if isinstance(body, dict) else ""
     message = (body.get("message") if isinstance(body, dict) else "") or response.reason or "error"
     cls = TransientMlflowApiError if response.status_code in RETRY_STATUSES else MlflowApiError
-    raise cls(f"MLflow answered {response.status_code}: {message}", response.status_code, code)
+    hint = AUTH_HINT if response.status_code in (401, 403) else ""
+    raise cls(f"MLflow answered {response.status_code}: {message}{hint}", response.status_code, code)
 
 
 def _session(env: Mapping[str, str]) -> requests.Session:

@@ -66,8 +66,9 @@ def step_env(bundle: Bundle) -> list:
         ConfigMapEnv(name="MLFLOW_S3_ENDPOINT_URL", config_map_name=cm, config_map_key=S3_ENDPOINT_KEY),
         SecretEnv(name="AWS_ACCESS_KEY_ID", secret_name=secrets.s3, secret_key="AWS_ACCESS_KEY_ID"),
         SecretEnv(name="AWS_SECRET_ACCESS_KEY", secret_name=secrets.s3, secret_key="AWS_SECRET_ACCESS_KEY"),
-        SecretEnv(name="MLFLOW_TRACKING_TOKEN", secret_name=secrets.mlflow, secret_key="MLFLOW_TRACKING_TOKEN",
-                  optional=True),
+        # A token, or the user and password of MLflow's basic-auth app: whichever the Secret holds.
+        *(SecretEnv(name=key, secret_name=secrets.mlflow, secret_key=key, optional=True)
+          for key in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")),
         SecretEnv(name="MLFERRY_GIT_TOKEN", secret_name=secrets.git, secret_key="MLFERRY_GIT_TOKEN", optional=True),
         Env(name="MLFERRY_LOG_FORMAT", value="json"),
         # MLflow's client retries 5xx on its own for minutes by default; keep its retries short

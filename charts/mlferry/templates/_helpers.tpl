@@ -14,7 +14,7 @@ optional ones only when that server needs a credential. Referenced, never create
 {{- define "mlferry.secrets" -}}
 mlferry-s3: {keys: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY], optional: false}
 mlferry-webhook: {keys: [MLFERRY_WEBHOOK_SECRET], optional: false}
-mlferry-mlflow: {keys: [MLFLOW_TRACKING_TOKEN], optional: true}
+mlferry-mlflow: {keys: [MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD], optional: true}
 mlferry-git: {keys: [MLFERRY_GIT_TOKEN], optional: true}
 {{- end }}
 

@@ -1,0 +1,128 @@
+"""The steps' MLflow REST client against a real MLflow server behind a real authenticating proxy.
+
+MLflow's own auth (the basic-auth app, or a token checked by an ingress) sits in front of the
+same REST API; the proxy here plays that part over real HTTP and forwards to the session's
+server, so every registry call and every artifact download must carry the credentials.
+"""
+
+import base64
+import threading
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from steps import registry
+from steps.mlflow_api import MlflowApi, MlflowApiError
+from steps.resolve import ResolveInput, resolve
+
+TOKEN = "mlf-tok-5b1e0c9d7a"
+USER, PASSWORD = "ferry", "pw-2c81f4d6"
+
+
+class AuthProxy(BaseHTTPRequestHandler):
+    upstream = ""
+    accepted: set[str] = set()
+    seen: list[str] = []
+
+    def do_GET(self):
+        self._relay()
+
+    def do_POST(self):
+        self._relay()
+
+    def _relay(self):
+        auth = self.headers.get("Authorization", "")
+        self.seen.append(auth)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+        if auth not in self.accepted:
+            return self._answer(401, b'{"error_code": "UNAUTHENTICATED", "message": "You are not authenticated."}')
+        request = urllib.request.Request(self.upstream + self.path, data=body, method=self.command,
+                                         headers={"Content-Type": self.headers.get("Content-Type", "")})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                self._answer(response.status, response.read())
+        except urllib.error.HTTPError as err:
+            self._answer(err.code, err.read())
+
+    def _answer(self, status: int, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def auth_proxy(stack, monkeypatch):
+    import os
+
+    handler = type("Proxy", (AuthProxy,), {
+        "upstream": os.environ["MLFLOW_TRACKING_URI"].rstrip("/"), "seen": [],
+        "accepted": {f"Bearer {TOKEN}", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()},
+    })
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    for key in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(key, raising=False)
+    yield handler
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def aliased_model(registered_model):
+    # Registered before the proxy takes over MLFLOW_TRACKING_URI: training talks to the server itself.
+    return registered_model(alias="production")
+
+
+def test_a_token_goes_with_every_registry_call_and_artifact_download(aliased_model, auth_proxy, monkeypatch):
+    name, version = aliased_model
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", TOKEN)
+    got = resolve(ResolveInput(model=name, alias="production", env="production"))
+    assert got.version == version and "sklearn" in got.flavors  # flavors come from the proxied MLmodel
+    assert auth_proxy.seen and set(auth_proxy.seen) == {f"Bearer {TOKEN}"}
+
+
+def test_user_and_password_work_as_basic_auth(aliased_model, auth_proxy, monkeypatch):
+    name, version = aliased_model
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", USER)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    assert resolve(ResolveInput(model=name, alias="production", env="production")).version == version
+    registry.set_version_tags(registry.client(), name, version, {"checked": "yes"})
+
+
+@pytest.mark.parametrize("token", ["", "wrong-token"])
+def test_missing_or_wrong_credentials_are_one_clear_error(aliased_model, auth_proxy, monkeypatch, caplog, token):
+    name, _ = aliased_model
+    if token:
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
+    with pytest.raises(MlflowApiError) as raised:
+        resolve(ResolveInput(model=name, alias="production", env="production"))
+    message = str(raised.value)
+    assert message.startswith("MLflow answered 401: You are not authenticated.")
+    assert "check the credentials in MLFLOW_TRACKING_TOKEN" in message and "\n" not in message
+    assert not (token and (token in message or token in caplog.text))
+    assert len(auth_proxy.seen) == 1  # a 401 is not retried: it will not get better
+
+
+def test_a_tracking_uri_that_is_not_a_server_is_refused_before_any_request(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///tmp/mlruns")
+    with pytest.raises(ValueError, match="must be the http.s. address of the MLflow server, got 'file:///tmp/mlruns'"):
+        MlflowApi.from_env()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with pytest.raises(ValueError, match="MLFLOW_TRACKING_URI is not set"):
+        MlflowApi.from_env()
+
+
+def test_errors_from_the_server_keep_mlflows_code_and_message(stack, unique_name):
+    api = MlflowApi.from_env()
+    with pytest.raises(MlflowApiError) as raised:
+        api.get("registered-models/get", name=unique_name)
+    assert raised.value.status == 404 and raised.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    assert unique_name in str(raised.value)
