@@ -4,10 +4,15 @@ The WorkflowTemplates are generated from the same Hera code (and bundle config) 
 checked-in YAML, serialized to YAML text and loaded back, so what runs here is what Argo would
 receive. A pod's ConfigMap is this process's settings; its Secrets are this process's
 environment variables (AWS_*, MLFERRY_GIT_TOKEN, MLFERRY_WEBHOOK_SECRET, …).
+
+At most the bundle's `parallelism` runs (default 4) go on at once on this machine, whichever command
+started them (`mlferry promote` in several shells, `events serve`, `reconcile`): the others wait for a
+slot before their first step, as workflows wait for the controller's `parallelism` on a cluster.
 """
 
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -69,14 +74,17 @@ class LocalArgo:
         return workflow_plan.load(Path(source), workflow_templates=templates.values())
 
     def submit(self, source: str | Path, parameters: Mapping[str, str],
-               on_event: Callable[[NodeEvent], None] | None = None) -> RunResult:
+               on_event: Callable[[NodeEvent], None] | None = None,
+               interrupt: threading.Event | None = None) -> RunResult:
+        """Run it to its end; `interrupt` stops it from another thread (see executor.run)."""
         plan = self.load(source)
         run_dir = new_run_dir(self.runs_root, plan.generate_name)
         env = {**self.environ, "PYTHONPATH": _python_path(self.environ)}
         try:
             return executor.run(plan, parameters, run_dir=run_dir, env=env, on_event=on_event,
                                 cluster=self.cluster(), cwd=ROOT, lock_dir=self.runs_root.parent / "locks",
-                                namespace=self.bundle.namespace)
+                                namespace=self.bundle.namespace, interrupt=interrupt,
+                                max_runs=self.bundle.parallelism)
         except ArgumentError:
             shutil.rmtree(run_dir, ignore_errors=True)  # it never ran: no record of a run
             raise

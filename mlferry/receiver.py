@@ -3,7 +3,7 @@
     MLflow ──POST <events.path>──▶ Receiver ── 202 at once
                                      │ signature on the raw bytes, filter, replay check
                                      ▼
-                                   queue ──▶ one run at a time: LocalArgo.submit(mlferry-promote)
+                                   queue ──▶ `parallelism` runs at once: LocalArgo.submit(mlferry-promote)
 
 It stands in for the EventSource and the Sensor (sensors/objects.py), with the same code: the
 signature check is steps/signature.py, the filter is steps/event_filter.accept, and the workflow gets
@@ -12,10 +12,14 @@ exactly the parameters the Sensor's trigger would give it (EVENT_PARAMETERS plus
 move wins). Its first task, verify-event, checks the event once more.
 
 Beyond the Sensor, the receiver refuses a delivery id it has already accepted within the signature's
-time window (a replay, or MLflow retrying after a lost answer), and runs one promotion at a time (all
-go to one GitOps repo). A promotion still queued for the same model and environment is replaced by the
-newer event: both would resolve the same alias. MLflow sends each event once (plus retries on 429/5xx),
-so events missed while the receiver is down are caught up by `mlferry reconcile`, as in a cluster.
+time window (a replay, or MLflow retrying after a lost answer). It runs at most the bundle's
+`parallelism` promotions at once (default 4, as the reconcile fan-out: enough to keep two cores busy
+while a run waits on the registry, the store or git; their commits take the GitOps mutex one at a time),
+and never two for the same model and environment: a promotion still queued for one is replaced by the
+newer event (both would resolve the same alias), and it starts only once the run in progress for that
+model and environment has ended, so the latest move always commits last. MLflow sends each event once
+(plus retries on 429/5xx), so events missed while the receiver is down are caught up by
+`mlferry reconcile`, as in a cluster.
 """
 
 from __future__ import annotations
@@ -156,10 +160,15 @@ class SeenDeliveries:
 
 
 class PromotionQueue:
-    """Accepted deliveries in order, at most one per (model, environment): a newer one replaces it."""
+    """Accepted deliveries in order, at most one per (model, environment): a newer one replaces it.
+
+    `take` hands out the oldest one whose model and environment has no run in progress, and marks it
+    in progress until `done`: two runs of one model and environment never overlap.
+    """
 
     def __init__(self) -> None:
         self._items: OrderedDict[tuple[str, str], Delivery] = OrderedDict()
+        self._in_progress: dict[tuple[str, str], Delivery] = {}
         self._ready = threading.Condition()
 
     def put(self, delivery: Delivery) -> Delivery | None:
@@ -170,13 +179,28 @@ class PromotionQueue:
             self._ready.notify()
             return replaced
 
-    def get(self, timeout: float) -> Delivery | None:
+    def take(self, timeout: float) -> Delivery | None:
+        deadline = time.monotonic() + timeout
         with self._ready:
-            if not self._items:
-                self._ready.wait(timeout)
-            if not self._items:
-                return None
-            return self._items.popitem(last=False)[1]
+            while True:
+                key = next((k for k in self._items if k not in self._in_progress), None)
+                if key is not None:
+                    self._in_progress[key] = delivery = self._items.pop(key)
+                    return delivery
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._ready.wait(left)
+
+    def done(self, delivery: Delivery) -> None:
+        with self._ready:
+            if self._in_progress.get(delivery.key) is delivery:
+                del self._in_progress[delivery.key]
+            self._ready.notify_all()  # a delivery for the same model and environment may start now
+
+    def in_progress(self) -> list[Delivery]:
+        with self._ready:
+            return list(self._in_progress.values())
 
     def drain(self) -> list[Delivery]:
         with self._ready:
@@ -192,10 +216,10 @@ class PromotionQueue:
 # --- the receiver ------------------------------------------------------------------------------
 
 class Receiver:
-    """What happens to one request (`receive`), and the promotions it starts (`work`, one at a time)."""
+    """What happens to one request (`receive`), and the promotions it starts (`work`, `parallelism` at once)."""
 
     def __init__(self, local: LocalArgo, secret: str, *, clock: Callable[[], float] = time.time,
-                 on_event: Callable[[NodeEvent], None] | None = None):
+                 on_event: Callable[[NodeEvent], None] | None = None, parallelism: int | None = None):
         self.local = local
         self.bundle = local.bundle
         self.settings = local.bundle.settings
@@ -205,8 +229,11 @@ class Receiver:
         self.on_event = on_event
         self.seen = SeenDeliveries()
         self.queue = PromotionQueue()
-        self.running: Delivery | None = None
+        self.parallelism = max(1, parallelism or local.bundle.parallelism)
+        self.interrupt = threading.Event()  # set on shutdown: the runs in progress stop
+        self._workers: list[threading.Thread] = []
         self.finished = 0
+        self._finished_lock = threading.Lock()
         self.accepting = True
 
     # the request, from headers and raw bytes to an answer
@@ -249,16 +276,41 @@ class Receiver:
         return Reply(HTTPStatus.ACCEPTED, answer, note)
 
     def health(self) -> dict[str, Any]:
-        running = self.running
+        """`running`: the delivery whose run started first of those in progress (None when idle)."""
+        running = self.queue.in_progress()
         return {"status": "ok" if self.accepting else "stopping", "path": self.path, "queued": len(self.queue),
-                "running": running.delivery_id if running else None, "finished": self.finished}
+                "running": running[0].delivery_id if running else None, "finished": self.finished}
 
-    # the promotions, in the calling (main) thread: a signal stops a run as it stops `mlferry promote`
+    # the promotions, in `parallelism` worker threads
     def work(self) -> None:
-        while True:
-            delivery = self.queue.get(timeout=0.5)
-            if delivery is not None:
+        """Run promotions until KeyboardInterrupt (SIGINT, SIGTERM), which the calling main thread receives;
+        then call `stop`. Workers are threads, so the main thread stays free to take the signal."""
+        workers = [threading.Thread(target=self._worker, name=f"mlferry-promote-{i + 1}", daemon=True)
+                   for i in range(self.parallelism)]
+        for worker in workers:
+            worker.start()
+        self._workers = workers
+        while any(worker.is_alive() for worker in workers):
+            workers[0].join(0.5)
+
+    def stop(self) -> None:
+        """Stop the runs in progress (each ends Failed "interrupted") and wait for their workers."""
+        self.accepting = False
+        self.interrupt.set()
+        for worker in self._workers:
+            worker.join()
+
+    def _worker(self) -> None:
+        while not self.interrupt.is_set():
+            delivery = self.queue.take(timeout=0.5)
+            if delivery is None:
+                continue
+            try:
                 self.promote(delivery)
+            except Exception:  # a bug: say so, keep the worker (and the other runs) going
+                log.exception("the promotion of %s failed in the receiver", delivery.describe())
+            finally:
+                self.queue.done(delivery)
 
     def promote(self, delivery: Delivery) -> None:
         waited = self.clock() - delivery.timestamp
@@ -266,23 +318,25 @@ class Receiver:
             log.warning("skipped %s: it waited %.0f s, its signature would be stale when the run starts; "
                         "`mlferry reconcile` catches up", delivery.describe(), waited)
             return
-        self.running = delivery
+        if self.interrupt.is_set():
+            log.warning("stopped %s before its run started; `mlferry reconcile` catches up", delivery.describe())
+            return
         try:
-            run = self.local.submit(TEMPLATE, delivery.parameters, on_event=self.on_event)
-        except KeyboardInterrupt:
+            run = self.local.submit(TEMPLATE, delivery.parameters, on_event=self.on_event, interrupt=self.interrupt)
+        except KeyboardInterrupt:  # the receiver is stopping: the executor stopped the run
             stopped = self._run_of(delivery)
             if stopped:
                 log.warning("stopped run %s of %s: interrupted; `mlferry reconcile` catches up",
                             stopped.run_id, delivery.describe())
             else:
                 log.warning("stopped %s before its run started; `mlferry reconcile` catches up", delivery.describe())
-            raise
+            return
         except (ValueError, LookupError, OSError, RuntimeError) as err:  # the run could not start
             log.error("could not start a run for %s: %s", delivery.describe(), err)
             return
         finally:
-            self.running = None
-            self.finished += 1
+            with self._finished_lock:
+                self.finished += 1
         log.info("%s", run_line(run, delivery))
 
     def _run_of(self, delivery: Delivery) -> RunResult | None:
@@ -402,7 +456,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, runs_root: str | Path, config: str | None = None,
           environ: Mapping[str, str] | None = None, on_event: Callable[[NodeEvent], None] | None = None) -> int:
-    """Receive webhooks until SIGINT or SIGTERM; a running promotion is stopped cleanly, queued ones dropped."""
+    """Receive webhooks until SIGINT or SIGTERM; running promotions are stopped cleanly, queued ones dropped."""
     environ = os.environ if environ is None else environ
     secret = environ.get(SECRET_ENV, "")
     if not secret:
@@ -420,9 +474,9 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, runs_root: str 
                            "choose another --port") from None
     aliases = ", ".join(f"{a}→{env}" for env, names in environment_aliases(settings).items() for a in names)
     bound_host, bound_port = server.server_address[:2]
-    log.info("listening on http://%s:%d%s (health: %s); aliases %s; promotions run one at a time into %s (%s); "
+    log.info("listening on http://%s:%d%s (health: %s); aliases %s; promotions run %d at a time into %s (%s); "
              "runs in %s", bound_host, bound_port, receiver.path, HEALTH_PATH, aliases or "none",
-             settings.gitops_repo, settings.gitops_branch, local.runs_root)
+             receiver.parallelism, settings.gitops_repo, settings.gitops_branch, local.runs_root)
     http = threading.Thread(target=server.serve_forever, name="mlferry-receiver-http", daemon=True)
     http.start()
     in_main = threading.current_thread() is threading.main_thread()
@@ -432,6 +486,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, runs_root: str 
     except KeyboardInterrupt:
         receiver.accepting = False
         log.info("stopping: no new events are accepted")
+        receiver.stop()
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)

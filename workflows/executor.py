@@ -74,6 +74,8 @@ __all__ = ["ArgumentError", "Cluster", "NodeEvent", "RunResult", "TaskRecord", "
 log = logging.getLogger(__name__)
 
 _PYTHON = re.compile(r"^python(3(\.\d+)?)?$")
+POLL_INTERRUPT = 0.1  # seconds between looks at a run's `interrupt` event
+RUN_SLOTS_KEY = "local/Runs"  # the lock of `max_runs`: outside Argo's `<namespace>/<kind>/<name>` keys
 _K8S_VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
@@ -152,7 +154,8 @@ def run(plan: Plan, parameters: Mapping[str, str] | None = None, *, run_dir: str
         env: Mapping[str, str] | None = None, on_event: Callable[[NodeEvent], None] | None = None,
         cluster: Cluster | None = None, cwd: str | Path | None = None, python: str = sys.executable,
         lock_dir: str | Path | None = None, namespace: str | None = None, backoff_scale: float = 1.0,
-        kill_grace: float = 2.0) -> RunResult:
+        kill_grace: float = 2.0, interrupt: threading.Event | None = None,
+        max_runs: int | None = None) -> RunResult:
     """Run `plan` to its end and return what happened; run.json in `run_dir` says the same.
 
     `run_dir`'s name is the workflow's name (`{{workflow.name}}`); `env` is the environment every
@@ -161,6 +164,16 @@ def run(plan: Plan, parameters: Mapping[str, str] | None = None, *, run_dir: str
     the current directory, the repository root for `steps.*` entrypoints); `lock_dir` holds the
     mutex and semaphore files shared by runs on this machine. Raises ArgumentError, before
     anything runs, when a parameter or a ConfigMap/Secret key is missing.
+
+    `max_runs`, as the Argo controller's `parallelism`, bounds the runs that go on at once on this machine
+    (those sharing `lock_dir`, in any process): a run past it waits, before its first step, for one of
+    them to end. Every run is a few Python processes at a time, so thirty at once on two cores would
+    only compete for them; the steps of the runs in progress (a commit holding the GitOps mutex, above
+    all) then get the machine.
+
+    Ctrl-C (or SIGTERM, in the main thread) stops the run: its processes are killed, the record says
+    Failed "interrupted", and KeyboardInterrupt is raised. A run in another thread is stopped the same
+    way, with the same outcome, by setting `interrupt`.
     """
     base_env = dict(os.environ if env is None else env)
     cluster = cluster or Cluster.from_environment(base_env)
@@ -169,7 +182,7 @@ def run(plan: Plan, parameters: Mapping[str, str] | None = None, *, run_dir: str
     check_environment(plan, cluster, namespace)
     context = _Run(plan, values, Path(run_dir), base_env, cluster, namespace, on_event,
                    cwd=Path(cwd or os.getcwd()), python=python, lock_dir=Path(lock_dir or default_lock_dir()),
-                   backoff_scale=backoff_scale, kill_grace=kill_grace)
+                   backoff_scale=backoff_scale, kill_grace=kill_grace, interrupt=interrupt, max_runs=max_runs)
     with _interrupted_by_sigterm():
         return context.execute()
 
@@ -194,8 +207,10 @@ def _interrupted_by_sigterm() -> Iterator[None]:
 class _Run:
     def __init__(self, plan: Plan, values: dict[str, str], run_dir: Path, base_env: dict[str, str],
                  cluster: Cluster, namespace: str, on_event: Callable[[NodeEvent], None] | None, *,
-                 cwd: Path, python: str, lock_dir: Path, backoff_scale: float, kill_grace: float):
+                 cwd: Path, python: str, lock_dir: Path, backoff_scale: float, kill_grace: float,
+                 interrupt: threading.Event | None = None, max_runs: int | None = None):
         self.plan, self.run_dir, self.base_env, self.cluster = plan, run_dir, base_env, cluster
+        self.interrupt, self.max_runs = interrupt, max_runs
         self.namespace, self.on_event, self.cwd, self.python = namespace, on_event, cwd, python
         self.lock_dir, self.backoff_scale, self.kill_grace = lock_dir, backoff_scale, kill_grace
         self.run_id = run_dir.name
@@ -234,10 +249,13 @@ class _Run:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.save()
         try:
-            with self.workflow_deadline():
-                outcome = self.entrypoint()
-            self.stopped = self.stop.reason
-            outcome = self.exit_handler(outcome)
+            with self.interruptible(), self.run_slot():
+                with self.workflow_deadline():
+                    outcome = self.entrypoint()
+                self.raise_if_interrupted()
+                self.stopped = self.stop.reason
+                outcome = self.exit_handler(outcome)
+                self.raise_if_interrupted()
         except KeyboardInterrupt:
             self.stop.stop("interrupted")
             self.join_threads()
@@ -245,6 +263,47 @@ class _Run:
             self.finish(Outcome(FAILED, "interrupted"))
             raise
         return self.finish(outcome)
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """While the run lasts, `interrupt` stops whatever runs now (the exit handler has its own Stop)."""
+        if self.interrupt is None:
+            yield
+            return
+        ended = threading.Event()
+
+        def watch() -> None:
+            while not ended.is_set():
+                if self.interrupt.wait(POLL_INTERRUPT):
+                    self.stop.stop("interrupted")
+                    return
+
+        watcher = threading.Thread(target=watch, name=f"{self.run_id}-interrupt", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            ended.set()
+            watcher.join()
+
+    @contextmanager
+    def run_slot(self) -> Iterator[None]:
+        """One of the `max_runs` slots of this machine, held until the run (exit handler included) ends."""
+        if not self.max_runs:
+            yield
+            return
+        slots = Lock(RUN_SLOTS_KEY, max(1, int(self.max_runs)))
+        try:
+            with holding([slots], self.lock_dir, stop=self.stop, waiting=lambda _lock: self.emit(
+                    NodeEvent(self.run_id, PENDING, self.plan.entrypoint,
+                              message=f"waiting for one of the {slots.limit} runs at once on this machine"))):
+                yield
+        except Interrupted:  # only an interrupt stops a run before its deadline starts counting
+            raise KeyboardInterrupt from None
+
+    def raise_if_interrupted(self) -> None:
+        if self.interrupt is not None and self.interrupt.is_set():
+            raise KeyboardInterrupt  # the same ending as Ctrl-C: see execute()
 
     @contextmanager
     def workflow_deadline(self) -> Iterator[None]:
@@ -373,7 +432,7 @@ class _Run:
         t = self.plan.templates[template_name]
         leaf = any(k in t for k in LEAF_TYPES)
         record = self.open_record(name or template_name, template_name, _node_type(t)) if name or leaf else None
-        started, clock = now(), time.monotonic()
+        started, clock, finished = now(), time.monotonic(), None
         try:
             scope = {**self.scope(), **self.inputs(t, arguments)}
             locks = self.locks(t.get("synchronization"), scope)
@@ -382,11 +441,14 @@ class _Run:
                 if not leaf:
                     self.set_phase(record, RUNNING)
                 outcome = self.retrying(name, t, scope, record)
+                # Stamped before the locks are released: the next holder's start can then never come
+                # before this node's end in the records, which would show a mutex held twice at once.
+                finished = now()
         except (_NodeError, ExpressionError) as err:
             outcome = Outcome(ERROR, str(err))
         except Interrupted:
             outcome = Outcome(FAILED, self.stop.reason)
-        outcome = replace(outcome, started=started, finished=now(), node_id=self.node_id(name))
+        outcome = replace(outcome, started=started, finished=finished or now(), node_id=self.node_id(name))
         self.close_record(record, outcome, time.monotonic() - clock)
         return outcome
 
