@@ -19,12 +19,10 @@ def main() -> int:
     source_dir, model, version = sys.argv[1:4]
     from steps.artifacts import open_source
     from steps.naming import slugify
-    from steps.publish import FILES_AT_ONCE, publish_version
-    from steps.store import TRANSFER, ObjectStore
+    from steps.publish import publish_version, publishing_store
 
     imported = time.perf_counter()
-    store = ObjectStore.from_env(os.environ["MLFERRY_BUCKET"],
-                                 connections=FILES_AT_ONCE * TRANSFER.max_concurrency + 4)  # as steps.publish.publish
+    store = publishing_store(os.environ["MLFERRY_BUCKET"])  # as steps.publish.publish builds it
     publication = publish_version(open_source(Path(source_dir).resolve().as_uri()), store, model, version,
                                   slugify(model))
     seconds = time.perf_counter() - imported

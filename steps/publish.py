@@ -9,6 +9,17 @@ and immutable from then on. So a run
   source and hashes it, keeps objects that already hold exactly those bytes, uploads the rest,
   verifies each upload, deletes strays, and writes the manifest last.
 
+How a copy is verified without reading it back. For each file, one read computes its sha256
+(for the manifest) and the ETag the store will compute for it: the MD5 of the bytes for a
+single PUT, the MD5 of the parts' MD5s ("…-N") for a multipart upload. S3, MinIO and moto all
+derive ETags that way, from the bytes they stored, so an ETag that matches is the store's own
+word that it holds these bytes. Small files are checked on the PUT's answer (no request of
+their own), large ones with one HEAD each; before the manifest, one listing of the prefix
+(one request per 1,000 keys) confirms that every object is still there with its size and ETag.
+Under SSE-KMS or SSE-C the ETag is not an MD5; there mlferry relies on the server-checked
+x-amz-checksum-sha256 for single PUTs and on size plus the per-part checksums botocore sends
+for multipart ones.
+
 The manifest holds no timestamps, so two runs racing on the same version (webhook and
 schedule) write identical bytes.
 
@@ -26,12 +37,13 @@ from pathlib import Path
 from typing import Mapping
 
 from hera.workflows import Input, Output
+from s3transfer.utils import ChunksizeAdjuster
 
 from steps.artifacts import ModelSource, SourceFile, check_artifact_path, open_source
 from steps.layout import MANIFEST_NAME, model_prefix
 from steps.outcome import as_argo_step
 from steps.settings import load_settings
-from steps.store import MB, TRANSFER, ObjectStore, StoredObject
+from steps.store import MB, TRANSFER, ListedObject, ObjectStore, PutReceipt, StoredObject
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +85,30 @@ class Copied:
     path: str
     size: int
     sha256: str
+    etag: str  # what the store said about these bytes when they were verified
     uploaded: bool
+
+
+@dataclass(frozen=True)
+class Digests:
+    """One read of a file: what the manifest records and what the store must answer."""
+    size: int
+    sha256: str
+    md5: str  # of the whole file; sent as Content-MD5 on a single PUT
+    etag: str  # the ETag a store computes for these bytes uploaded the way mlferry uploads them
 
 
 @as_argo_step
 def publish(inputs: PublishInput) -> Publication:
     settings = load_settings()
-    store = ObjectStore.from_env(settings.bucket, connections=FILES_AT_ONCE * TRANSFER.max_concurrency + SMALL_FILES_AT_ONCE + 4)
-    return publish_version(open_source(inputs.source_uri), store, inputs.model, inputs.version, inputs.slug)
+    return publish_version(open_source(inputs.source_uri), publishing_store(settings.bucket),
+                           inputs.model, inputs.version, inputs.slug)
+
+
+def publishing_store(bucket: str) -> ObjectStore:
+    """The store with one pooled connection per request copy_files can have in flight, so that
+    urllib3 never opens (and drops) extra ones."""
+    return ObjectStore.from_env(bucket, connections=FILES_AT_ONCE * TRANSFER.max_concurrency + SMALL_FILES_AT_ONCE + 4)
 
 
 def publish_version(source: ModelSource, store: ObjectStore, model: str, version: str, slug: str,
@@ -89,7 +117,7 @@ def publish_version(source: ModelSource, store: ObjectStore, model: str, version
     uri = f"s3://{store.bucket}/{prefix}"
     listing = checked_listing(source)  # every path checked before anything is written
     store.check_bucket()
-    stored = store.sizes(prefix)
+    stored = store.objects(prefix)
     if MANIFEST_NAME in stored:
         return already_published(store, prefix, uri, source.uri, listing, stored)
 
@@ -99,6 +127,7 @@ def publish_version(source: ModelSource, store: ObjectStore, model: str, version
     if strays:
         log.info("removing %d stray object(s) under %s: %s", len(strays), uri, _some(strays))
         store.delete(prefix + path for path in strays)
+    check_all_stored(store.objects(prefix), copied, uri)  # nothing lost or replaced since it was verified
     manifest = manifest_bytes(model, version, source.uri, copied)
     manifest_sha256 = hashlib.sha256(manifest).hexdigest()
     store.put_bytes(prefix + MANIFEST_NAME, manifest, manifest_sha256, "application/json")
@@ -130,7 +159,7 @@ def checked_listing(source: ModelSource) -> list[SourceFile]:
 # -- a prefix that is already complete --------------------------------------------------------
 
 def already_published(store: ObjectStore, prefix: str, uri: str, source_uri: str,
-                      listing: list[SourceFile], stored: dict[str, int]) -> Publication:
+                      listing: list[SourceFile], stored: Mapping[str, ListedObject]) -> Publication:
     raw = store.get_bytes(prefix + MANIFEST_NAME)
     manifest = parse_manifest(raw, uri)
     differences = source_differences(manifest, source_uri, listing)
@@ -138,7 +167,7 @@ def already_published(store: ObjectStore, prefix: str, uri: str, source_uri: str
         raise PublishError(
             f"{uri} is already published from a different source ({'; '.join(differences)}); a published "
             "version is immutable: register a new model version, or delete the prefix by hand if it is wrong")
-    damage = stored_damage(manifest, stored)
+    damage = stored_damage(manifest, {path: obj.size for path, obj in stored.items()})
     if damage:
         raise PublishError(
             f"{uri} is marked complete but its objects no longer match its manifest ({'; '.join(damage)}); "
@@ -189,12 +218,12 @@ def stored_damage(manifest: PublishedManifest, stored: Mapping[str, int]) -> lis
 # -- copying ----------------------------------------------------------------------------------
 
 def copy_files(source: ModelSource, store: ObjectStore, prefix: str, listing: list[SourceFile],
-               stored: Mapping[str, int], files_at_once: int) -> list[Copied]:
+               stored: Mapping[str, ListedObject], files_at_once: int) -> list[Copied]:
     # Two lanes: large files (largest first) are bandwidth-bound and hold memory for their parts,
     # small ones are bound by round trips; in one shared pool the large ones would take every
     # slot and the small ones would wait behind them.
-    large = sorted((f for f in listing if f.size >= TRANSFER.multipart_threshold), key=lambda f: -f.size)
-    small = [f for f in listing if f.size < TRANSFER.multipart_threshold]
+    large = sorted((f for f in listing if is_multipart(f.size)), key=lambda f: -f.size)
+    small = [f for f in listing if not is_multipart(f.size)]
     with ThreadPoolExecutor(max_workers=files_at_once, thread_name_prefix="publish-large") as large_pool, \
             ThreadPoolExecutor(max_workers=SMALL_FILES_AT_ONCE, thread_name_prefix="publish-small") as small_pool:
         futures = [pool.submit(copy_file, source, store, prefix, f, stored.get(f.path))
@@ -209,45 +238,90 @@ def copy_files(source: ModelSource, store: ObjectStore, prefix: str, listing: li
 
 
 def copy_file(source: ModelSource, store: ObjectStore, prefix: str, file: SourceFile,
-              stored_size: int | None) -> Copied:
+              stored: ListedObject | None) -> Copied:
     key = prefix + file.path
     with source.fetch(file.path) as local:
-        sha256, size = file_sha256(local)
-        if size != file.size:
-            raise PublishError(f"{file.path}: the source listed {file.size} bytes but {size} were read; "
+        digests = file_digests(local, part_size(file.size))
+        if digests.size != file.size:
+            raise PublishError(f"{file.path}: the source listed {file.size} bytes but {digests.size} were read; "
                                "the model changed while publishing, run again")
-        if stored_size == size and holds(store.head(key), size, sha256):
-            log.info("kept %s (%s): already uploaded with the same sha256", file.path, _size(size))
-            return Copied(file.path, size, sha256, uploaded=False)
+        if stored == ListedObject(digests.size, digests.etag):
+            log.info("kept %s (%s): already uploaded with the same bytes", file.path, _size(digests.size))
+            return Copied(file.path, digests.size, digests.sha256, stored.etag, uploaded=False)
         started = time.monotonic()
-        store.upload_file(local, key, sha256)
+        if is_multipart(file.size):
+            store.upload_file(local, key, digests.sha256)
+            etag = check_multipart(store.head(key), key, digests)
+        else:
+            etag = check_put(store.put_file(local, key, digests.sha256, digests.md5), key, digests)
         seconds = time.monotonic() - started
-    check_upload(store.head(key), key, size, sha256)
-    log.info("uploaded %s (%s, %.1f MB/s)", file.path, _size(size), _rate(size, seconds))
-    return Copied(file.path, size, sha256, uploaded=True)
+    log.info("uploaded %s (%s, %.1f MB/s)", file.path, _size(digests.size), _rate(digests.size, seconds))
+    return Copied(file.path, digests.size, digests.sha256, etag, uploaded=True)
 
 
-def file_sha256(path: Path) -> tuple[str, int]:
-    """(sha256, size) of a file, read in chunks so memory does not grow with the file."""
-    digest, size = hashlib.sha256(), 0
+def is_multipart(size: int) -> bool:
+    return size >= TRANSFER.multipart_threshold
+
+
+def part_size(size: int) -> int | None:
+    """The part size s3transfer will cut this file into; None for a single PUT."""
+    if not is_multipart(size):
+        return None
+    return ChunksizeAdjuster().adjust_chunksize(TRANSFER.multipart_chunksize, size)
+
+
+def file_digests(path: Path, part: int | None) -> Digests:
+    """sha256, MD5 and the expected ETag of a file in one read, in chunks so memory stays flat."""
+    whole, md5, part_md5s = hashlib.sha256(), hashlib.md5(usedforsecurity=False), []
+    size, in_part, part_md5 = 0, 0, hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
+        while chunk := f.read(HASH_CHUNK if part is None else min(HASH_CHUNK, part - in_part)):
+            whole.update(chunk)
             size += len(chunk)
-    return digest.hexdigest(), size
+            if part is None:
+                md5.update(chunk)
+                continue
+            part_md5.update(chunk)
+            in_part += len(chunk)
+            if in_part == part:
+                part_md5s.append(part_md5.digest())
+                part_md5, in_part = hashlib.md5(usedforsecurity=False), 0
+    if part is None:
+        return Digests(size, whole.hexdigest(), md5.hexdigest(), md5.hexdigest())
+    if in_part:
+        part_md5s.append(part_md5.digest())
+    etag = f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}-{len(part_md5s)}"
+    return Digests(size, whole.hexdigest(), "", etag)
 
 
-def holds(stored: StoredObject | None, size: int, sha256: str) -> bool:
-    """An earlier upload of exactly these bytes. The sha256 metadata is what mlferry recorded on
-    an upload it then verified, so size + sha256 stand for the bytes without downloading them."""
-    return stored is not None and stored.size == size and stored.sha256 == sha256
+def check_put(receipt: PutReceipt, key: str, digests: Digests) -> str:
+    """The store's ETag for a verified single PUT; PublishError when the store holds other bytes."""
+    if receipt.etag == digests.etag:
+        return receipt.etag
+    if receipt.encrypted_etag and receipt.checksum_sha256 == digests.sha256:
+        return receipt.etag  # S3 and MinIO check x-amz-checksum-sha256 before they answer with it
+    raise PublishError(f"upload of {key} did not verify: the store answered ETag {receipt.etag or 'none'}, "
+                       f"expected {digests.etag} (MD5 of the bytes sent); check the object store and run again")
 
 
-def check_upload(stored: StoredObject | None, key: str, size: int, sha256: str) -> None:
-    if not holds(stored, size, sha256):
-        found = "nothing" if stored is None else f"{stored.size} bytes, sha256 {stored.sha256 or 'absent'}"
-        raise PublishError(f"upload of {key} did not verify (expected {size} bytes, sha256 {sha256}; "
-                           f"found {found}); check the object store and run again")
+def check_multipart(stored: StoredObject | None, key: str, digests: Digests) -> str:
+    """The store's ETag for a verified multipart upload; PublishError when it holds other bytes."""
+    if stored is not None and stored.size == digests.size and (
+            stored.etag == digests.etag or (stored.encrypted_etag and stored.sha256 == digests.sha256)):
+        return stored.etag  # encrypted: the parts' checksums were checked by the server on upload
+    found = "nothing" if stored is None else f"{stored.size} bytes, ETag {stored.etag or 'none'}"
+    raise PublishError(f"upload of {key} did not verify (expected {digests.size} bytes, ETag {digests.etag}; "
+                       f"found {found}); check the object store and run again")
+
+
+def check_all_stored(stored: Mapping[str, ListedObject], copied: list[Copied], uri: str) -> None:
+    """Every file's object is there with the size and ETag it had when verified, or PublishError."""
+    missing = [c.path for c in copied if c.path not in stored]
+    changed = [c.path for c in copied if c.path in stored and stored[c.path] != ListedObject(c.size, c.etag)]
+    problems = [f"{what}: {_some(paths)}" for what, paths in (("missing", missing), ("different", changed)) if paths]
+    if problems:
+        raise PublishError(f"objects under {uri} changed after they were verified ({'; '.join(problems)}); no "
+                           "manifest was written: something else writes to this prefix, run again once it stops")
 
 
 def manifest_bytes(model: str, version: str, source_uri: str, copied: list[Copied]) -> bytes:

@@ -8,6 +8,7 @@ Every failure becomes a StoreError whose one line says what failed and what to d
 
 from __future__ import annotations
 
+import base64
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +47,23 @@ class TransientStoreError(StoreError, TransientError):
 class StoredObject:
     size: int
     sha256: str  # "" when the object carries no sha256 metadata (not written by mlferry)
+    etag: str = ""  # unquoted
+    encrypted_etag: bool = False  # SSE-KMS or SSE-C: the ETag is then not derived from the bytes' MD5
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One entry of a listing: what the store says about an object without a request of its own."""
+    size: int
+    etag: str  # unquoted; the bytes' MD5 for a plain single PUT, md5-of-part-md5s "-N" for multipart
+
+
+@dataclass(frozen=True)
+class PutReceipt:
+    """What the store answered to a single PUT: its own account of the bytes it stored."""
+    etag: str  # unquoted
+    checksum_sha256: str  # hex of the x-amz-checksum-sha256 the store returned, "" when none
+    encrypted_etag: bool  # SSE-KMS or SSE-C: the store's ETag is then not the MD5 of the bytes
 
 
 def public_endpoint(endpoint: str) -> str:
@@ -92,11 +110,15 @@ class ObjectStore:
 
     def sizes(self, prefix: str) -> dict[str, int]:
         """Every object under prefix: key relative to prefix → size (ListObjectsV2, all pages)."""
-        found: dict[str, int] = {}
+        return {path: listed.size for path, listed in self.objects(prefix).items()}
+
+    def objects(self, prefix: str) -> dict[str, ListedObject]:
+        """Every object under prefix: key relative to prefix → size and ETag (one request per 1,000)."""
+        found: dict[str, ListedObject] = {}
         with self._explained(f"list {prefix}"):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
-                    found[obj["Key"][len(prefix):]] = int(obj["Size"])
+                    found[obj["Key"][len(prefix):]] = ListedObject(int(obj["Size"]), _unquoted(obj.get("ETag", "")))
         return found
 
     def head(self, key: str) -> StoredObject | None:
@@ -107,16 +129,27 @@ class ObjectStore:
                 if _error_code(err) in ("404", "NoSuchKey", "NotFound"):
                     return None  # asking whether it exists is the point of a HEAD
                 raise
-        return StoredObject(int(meta["ContentLength"]), meta.get("Metadata", {}).get(SHA256_KEY, ""))
+        return StoredObject(int(meta["ContentLength"]), meta.get("Metadata", {}).get(SHA256_KEY, ""),
+                            _unquoted(meta.get("ETag", "")), _encrypted_etag(meta))
+
+    def put_file(self, path: Path, key: str, sha256: str, md5: str) -> PutReceipt:
+        """One PUT of a file below the multipart threshold, with its digests (hex) sent along.
+
+        Content-MD5 and x-amz-checksum-sha256 make S3 and MinIO refuse a body that arrived
+        different; the receipt's ETag lets the caller check the bytes where a server does not
+        (moto). Passing the sha256 also spares botocore a checksum pass of its own.
+        """
+        with self._explained(f"upload {key}"), open(path, "rb") as body:
+            answer = self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, Metadata={SHA256_KEY: sha256},
+                ContentMD5=_base64(md5), ChecksumSHA256=_base64(sha256))
+        echoed = answer.get("ChecksumSHA256", "")
+        return PutReceipt(_unquoted(answer.get("ETag", "")), base64.b64decode(echoed).hex() if echoed else "",
+                          _encrypted_etag(answer))
 
     def upload_file(self, path: Path, key: str, sha256: str) -> None:
-        """Upload from a file on disk, multipart when large, recording sha256 as metadata."""
+        """Upload a large file in parts (s3transfer, bounded memory), recording sha256 as metadata."""
         with self._explained(f"upload {key}"):
-            if path.stat().st_size < TRANSFER.multipart_threshold:
-                # One PUT: s3transfer's per-call thread pool costs more than a small file's upload.
-                with open(path, "rb") as body:
-                    self.client.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata={SHA256_KEY: sha256})
-                return
             self.client.upload_file(str(path), self.bucket, key, Config=TRANSFER,
                                     ExtraArgs={"Metadata": {SHA256_KEY: sha256}})
 
@@ -149,6 +182,19 @@ class ObjectStore:
         except (ClientError, BotoCoreError) as err:
             kind = TransientStoreError if is_transient(err) else StoreError
             raise kind(explain(err, _error_code(err), action, self.bucket, self.where)) from None
+
+
+def _encrypted_etag(answer: Mapping) -> bool:
+    """S3 and MinIO derive the ETag from the bytes' MD5 except under SSE-KMS and SSE-C."""
+    return str(answer.get("ServerSideEncryption", "")).startswith("aws:kms") or bool(answer.get("SSECustomerAlgorithm"))
+
+
+def _unquoted(etag: str) -> str:
+    return etag.strip('"')
+
+
+def _base64(hex_digest: str) -> str:
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode("ascii")
 
 
 def _error_code(err: Exception) -> str:

@@ -17,11 +17,14 @@ from steps import artifacts, store as store_module
 from steps.artifacts import ProxiedSource, SourceError, SourceFile, check_artifact_path, entry_path, open_source
 from steps.layout import MANIFEST_NAME, model_prefix
 from steps.naming import slugify
-from steps.publish import MANIFEST_FORMAT, Publication, PublishError, PublishInput, publish, publish_version
-from steps.store import ObjectStore, StoreError, public_endpoint
+from steps.publish import (MANIFEST_FORMAT, Digests, Publication, PublishError, PublishInput, check_multipart,
+                           check_put, file_digests, publish, publish_version)
+from steps.store import ObjectStore, PutReceipt, StoredObject, StoreError, public_endpoint
 
 BUCKET = "mlferry"
 REPO = Path(__file__).resolve().parents[1]
+MD5_ABC = hashlib.md5(b"abc").hexdigest()
+SHA_ABC = hashlib.sha256(b"abc").hexdigest()
 WRITES = {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "DeleteObjects",
           "CopyObject"}
 
@@ -286,6 +289,148 @@ def test_a_missing_bucket_says_what_to_do(stack, tmp_path):
     with pytest.raises(StoreError, match=r"bucket 'no-such-bucket' does not exist on http://127\.0\.0\.1:\d+; "
                                          r"create it or set MLFERRY_BUCKET"):
         publish_version(source, store, "m", "1", "missing-bucket-test")
+
+
+# -- verification: the store's own account of the bytes, not a HEAD per file ----------------------
+
+def corrupting(client, operation: str, key_suffix: str) -> list[str]:
+    """Flip one byte of every `operation` body sent for a key ending in key_suffix, after the
+    digests were computed: what a faulty network, proxy or disk on the way would do. moto checks
+    neither Content-MD5 nor x-amz-checksum-sha256, so it stores what arrives."""
+    hit: list[str] = []
+
+    def corrupt(request, **_):
+        if not request.url.split("?")[0].endswith(key_suffix):
+            return
+        body = request.body.read() if hasattr(request.body, "read") else bytes(request.body)
+        request.body = bytes([body[0] ^ 1]) + body[1:]
+        hit.append(request.url)
+
+    client.meta.events.register(f"before-send.s3.{operation}", corrupt)
+    return hit
+
+
+def test_a_small_file_corrupted_on_the_way_is_caught_by_the_put_etag_and_rerun_repairs_it(stack, s3, tmp_path,
+                                                                                          unique_name):
+    slug = slugify(unique_name)
+    uri = local_model(tmp_path / "m", {"a.bin": os.urandom(70_000), "MLmodel": b"flavors: {}\n"})
+    store = ObjectStore.from_env(BUCKET)
+    hit = corrupting(store.client, "PutObject", "/a.bin")
+
+    with pytest.raises(PublishError, match=r"upload of models/.*/a\.bin did not verify: the store answered ETag"):
+        publish_version(open_source(uri), store, "m", "1", slug)
+    assert hit
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"models/{slug}/1/{MANIFEST_NAME}")
+
+    again = publish_version(open_source(uri), ObjectStore.from_env(BUCKET), "m", "1", slug)
+    assert again.uploaded >= 1  # the corrupted object is not kept: its ETag is not the file's MD5
+    assert s3_hashes(s3, f"models/{slug}/1/") == {p: sha256((tmp_path / "m" / p).read_bytes())
+                                                  for p in ("a.bin", "MLmodel")}
+
+
+def test_a_part_corrupted_on_the_way_is_caught_by_the_multipart_etag(stack, s3, tmp_path, unique_name):
+    slug = slugify(unique_name)
+    uri = local_model(tmp_path / "m", {"big.bin": os.urandom(17 * 1024 * 1024)})  # two parts
+    store = ObjectStore.from_env(BUCKET)
+    hit = corrupting(store.client, "UploadPart", "/big.bin")
+
+    with pytest.raises(PublishError, match=r"upload of models/.*/big\.bin did not verify .*ETag [0-9a-f]{32}-2"):
+        publish_version(open_source(uri), store, "m", "1", slug)
+    assert hit
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"models/{slug}/1/{MANIFEST_NAME}")
+
+
+@pytest.mark.parametrize("damage", ["deleted", "replaced"])
+def test_an_object_lost_after_its_upload_is_caught_before_the_manifest(stack, s3, tmp_path, unique_name, damage):
+    slug = slugify(unique_name)
+    prefix = f"models/{slug}/1/"
+    uri = local_model(tmp_path / "m", {"a.bin": b"a" * 1000, "b.bin": b"b" * 1000})
+    store = ObjectStore.from_env(BUCKET)
+    listings = []
+
+    def meddle(**_):  # another writer, between the uploads and the final listing
+        listings.append(1)
+        if len(listings) == 2:
+            if damage == "deleted":
+                s3.delete_object(Bucket=BUCKET, Key=prefix + "a.bin")
+            else:
+                s3.put_object(Bucket=BUCKET, Key=prefix + "a.bin", Body=b"x" * 1000)
+
+    store.client.meta.events.register("before-call.s3.ListObjectsV2", meddle)
+    shown = "missing" if damage == "deleted" else "different"
+    with pytest.raises(PublishError, match=rf"changed after they were verified \({shown}: a\.bin\); no manifest"):
+        publish_version(open_source(uri), store, "m", "1", slug)
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix + MANIFEST_NAME)
+
+
+def test_a_fresh_publish_sends_one_put_per_small_file_and_no_per_file_read(stack, s3_calls, tmp_path, unique_name):
+    uri = local_model(tmp_path / "m", {f"shard-{i}.bin": os.urandom(1000) for i in range(30)})
+    publish(PublishInput(model="m", version="1", slug=slugify(unique_name), source_uri=uri))
+
+    ops = [op for op, _ in s3_calls]
+    assert ops.count("PutObject") == 31  # 30 files and the manifest
+    assert ops.count("ListObjectsV2") == 2  # before copying, and once to confirm all of it
+    assert "HeadObject" not in ops and "GetObject" not in ops
+
+
+def test_a_rerun_after_a_crash_keeps_every_verified_object_from_the_listing_alone(stack, s3, s3_calls, tmp_path,
+                                                                                  unique_name):
+    slug = slugify(unique_name)
+    uri = local_model(tmp_path / "m", {"a.bin": os.urandom(5000), "sub/b.bin": os.urandom(7000)})
+    inputs = PublishInput(model="m", version="1", slug=slug, source_uri=uri)
+    first = publish(inputs)
+    s3.delete_object(Bucket=BUCKET, Key=f"models/{slug}/1/{MANIFEST_NAME}")  # died just before the manifest
+    s3_calls.clear()
+
+    again = publish(inputs)
+
+    assert (again.uploaded, again.skipped, again.manifest_sha256) == (0, 2, first.manifest_sha256)
+    assert [op for op, _ in s3_calls] == ["HeadBucket", "ListObjectsV2", "ListObjectsV2", "PutObject"]
+
+
+@pytest.mark.parametrize("receipt, verifies", [
+    (PutReceipt(MD5_ABC, "", False), True),  # the store's MD5 of what it stored
+    (PutReceipt("0" * 32, "", False), False),  # other bytes
+    (PutReceipt("", "", False), False),  # no ETag: nothing vouches for the bytes
+    (PutReceipt("0" * 32, SHA_ABC, True), True),  # SSE-KMS/SSE-C: the server-checked sha256
+    (PutReceipt("0" * 32, SHA_ABC, False), False),  # an echoed checksum alone (moto echoes unchecked)
+    (PutReceipt("0" * 32, "1" * 64, True), False),
+])
+def test_a_single_put_verifies_only_on_the_stores_own_digest(receipt, verifies):
+    digests = Digests(3, SHA_ABC, MD5_ABC, MD5_ABC)
+    if verifies:
+        assert check_put(receipt, "k", digests) == receipt.etag
+    else:
+        with pytest.raises(PublishError, match="upload of k did not verify"):
+            check_put(receipt, "k", digests)
+
+
+@pytest.mark.parametrize("stored, verifies", [
+    (StoredObject(3, SHA_ABC, "e-2", False), True),
+    (StoredObject(3, SHA_ABC, "f-2", False), False),  # other bytes, even with our metadata
+    (StoredObject(4, SHA_ABC, "e-2", False), False),
+    (StoredObject(3, SHA_ABC, "random", True), True),  # encrypted: size, our record, checked parts
+    (StoredObject(3, "", "random", True), False),
+    (None, False),
+])
+def test_a_multipart_upload_verifies_on_its_etag(stored, verifies):
+    digests = Digests(3, SHA_ABC, "", "e-2")
+    if verifies:
+        assert check_multipart(stored, "k", digests) == stored.etag
+    else:
+        with pytest.raises(PublishError, match="upload of k did not verify"):
+            check_multipart(stored, "k", digests)
+
+
+def test_the_expected_etag_is_the_md5_of_the_parts_md5s(tmp_path):
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    (tmp_path / "f").write_bytes(data)
+    part = 1024 * 1024
+    parts = [hashlib.md5(data[i:i + part]).digest() for i in range(0, len(data), part)]
+    assert file_digests(tmp_path / "f", part) == Digests(len(data), sha256(data), "",
+                                                         hashlib.md5(b"".join(parts)).hexdigest() + "-3")
+    md5 = hashlib.md5(data).hexdigest()
+    assert file_digests(tmp_path / "f", None) == Digests(len(data), sha256(data), md5, md5)
 
 
 # -- large models ----------------------------------------------------------------------------------
