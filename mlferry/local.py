@@ -10,6 +10,8 @@ started them (`mlferry promote` in several shells, `events serve`, `reconcile`):
 slot before their first step, as workflows wait for the controller's `parallelism` on a cluster.
 """
 
+import copy
+import functools
 import os
 import shutil
 import threading
@@ -45,13 +47,19 @@ class LocalArgo:
         bundle = bundle.model_copy(update={"settings": load_settings(config, environ=environ)})
         return cls(bundle, Path(runs_root), environ)
 
-    def templates(self) -> dict[str, dict]:
-        """WorkflowTemplates by name, as YAML text would carry them to Argo."""
+    @functools.cached_property
+    def _templates(self) -> dict[str, dict]:
+        # Built once per LocalArgo: a long-lived receiver would otherwise rebuild and validate
+        # every Argo object for each promotion (0.15-0.8 s of its latency).
         found = {}
         for doc in documents(self.bundle):
             if doc["kind"] == "WorkflowTemplate":
                 found[doc["metadata"]["name"]] = yaml.safe_load(to_yaml(doc))
         return found
+
+    def templates(self) -> dict[str, dict]:
+        """WorkflowTemplates by name, as YAML text would carry them to Argo."""
+        return copy.deepcopy(self._templates)  # callers get their own: plans must not share state
 
     def cluster(self) -> Cluster:
         config_map = {
