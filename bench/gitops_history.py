@@ -2,14 +2,17 @@
 
     .venv/bin/python bench/gitops_history.py [--reps 7]
 
-Three bare remotes on local disk:
+Four bare remotes on local disk, all but the last allowing filtered (blobless) clones, as
+GitHub and GitLab do:
 
 - big:   5,000 files under teams/ml/ and 10,000 commits (built in seconds with
          `git fast-import`: one commit adds every file, each later one changes one file, as
          promotions do), then repacked as a maintained server would keep it;
 - empty: one initial commit (what `mlferry stack up` creates);
 - flat:  the same 5,000 files in a single commit, to tell the size of the tree from the length
-         of the history (shown for information).
+         of the history (shown for information);
+- big-nofilter: a copy of big on a server that refuses filters (``uploadpack.allowFilter``
+         unset), where git falls back to fetching every file of the tip (shown for information).
 
 On each, ``steps.commit.commit_folder`` commits one promotion (a freshly rendered folder of a
 new version: there is always something to commit), with its default temporary clone, as the
@@ -20,6 +23,7 @@ teams/ml/, as reconcile's plan step does. Runs rotate through the remotes; media
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,12 +50,17 @@ def main() -> int:
     report = Report("gitops_history", "GitOps history: one promotion's commit on a big remote vs an empty one")
     with scratch_dir("gitops-history") as tmp:
         tmp = Path(tmp)
-        remotes = {"empty": tmp / "empty.git", "big": tmp / "big.git", "flat": tmp / "flat.git"}
+        remotes = {"empty": tmp / "empty.git", "big": tmp / "big.git", "flat": tmp / "flat.git",
+                   "big-nofilter": tmp / "big-nofilter.git"}
         _init_bare_repo(remotes["empty"], "main")
+        allow_filter(remotes["empty"])  # whatever mlferry.stack does, the baseline allows filters too
         with timed() as building:
             build_remote(remotes["big"], COMMITS)
         with timed() as flat_building:
             build_remote(remotes["flat"], 1)
+        shutil.copytree(remotes["big"], remotes["big-nofilter"])
+        subprocess.run(["git", "-C", str(remotes["big-nofilter"]), "config", "uploadpack.allowFilter", "false"],
+                       check=True)
         shape = {name: describe(path) for name, path in remotes.items()}
         say(f"built the big remote in {building['seconds']:.1f} s: {shape['big']}")
 
@@ -59,7 +68,7 @@ def main() -> int:
         snapshot_times: dict[str, list[float]] = {name: [] for name in remotes}
         names = list(remotes)
         for rep in range(args.reps):
-            for name in names[rep % 3:] + names[:rep % 3]:  # rotate the order every round
+            for name in names[rep % len(names):] + names[:rep % len(names)]:  # rotate the order every round
                 commit_times[name].append(promote_once(remotes[name], version=str(rep + 2)))
                 snapshot_times[name].append(read_once(remotes[name]))
             say(f"round {rep + 1}: commit_folder " + ", ".join(f"{n} {commit_times[n][-1]:.3f} s" for n in names)
@@ -72,6 +81,8 @@ def main() -> int:
                commit_med["empty"], ratio, "≤ 2.00x (big/empty)", ratio <= 2.0, unit="s")
     report.add("commit_folder: big vs flat (history length alone)", commit_med["big"], commit_med["flat"],
                commit_med["big"] / commit_med["flat"], "", None, unit="s")
+    report.add("commit_folder: big on a server refusing filters vs empty", commit_med["big-nofilter"],
+               commit_med["empty"], commit_med["big-nofilter"] / commit_med["empty"], "", None, unit="s")
     report.add(f"read_snapshot of teams/ml/ (median of {args.reps}): big vs empty", read_med["big"],
                read_med["empty"], read_med["big"] / read_med["empty"], "", None, unit="s")
     report.add("read_snapshot: big vs flat (history length alone)", read_med["big"], read_med["flat"],
@@ -80,8 +91,10 @@ def main() -> int:
         "remotes": shape, "build_seconds": {"big": building["seconds"], "flat": flat_building["seconds"]},
         "commit_folder_seconds": commit_times, "read_snapshot_seconds": snapshot_times,
         "notes": ["baseline column: the empty remote (flat for the rows that say so)",
-                  "each commit_folder call clones into a fresh temporary folder (shallow, depth 1), "
-                  "commits and pushes, as the commit step does in its pod"],
+                  "each commit_folder call clones into a fresh temporary folder (shallow, depth 1, "
+                  "blobless where the server allows it), commits and pushes, as the commit step does in its pod",
+                  "read_snapshot clones shallow with file contents (not blobless): it reads every file under "
+                  "teams/ml/, i.e. all 5,000"],
     }
     report.finish()
     return 0
@@ -117,6 +130,7 @@ def read_once(remote: Path) -> float:
 def build_remote(path: Path, commits: int) -> None:
     """MODELS × ENVS × FILES files in the first commit; each later commit changes one file."""
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(path)], check=True)
+    allow_filter(path)
     importer = subprocess.Popen(["git", "--git-dir", str(path), "fast-import", "--quiet", "--done"],
                                 stdin=subprocess.PIPE)
     try:
@@ -143,6 +157,10 @@ def build_remote(path: Path, commits: int) -> None:
             importer.kill()
             importer.wait()
     subprocess.run(["git", "--git-dir", str(path), "repack", "-a", "-d", "-q"], check=True)
+
+
+def allow_filter(remote: Path) -> None:
+    subprocess.run(["git", "-C", str(remote), "config", "uploadpack.allowFilter", "true"], check=True)
 
 
 def _commit_header(write, n: int, subject: str) -> None:

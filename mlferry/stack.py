@@ -251,6 +251,7 @@ class Stack:
 def _init_bare_repo(path: Path, branch: str) -> None:
     """A bare repo with one commit, standing in for the team's GitOps remote."""
     subprocess.run(["git", "init", "-q", "--bare", "-b", branch, str(path)], check=True)
+    subprocess.run(["git", "-C", str(path), "config", "uploadpack.allowFilter", "true"], check=True)  # as GitHub: blobless clones
     with tempfile.TemporaryDirectory() as work:
         readme = Path(work) / "README.md"
         readme.write_text("# GitOps repo\n\nmlferry writes `teams/<team>/<model>/<env>/`; Argo CD applies it.\n")

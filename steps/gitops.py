@@ -9,6 +9,13 @@ That ownership drives the whole design of :func:`publish_folder`:
   ``commit-tree``), so nothing outside the folder is ever touched, no working tree is checked
   out, and no hook, filter, ``.gitignore`` or signing setting of the repo or the user can
   change what gets committed.
+- Building a tree needs the remote's trees, never its files' contents, so the clone is
+  shallow *and* blobless (``--depth 1 --filter=blob:none``): its cost follows the number of
+  folders, not the size of the repo or its history. Nothing afterwards may read an old file,
+  or git would quietly fetch it from the remote (lazily): ``write-tree --missing-ok`` does not
+  check that the old files exist (the remote has them), and the push sends no deltas against
+  them (``--no-thin``). A server that refuses filters (``uploadpack.allowFilter`` unset) gets
+  an ordinary shallow clone instead, with a warning in the log: slower, same result.
 - When the push is rejected because the remote moved (another promotion, a human commit), we
   do not rebase our commit textually: a rebase can conflict, and would replay a diff computed
   against a head that no longer matters. We fetch the new head and re-apply the folder
@@ -52,10 +59,12 @@ from steps.outcome import TransientError
 logger = logging.getLogger(__name__)
 
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+NULL_SHA = "0" * 40
 DEFAULT_AUTHOR = ("mlferry", "mlferry@users.noreply.local")
 DEFAULT_TOKEN_USER = "x-access-token"  # what GitHub documents; GitLab and Gitea accept any name
 GIT_TIMEOUT = 600.0  # seconds for one git command: a stuck network must not hang a workflow
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines in the log
+BLOBLESS = "--filter=blob:none"  # commits and trees only: file contents are fetched when read
 
 
 class GitOpsError(RuntimeError):
@@ -339,7 +348,10 @@ class _Git:
                 yield line
                 now = time.monotonic()
                 long_running = now - started >= PROGRESS_INTERVAL
-                if long_running and (line.endswith("done.") or now - last >= PROGRESS_INTERVAL):
+                if "filtering not recognized" in line:  # slower, same result: say why
+                    logger.info("%s: %s (the server does not allow blobless clones: set uploadpack.allowFilter "
+                                "on it to fetch no file contents)", self.remote.display, line)
+                elif long_running and (line.endswith("done.") or now - last >= PROGRESS_INTERVAL):
                     last = now
                     logger.info("%s: %s", self.remote.display, line)
                 else:
@@ -490,15 +502,19 @@ def _attempt(git: _Git, branch: str, change: FolderChange, identity: Identity,
     return Published(sha=sha, changed=True)
 
 
-def _sync(git: _Git, branch: str) -> str:
-    """Bring the remote head of ``branch`` into the clone; its sha, or "" if the branch is new."""
+def _sync(git: _Git, branch: str, blobless: bool = True) -> str:
+    """Bring the remote head of ``branch`` into the clone; its sha, or "" if the branch is new.
+
+    ``blobless``: commits and trees only, for building trees; file contents stay remote.
+    """
     head = _remote_head(git, branch)
+    contents = [BLOBLESS] if blobless else []
     if not (git.root / ".git").exists():
-        _start_clone(git, branch, head)
+        _start_clone(git, branch, head, contents)
     elif head:
         logger.info("fetching %s %s", git.remote.display, branch)
-        git.run_with_progress("fetch", "--progress", "--depth", "1", "--no-tags", "origin",
-                              f"+refs/heads/{branch}:refs/remotes/origin/{branch}", action="fetch")
+        git.run_with_progress("fetch", "--progress", "--depth", "1", *contents, "--no-tags", "--no-auto-maintenance",
+                              "origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}", action="fetch")
     if not head:
         return ""
     return git.run("rev-parse", "--verify", f"refs/remotes/origin/{branch}^{{commit}}", action="read the head")
@@ -516,15 +532,15 @@ def _remote_head(git: _Git, branch: str) -> str:
     return head
 
 
-def _start_clone(git: _Git, branch: str, head: str) -> None:
+def _start_clone(git: _Git, branch: str, head: str, contents: list[str]) -> None:
     parent = git.root.parent
     parent.mkdir(parents=True, exist_ok=True)
     if git.root.exists() and any(git.root.iterdir()):
         raise GitOpsError(f"work directory {git.root} is not empty")
     if head:
-        logger.info("cloning %s %s (shallow)", git.remote.display, branch)
-        git.run_with_progress("clone", "--progress", "--depth", "1", "--branch", branch, "--single-branch",
-                              "--no-tags", "--no-checkout", git.remote.url, str(git.root),
+        logger.info("cloning %s %s (shallow%s)", git.remote.display, branch, ", blobless" * bool(contents))
+        git.run_with_progress("clone", "--progress", "--depth", "1", *contents, "--branch", branch,
+                              "--single-branch", "--no-tags", "--no-checkout", git.remote.url, str(git.root),
                               action="clone", cwd=parent)
     else:
         git.root.mkdir(exist_ok=True)
@@ -541,17 +557,19 @@ def _replace_folder(git: _Git, base: str, change: FolderChange) -> str:
     else:
         git.run("read-tree", "--empty", action="start a tree")
     stale = git.run("ls-files", "-z", "--", *sorted(change.folders), action="list the folder")
-    if stale:
-        git.run("update-index", "-z", "--force-remove", "--stdin", stdin=stale.encode() + b"\0",
-                action="clear the folder")
+    # One --index-info pass (mode 0 removes a path): each rewrite of the index costs in
+    # proportion to the whole repo's file count, not the folder's.
+    removals = b"".join(f"0 {NULL_SHA}\t{path}".encode() + b"\0" for path in stale.split("\0") if path)
     entries = b"".join(
         f"100644 {_blob(git, content)}\t{folder}/{name}".encode() + b"\0"
         for folder, files in sorted(change.folders.items())
         for name, content in sorted(files.items())
     )
-    if entries:
-        git.run("update-index", "-z", "--add", "--index-info", stdin=entries, action="fill the folder")
-    return git.run("write-tree", action="write the tree")
+    if removals or entries:
+        git.run("update-index", "-z", "--add", "--index-info", stdin=removals + entries, action="replace the folder")
+    # --missing-ok: the other files' contents stay on the remote (blobless clone); checking
+    # that they exist would fetch every file beside the folder, one batch per changed tree.
+    return git.run("write-tree", "--missing-ok", action="write the tree")
 
 
 def _check_parents(git: _Git, base: str, folder: str) -> None:
@@ -586,7 +604,9 @@ def _commit(git: _Git, tree: str, base: str, message: str, identity: Identity) -
 def _push(git: _Git, sha: str, branch: str) -> None:
     ref = f"refs/heads/{branch}"
     try:
-        git.run("push", "--porcelain", "origin", f"{sha}:{ref}", action="push")
+        # --no-thin: a thin pack deltas our files against the folder's old ones, which a
+        # blobless clone would first fetch; rendered manifests are small, deltas save nothing.
+        git.run("push", "--porcelain", "--no-thin", "origin", f"{sha}:{ref}", action="push")
     except _GitFailed as failed:
         flag, summary = _push_status(failed.stdout, ref)
         if flag != "!":  # no verdict on our ref: git failed before that (auth, network…)
@@ -625,14 +645,19 @@ class Snapshot:
 
 def read_snapshot(remote_url: str, branch: str, prefix: str, *,
                   environ: Mapping[str, str] | None = None) -> Snapshot:
-    """One shallow fetch, then every file under ``prefix`` read in a single cat-file call."""
+    """One shallow fetch, then every file under ``prefix`` read in a single cat-file call.
+
+    Not blobless: the prefix is a team's folders, which in the team's own GitOps repo is nearly
+    every file, and a blobless clone plus one more request for those contents measured slower
+    (5,000 files on loopback: 0.65 s against 0.51 s), before any network latency.
+    """
     environ = os.environ if environ is None else environ
     check_branch(branch)
     with tempfile.TemporaryDirectory(prefix="mlferry-gitops-") as tmp:
         scratch = Path(tmp)
         git = _Git(scratch / "clone", remote_for(remote_url, environ, scratch), scratch, environ)
         try:
-            head = _sync(git, branch)
+            head = _sync(git, branch, blobless=False)
             if not head:
                 return Snapshot(sha="", files={})
             listing = git.run("ls-tree", "-r", "-z", "--full-tree", head, "--", prefix, action="list files")

@@ -37,19 +37,22 @@ TOKEN = "tok-3f9c2a7e51d04b8b"
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def git(*args: str, cwd: Path | None = None, check: bool = True) -> str:
+def git(*args: str, cwd: Path | None = None, check: bool = True, input_text: str | None = None) -> str:
     env = {**os.environ, "GIT_AUTHOR_NAME": "human", "GIT_AUTHOR_EMAIL": "h@example.org",
            "GIT_COMMITTER_NAME": "human", "GIT_COMMITTER_EMAIL": "h@example.org", "LC_ALL": "C"}
-    done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False,
+                          input=input_text)
     if check and done.returncode:
         raise AssertionError(f"git {' '.join(args)} failed: {done.stderr}")
     return done.stdout.strip()
 
 
-def make_remote(root: Path, files: dict[str, str] | None = None) -> Path:
-    """A bare repo; with files, one initial commit on main holding them."""
+def make_remote(root: Path, files: dict[str, str] | None = None, *, filters: bool = True) -> Path:
+    """A bare repo; with files, one initial commit on main holding them. ``filters``: the
+    server allows blobless clones (as GitHub and GitLab do); without, git clones in full."""
     remote = root / "remote.git"
     git("init", "--quiet", "--bare", "--initial-branch=main", str(remote))
+    git("--git-dir", str(remote), "config", "uploadpack.allowFilter", str(filters).lower())
     if files:
         write_from_clone(remote, files, root / "seed", "seed")
     return remote
@@ -102,9 +105,25 @@ def in_folder(remote: Path) -> dict[str, str]:
     return {p.removeprefix(FOLDER + "/"): c for p, c in tree(remote).items() if p.startswith(FOLDER + "/")}
 
 
+def blobs_in(clone: Path) -> set[str]:
+    """Ids of the file contents a clone holds (fetched or written), without fetching any."""
+    out = git("cat-file", "--batch-all-objects", "--batch-check=%(objecttype) %(objectname)", cwd=clone)
+    return {sha for kind, sha in (line.split() for line in out.splitlines()) if kind == "blob"}
+
+
+def blob_ids(files: dict[str, str]) -> set[str]:
+    return {git("hash-object", "--stdin", input_text=content) for content in files.values()}
+
+
+@pytest.fixture(params=[True, False], ids=["server-filters", "server-refuses-filters"])
+def filters(request) -> bool:
+    """Every remote test runs against a server that allows blobless clones and one that does not."""
+    return request.param
+
+
 @pytest.fixture
-def remote(tmp_path: Path) -> Path:
-    return make_remote(tmp_path, OUTSIDE)
+def remote(tmp_path: Path, filters: bool) -> Path:
+    return make_remote(tmp_path, OUTSIDE, filters=filters)
 
 
 # --- promote, idempotence, replace, remove -------------------------------------------------------
@@ -163,8 +182,8 @@ def test_remove_deletes_the_folder_and_is_idempotent(remote: Path) -> None:
     assert trailers(remote, removed.sha)["Model"] == "demo"
 
 
-def test_an_empty_remote_gets_the_branch(tmp_path: Path) -> None:
-    remote = make_remote(tmp_path)
+def test_an_empty_remote_gets_the_branch(tmp_path: Path, filters: bool) -> None:
+    remote = make_remote(tmp_path, filters=filters)
     result = commit_folder(promotion(), str(remote), "gitops")
 
     assert result.changed and result.branch == "gitops"
@@ -172,8 +191,8 @@ def test_an_empty_remote_gets_the_branch(tmp_path: Path) -> None:
     assert git("--git-dir", str(remote), "rev-list", "--count", "gitops") == "1"
 
 
-def test_removing_from_an_empty_remote_changes_nothing(tmp_path: Path) -> None:
-    remote = make_remote(tmp_path)
+def test_removing_from_an_empty_remote_changes_nothing(tmp_path: Path, filters: bool) -> None:
+    remote = make_remote(tmp_path, filters=filters)
     result = commit_folder(promotion(remove=True, files={}), str(remote), "main")
     assert (result.sha, result.changed) == ("", False)
     assert log(remote) == []
@@ -195,6 +214,57 @@ def test_the_clone_is_shallow(remote: Path, tmp_path: Path) -> None:
     write_from_clone(remote, {"README.md": "v2\n"}, tmp_path / "other", "second")
     commit_folder(promotion(), remote.as_uri(), "main", workdir=tmp_path / "work")
     assert git("rev-parse", "--is-shallow-repository", cwd=tmp_path / "work") == "true"
+
+
+def test_the_clone_fetches_no_file_beside_the_folder_where_the_server_allows(tmp_path: Path) -> None:
+    # Outside files, and an older version of the folder that a thin push would delta against.
+    remote = make_remote(tmp_path, {**OUTSIDE, f"{FOLDER}/deployment.yaml": "version: 2\n"}, filters=True)
+    new = promotion("3")
+    commit_folder(new, str(remote), "main", workdir=tmp_path / "work")
+
+    assert blobs_in(tmp_path / "work") == blob_ids(new.files)
+    assert in_folder(remote) == new.files and {p: tree(remote)[p] for p in OUTSIDE} == OUTSIDE
+
+
+def test_a_retry_after_a_race_fetches_no_file_either(tmp_path: Path) -> None:
+    remote = make_remote(tmp_path, OUTSIDE, filters=True)
+    theirs: list[str] = []
+
+    def other_writer_wins() -> None:
+        if not theirs:
+            theirs.append(write_from_clone(remote, {"README.md": "edited\n"}, tmp_path / "human", "edit"))
+
+    ours = commit_folder(promotion(), str(remote), "main", workdir=tmp_path / "work", retry=FAST,
+                         before_push=other_writer_wins)
+
+    assert ours.changed and log(remote)[:2] == [ours.sha, theirs[0]]
+    assert blobs_in(tmp_path / "work") == blob_ids(promotion().files)
+    assert tree(remote)["README.md"] == "edited\n"
+
+
+def test_a_race_to_create_the_branch_refetches_blobless_too(tmp_path: Path) -> None:
+    remote = make_remote(tmp_path, filters=True)  # no branch yet: our first attempt starts from nothing
+    theirs: list[str] = []
+
+    def other_writer_creates_it() -> None:
+        if not theirs:
+            theirs.append(write_from_clone(remote, OUTSIDE, tmp_path / "human", "first"))
+
+    ours = commit_folder(promotion(), str(remote), "main", workdir=tmp_path / "work", retry=FAST,
+                         before_push=other_writer_creates_it)
+
+    assert log(remote) == [ours.sha, theirs[0]] and tree(remote)["README.md"] == OUTSIDE["README.md"]
+    assert blobs_in(tmp_path / "work") == blob_ids(promotion().files)
+
+
+def test_a_server_refusing_filters_gets_a_full_clone_and_the_log_says_why(tmp_path: Path, caplog) -> None:
+    remote = make_remote(tmp_path, OUTSIDE, filters=False)
+    with caplog.at_level(logging.INFO, logger="steps.gitops"):
+        result = commit_folder(promotion(), str(remote), "main", workdir=tmp_path / "work")
+
+    assert result.changed and in_folder(remote) == promotion().files
+    assert blob_ids(OUTSIDE) <= blobs_in(tmp_path / "work")
+    assert "set uploadpack.allowFilter" in caplog.text
 
 
 def test_long_transfers_log_git_progress(remote: Path, caplog, monkeypatch) -> None:
@@ -344,8 +414,8 @@ def test_a_promotion_needs_files_and_a_removal_takes_none(remote: Path) -> None:
         commit_folder(promotion(version="3; rm -rf"), str(remote), "main")
 
 
-def test_a_file_where_a_parent_folder_should_be_is_reported(tmp_path: Path) -> None:
-    remote = make_remote(tmp_path, {"teams/ml/demo": "not a folder\n"})
+def test_a_file_where_a_parent_folder_should_be_is_reported(tmp_path: Path, filters: bool) -> None:
+    remote = make_remote(tmp_path, {"teams/ml/demo": "not a folder\n"}, filters=filters)
     with pytest.raises(gitops.GitOpsError, match="teams/ml/demo is a blob, not a folder"):
         commit_folder(promotion(), str(remote), "main")
 
@@ -541,6 +611,7 @@ def test_a_token_pushes_over_http_and_stays_out_of_config_argv_and_logs(
     monkeypatch.undo()
 
     assert result.changed and result.sha == log(repo)[0] and result.repo == url
+    assert blobs_in(work) == blob_ids(promotion().files)  # blobless over http too
     assert any(auth.startswith("Basic ") for auth in seen)
     stored = "".join(p.read_text(errors="replace") for p in (work / ".git").glob("*") if p.is_file())
     assert TOKEN not in stored and base64.b64encode(TOKEN.encode()).decode()[:12] not in stored

@@ -90,6 +90,7 @@ def ssh_remote(sshd, tmp_path: Path):
     root, port, good, _, known_hosts = sshd
     repo = tmp_path / "remote.git"
     run("git", "init", "--quiet", "--bare", "--initial-branch=main", str(repo))
+    run("git", "--git-dir", str(repo), "config", "uploadpack.allowFilter", "true")  # as GitHub and GitLab
     url = f"ssh://{getpass.getuser()}@127.0.0.1:{port}{repo}"
     return url, repo, {"MLFERRY_GIT_SSH_KEY": str(good), "MLFERRY_GIT_KNOWN_HOSTS": str(known_hosts)}
 
@@ -112,6 +113,18 @@ def test_the_authorized_key_pushes_the_commit(ssh_remote) -> None:
     assert run("git", "--git-dir", str(repo), "show", f"main:{FOLDER}/kustomization.yaml") == "resources: []"
     again = commit_folder(promotion(), url, "main", environ=environ, retry=FAST)
     assert (again.changed, again.sha) == (False, result.sha)
+
+
+def test_a_promotion_over_ssh_fetches_no_file_contents(ssh_remote, tmp_path: Path) -> None:
+    url, repo, environ = ssh_remote
+    commit_folder(promotion(), url, "main", environ=environ, retry=FAST)
+    other = CommitInput(**{**promotion().model_dump(), "folder": "teams/ml/demo/production", "env": "production",
+                           "files": {"kustomization.yaml": "resources: [production]\n"}})
+    result = commit_folder(other, url, "main", tmp_path / "work", environ=environ, retry=FAST)
+
+    assert run("git", "--git-dir", str(repo), "rev-parse", "main") == result.sha
+    blobs = run("git", "cat-file", "--batch-all-objects", "--batch-check=%(objecttype)", cwd=tmp_path / "work")
+    assert blobs.split().count("blob") == 1  # our kustomization.yaml; the staging one was not fetched
 
 
 def test_a_key_readable_by_others_is_still_usable(ssh_remote, tmp_path: Path) -> None:
