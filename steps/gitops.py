@@ -30,8 +30,9 @@ That ownership drives the whole design of :func:`publish_folder`:
 
 Credentials never reach ``.git/config``, argv, logs or error messages: an https token
 (``MLFERRY_GIT_TOKEN``) travels as an ``http.<url>.extraHeader`` through ``GIT_CONFIG_*``
-environment variables scoped to the remote's origin; an ssh key (``MLFERRY_GIT_SSH_KEY``)
-through ``GIT_SSH_COMMAND``. ``GIT_TERMINAL_PROMPT=0`` and ssh ``BatchMode`` make a missing
+environment variables scoped to the remote's origin; an ssh key through ``GIT_SSH_COMMAND``,
+from a file (``MLFERRY_GIT_SSH_KEY``) or, in a pod, from the Secret's text
+(``MLFERRY_GIT_SSH_PRIVATE_KEY``, written 0600 into the step's scratch folder and removed with it). ``GIT_TERMINAL_PROMPT=0`` and ssh ``BatchMode`` make a missing
 credential fail instead of hanging.
 """
 
@@ -126,7 +127,7 @@ class Remote:
     display: str
     env: Mapping[str, str]
     secrets: tuple[str, ...] = ()
-    ssh_key: str = ""
+    ssh_key: str = ""  # where the ssh key came from, for messages: "MLFERRY_GIT_SSH_KEY (/path)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,8 +215,14 @@ def _config_env(values: Mapping[str, str]) -> dict[str, str]:
 
 def _ssh_remote(url: str, environ: Mapping[str, str], scratch: Path) -> Remote:
     display = display_url(url)
+    # Paths (a laptop's key files) or contents (a pod's, from the mlferry-git Secret): a path wins.
     key = environ.get("MLFERRY_GIT_SSH_KEY", "")
-    known_hosts = environ.get("MLFERRY_GIT_KNOWN_HOSTS", "")
+    key_source = f"MLFERRY_GIT_SSH_KEY ({key})"
+    if not key:
+        key = _secret_file(environ.get("MLFERRY_GIT_SSH_PRIVATE_KEY", ""), scratch / "ssh-key")
+        key_source = "MLFERRY_GIT_SSH_PRIVATE_KEY"
+    known_hosts = environ.get("MLFERRY_GIT_KNOWN_HOSTS", "") or _secret_file(
+        environ.get("MLFERRY_GIT_SSH_KNOWN_HOSTS", ""), scratch / "known_hosts")
     if not key and not known_hosts and ("GIT_SSH_COMMAND" in os.environ or "GIT_SSH" in os.environ):
         return Remote(url=url, display=display, env={})  # the user's own ssh setup, as is
     # BatchMode: a missing key or unknown host fails at once instead of prompting on a tty.
@@ -229,17 +236,28 @@ def _ssh_remote(url: str, environ: Mapping[str, str], scratch: Path) -> Remote:
             raise GitOpsError(f"MLFERRY_GIT_KNOWN_HOSTS {known_hosts} is not a readable file")
         options += ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}"]
     elif key:  # a pod has no known_hosts of its own: trust on first use, and say so
-        logger.warning("MLFERRY_GIT_KNOWN_HOSTS is not set: trusting %s's host key on first use", display)
+        logger.warning("no known hosts given (MLFERRY_GIT_SSH_KNOWN_HOSTS or MLFERRY_GIT_KNOWN_HOSTS): "
+                       "trusting %s's host key on first use", display)
         options += ["-o", "StrictHostKeyChecking=accept-new"]
     command = "ssh " + " ".join(shlex.quote(o) for o in options)
-    return Remote(url=url, display=display, env={"GIT_SSH_COMMAND": command}, ssh_key=key)
+    return Remote(url=url, display=display, env={"GIT_SSH_COMMAND": command}, ssh_key=key_source if key else "")
+
+
+def _secret_file(content: str, path: Path) -> str:
+    """Write a credential given as text to a file only we can read; its path, or "" if none."""
+    if not content.strip():
+        return ""
+    path.touch(mode=0o600)
+    # ssh rejects a key without its final newline, and Secrets made on Windows carry CRLFs.
+    path.write_text(content.replace("\r\n", "\n").rstrip("\n") + "\n")
+    return str(path)
 
 
 def _private_copy(key: Path, scratch: Path) -> str:
     # Kubernetes mounts Secret files 0644 by default, and ssh refuses a key others can read.
     if not key.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         return str(key)
-    copy = scratch / "ssh-key"
+    copy = scratch / "ssh-key-copy"
     copy.touch(mode=0o600)
     copy.write_bytes(key.read_bytes())
     return str(copy)
@@ -401,9 +419,10 @@ def _failure(remote: Remote, failed: _GitFailed) -> Exception:
     where = f"GitOps remote {remote.display}"
     if detail := _matching_line(failed.stderr, _HOST_KEY):
         return GitOpsError(f"{where}: {detail} (the server's key is not the one we know); if the server "
-                           "really changed its key, put the new one in the file named by MLFERRY_GIT_KNOWN_HOSTS")
+                           "really changed its key, put the new one in MLFERRY_GIT_SSH_KNOWN_HOSTS (or the file named by "
+                           "MLFERRY_GIT_KNOWN_HOSTS)")
     if detail := _matching_line(failed.stderr, _AUTH):
-        fix = (f"check that the key in MLFERRY_GIT_SSH_KEY ({remote.ssh_key}) is authorized with write access"
+        fix = (f"check that the key in {remote.ssh_key} is authorized with write access"
                if remote.ssh_key else "set MLFERRY_GIT_TOKEN (https) or MLFERRY_GIT_SSH_KEY (ssh) "
                "to a credential with write access")
         return GitOpsError(f"{where} refused authentication when trying to {failed.action} ({detail}); {fix}")

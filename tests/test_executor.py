@@ -472,6 +472,20 @@ def test_local_mode_reads_secrets_from_the_environment(tmp_path):
         execute(doc, tmp_path, env={"PATH": os.environ["PATH"]})
 
 
+def test_a_secret_reaches_only_the_pods_whose_template_asks_for_it(tmp_path):
+    asks = python("asks", "import os; print(os.environ.get('MY_TOKEN'))")
+    asks["container"]["env"] = [{"name": "MY_TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "MY_TOKEN"}}}]
+    forgot = python("forgot", "import os; print(os.environ.get('MY_TOKEN'))")
+    doc = workflow({"name": "main", "dag": {"tasks": [{"name": "asks", "template": "asks"},
+                                                       {"name": "forgot", "template": "forgot"}]}}, asks, forgot)
+
+    result = execute(doc, tmp_path, env={**os.environ, "MY_TOKEN": "from-env"})
+
+    # On a cluster a pod without the secretKeyRef has no such variable; locally the same.
+    assert result.task("asks").outputs["result"] == "from-env"
+    assert result.task("forgot").outputs["result"] == "None"
+
+
 def test_exit_handler_runs_after_a_failure_and_sees_the_status(tmp_path):
     doc = workflow(python("main", "raise SystemExit(2)"),
                    python("report", "print('{{workflow.status}}', '{{workflow.name}}'.startswith('t-'))"),

@@ -169,3 +169,67 @@ def test_ssh_url_forms_are_recognised() -> None:
         assert gitops.remote_kind(url) == "ssh", url
     for url in ("/srv/gitops.git", "./gitops.git", "file:///srv/gitops.git", "dir/with:colon"):
         assert gitops.remote_kind(url) == "local", url
+
+
+def secret_texts(sshd, key: Path | None = None) -> dict[str, str]:
+    """The ssh credential as a pod gets it from the mlferry-git Secret: text, not files."""
+    _, _, good, _, known_hosts = sshd
+    # As `kubectl create secret --from-file` made on Windows would carry it: CRLFs, no final newline.
+    key_text = Path(key or good).read_text().replace("\n", "\r\n").rstrip("\r\n")
+    return {"MLFERRY_GIT_SSH_PRIVATE_KEY": key_text, "MLFERRY_GIT_SSH_KNOWN_HOSTS": known_hosts.read_text()}
+
+
+def test_a_key_given_as_text_pushes_and_leaves_no_copy_behind(sshd, ssh_remote, tmp_path, caplog) -> None:
+    url, repo, _ = ssh_remote
+    texts = secret_texts(sshd)
+    result = commit_folder(promotion(), url, "main", tmp_path / "work", environ=texts, retry=FAST)
+
+    assert run("git", "--git-dir", str(repo), "rev-parse", "main") == result.sha
+    body = texts["MLFERRY_GIT_SSH_PRIVATE_KEY"].splitlines()[1]  # a line of the key itself
+    left = [p for p in tmp_path.rglob("*") if p.is_file() and body.encode() in p.read_bytes()]
+    assert left == [] and body not in caplog.text
+
+
+def test_a_wrong_key_given_as_text_names_the_secret_variable(sshd, ssh_remote) -> None:
+    _, _, _, stranger, _ = sshd
+    url, repo, _ = ssh_remote
+    with pytest.raises(gitops.GitOpsError) as raised:
+        commit_folder(promotion(), url, "main", environ=secret_texts(sshd, stranger), retry=FAST)
+    message = str(raised.value)
+    assert "refused authentication" in message and "check that the key in MLFERRY_GIT_SSH_PRIVATE_KEY" in message
+    assert "BEGIN OPENSSH" not in message and heads(repo) == ""
+
+
+def test_the_workflow_template_carries_the_ssh_secret_to_the_commit_step(sshd, ssh_remote, registered_model,
+                                                                          tmp_path) -> None:
+    """End to end through the generated YAML, with the Secrets given as Secret objects: the key
+    reaches the commit step only through the template's secretKeyRef, as on a cluster."""
+    from mlferry.local import LocalArgo
+    from workflows.submission import Cluster
+
+    url, repo, _ = ssh_remote
+    name, version = registered_model(alias="production")
+    shell = {k: v for k, v in os.environ.items()
+             if k not in ("MLFERRY_GIT_SSH_KEY", "MLFERRY_GIT_KNOWN_HOSTS", "GIT_SSH_COMMAND")}
+    local = LocalArgo.from_environment(None, tmp_path / "runs", {**shell, "MLFERRY_GITOPS_REPO": url})
+    names = local.bundle.secrets
+    secrets = {
+        names.s3: {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
+        names.webhook: {"MLFERRY_WEBHOOK_SECRET": "unused-for-a-manual-run"},
+        names.mlflow: {},
+        names.git: secret_texts(sshd),
+    }
+    local.cluster = lambda: Cluster(config_maps=LocalArgo.cluster(local).config_maps, secrets=secrets)
+
+    run = local.submit("workflowtemplate/mlferry-promote",
+                       {"model": name, "alias": "production", "env": "production"})
+
+    assert run.phase == "Succeeded", run.message
+    message = run_git_log(repo)
+    assert f"Model: {name}" in message and f"Version: {version}" in message
+    records = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "runs").rglob("*") if p.is_file())
+    assert secret_texts(sshd)["MLFERRY_GIT_SSH_PRIVATE_KEY"].splitlines()[1] not in records
+
+
+def run_git_log(repo: Path) -> str:
+    return run("git", "--git-dir", str(repo), "log", "-1", "--format=%B", "main")

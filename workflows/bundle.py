@@ -22,7 +22,7 @@ class SecretNames(BaseModel):
     model_config = ConfigDict(extra="forbid")
     s3: str = "mlferry-s3"  # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
     mlflow: str = "mlferry-mlflow"  # optional: MLFLOW_TRACKING_TOKEN or _USERNAME/_PASSWORD
-    git: str = "mlferry-git"  # MLFERRY_GIT_TOKEN (https remotes)
+    git: str = "mlferry-git"  # MLFERRY_GIT_TOKEN (https), or MLFERRY_GIT_SSH_PRIVATE_KEY and _KNOWN_HOSTS
     webhook: str = "mlferry-webhook"  # MLFERRY_WEBHOOK_SECRET
 
 

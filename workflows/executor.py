@@ -177,6 +177,9 @@ def run(plan: Plan, parameters: Mapping[str, str] | None = None, *, run_dir: str
     """
     base_env = dict(os.environ if env is None else env)
     cluster = cluster or Cluster.from_environment(base_env)
+    # A pod sees a Secret's value only where its template asks for it (env valueFrom), as on a
+    # cluster; inheriting it from this shell would hide a template that forgot to.
+    base_env = {k: v for k, v in base_env.items() if k not in secret_keys(plan.spec)}
     namespace = namespace or plan.namespace or "default"
     values = workflow_arguments(plan, parameters or {}, cluster, namespace)
     check_environment(plan, cluster, namespace)
@@ -185,6 +188,16 @@ def run(plan: Plan, parameters: Mapping[str, str] | None = None, *, run_dir: str
                    backoff_scale=backoff_scale, kill_grace=kill_grace, interrupt=interrupt, max_runs=max_runs)
     with _interrupted_by_sigterm():
         return context.execute()
+
+
+def secret_keys(node: Any) -> set[str]:
+    """Every key any `secretKeyRef` in the document names."""
+    if isinstance(node, Mapping):
+        own = {str(node["secretKeyRef"].get("key"))} if isinstance(node.get("secretKeyRef"), Mapping) else set()
+        return own.union(*(secret_keys(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(secret_keys(v) for v in node))
+    return set()
 
 
 @contextmanager

@@ -69,7 +69,10 @@ def step_env(bundle: Bundle) -> list:
         # A token, or the user and password of MLflow's basic-auth app: whichever the Secret holds.
         *(SecretEnv(name=key, secret_name=secrets.mlflow, secret_key=key, optional=True)
           for key in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")),
-        SecretEnv(name="MLFERRY_GIT_TOKEN", secret_name=secrets.git, secret_key="MLFERRY_GIT_TOKEN", optional=True),
+        # The GitOps remote's credential: an https token, or an ssh key and the host's known_hosts
+        # lines (text, not files: the step writes them 0600 into its scratch folder).
+        *(SecretEnv(name=key, secret_name=secrets.git, secret_key=key, optional=True)
+          for key in ("MLFERRY_GIT_TOKEN", "MLFERRY_GIT_SSH_PRIVATE_KEY", "MLFERRY_GIT_SSH_KNOWN_HOSTS")),
         Env(name="MLFERRY_LOG_FORMAT", value="json"),
         # MLflow's client retries 5xx on its own for minutes by default; keep its retries short
         # and let the template's retryStrategy (with its backoff) do the patient retrying.
