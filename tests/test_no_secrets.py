@@ -9,6 +9,9 @@ from workflows.generate import GENERATED_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANTED_TOKEN = "ghp_plantedTestToken0123456789abcdefXYZ"
+PLANTED_MLFLOW_TOKEN = "mlf_plantedTrackingToken9876543210"  # the test server ignores it; the steps send it
+PLANTED_SSH_KEY = ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAAplantedSshKeyLine0123456789\n"
+                   "-----END OPENSSH PRIVATE KEY-----\n")
 
 
 def everything_under(folder: Path) -> str:
@@ -17,7 +20,8 @@ def everything_under(folder: Path) -> str:
 
 def test_planted_credentials_appear_nowhere(registered_model, gitops_remote, tmp_path):
     name, _ = registered_model(alias="production")
-    env = {**os.environ, "MLFERRY_GIT_TOKEN": PLANTED_TOKEN}
+    env = {**os.environ, "MLFERRY_GIT_TOKEN": PLANTED_TOKEN, "MLFLOW_TRACKING_TOKEN": PLANTED_MLFLOW_TOKEN,
+           "MLFERRY_GIT_SSH_PRIVATE_KEY": PLANTED_SSH_KEY}
     stack_dir = tmp_path / "local"
     done = subprocess.run([sys.executable, "-m", "mlferry.cli", "promote", name, "--alias", "production",
                            "--env", "production", "--stack-dir", str(stack_dir)],
@@ -33,6 +37,8 @@ def test_planted_credentials_appear_nowhere(registered_model, gitops_remote, tmp
         "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
         "MLFERRY_WEBHOOK_SECRET": os.environ["MLFERRY_WEBHOOK_SECRET"],
         "MLFERRY_GIT_TOKEN": PLANTED_TOKEN,
+        "MLFLOW_TRACKING_TOKEN": PLANTED_MLFLOW_TOKEN,
+        "MLFERRY_GIT_SSH_PRIVATE_KEY": PLANTED_SSH_KEY.splitlines()[1],
     }
     git_history = subprocess.run(["git", "--git-dir", str(gitops_remote), "log", "-p", "--all"],
                                  capture_output=True, text=True, check=True).stdout
