@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from benchlib import ROOT, RESULTS, machine, say, scratch_dir, stop_on_sigterm
+from benchlib import ROOT, Report, say, scratch_dir, stop_on_sigterm
 
 GOAL_MEDIAN = 3.0
 
@@ -93,17 +93,16 @@ def main() -> int:
             receiver.terminate()
             receiver.wait(timeout=30)
 
-    median = percentile(latencies, 0.5)
-    p95 = percentile(latencies, 0.95)
-    result = {"promotions": args.promotions, "landed": len(latencies), "median_s": round(median, 2),
-              "p95_s": round(p95, 2), "goal_median_s": GOAL_MEDIAN, "pass": median <= GOAL_MEDIAN,
-              "step_median_s": steps, "machine": machine()}
-    print(f"\nalias set → commit, {len(latencies)}/{args.promotions} promotions: "
-          f"median {median:.2f} s, p95 {p95:.2f} s (goal: median ≤ {GOAL_MEDIAN} s: "
-          f"{'pass' if result['pass'] else 'MISSED'})")
-    print("median per step: " + ", ".join(f"{k} {v:.2f} s" for k, v in steps.items()))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    median, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
+    report = Report("latency", "alias set → commit on the GitOps remote, through MLflow's webhook and "
+                               "`mlferry events serve`")
+    report.details = {"latencies_s": [round(t, 3) for t in latencies], "step_median_s": steps}
+    report.add(f"median of {len(latencies)}/{args.promotions} promotions", median, None, None,
+               f"≤ {GOAL_MEDIAN:.1f} s", median <= GOAL_MEDIAN and len(latencies) == args.promotions, unit="s")
+    report.add("p95", p95, None, None, "", None, unit="s")
+    for step, seconds in steps.items():
+        report.add(f"median time of step {step}", seconds, None, None, "", None, unit="s")
+    report.finish()
     return 0
 
 
