@@ -198,21 +198,24 @@ class ProxiedSource(RemoteSource):
     """`mlflow-artifacts:/<root>`: files served by the tracking server's artifact proxy."""
 
     def __init__(self, uri: str, environ: Mapping[str, str] | None = None):
-        from steps.mlflow_api import MlflowApi
+        from steps.mlflow_api import MlflowApi, tracking_uri
 
         env = os.environ if environ is None else environ
         parts = urlsplit(uri)
-        tracking = urlsplit(MlflowApi.from_env(env).tracking_uri)
+        tracking = urlsplit(tracking_uri(env))
         # `mlflow-artifacts://host:port/...` names its server; otherwise it is the tracking server.
         server = tracking._replace(netloc=parts.netloc) if parts.netloc else tracking
         self.uri, self.root = uri, unquote(parts.path).strip("/")
         self.api = MlflowApi(server.geturl(), env)
 
-    def _list(self, folder: str = "") -> Iterator[SourceFile]:
+    def _list(self) -> Iterator[SourceFile]:
+        return self._walk("")
+
+    def _walk(self, folder: str) -> Iterator[SourceFile]:
         for entry in self.api.list_artifacts(self.root, folder):
             path = entry_path(folder, str(entry.get("path", "")), self.uri)
             if entry.get("is_dir"):
-                yield from self._list(path)
+                yield from self._walk(path)
             elif entry.get("file_size") is None:
                 raise SourceError(f"the listing of {self.uri} gives no size for {path!r}; cannot verify the copy")
             else:
@@ -235,9 +238,9 @@ class S3Source(RemoteSource):
         self.store = ObjectStore.from_env(parts.netloc, environ)
 
     def _list(self) -> Iterator[SourceFile]:
-        for key, size in self.store.sizes(self.prefix).items():
+        for key, listed in self.store.objects(self.prefix).items():
             if not key.endswith("/"):  # folder markers some tools write
-                yield SourceFile(check_artifact_path(key), size)
+                yield SourceFile(check_artifact_path(key), listed.size)
 
     def _download(self, path: str, local: Path) -> None:
         from steps.store import TRANSFER

@@ -32,7 +32,8 @@ Credentials never reach ``.git/config``, argv, logs or error messages: an https 
 (``MLFERRY_GIT_TOKEN``) travels as an ``http.<url>.extraHeader`` through ``GIT_CONFIG_*``
 environment variables scoped to the remote's origin; an ssh key through ``GIT_SSH_COMMAND``,
 from a file (``MLFERRY_GIT_SSH_KEY``) or, in a pod, from the Secret's text
-(``MLFERRY_GIT_SSH_PRIVATE_KEY``, written 0600 into the step's scratch folder and removed with it). ``GIT_TERMINAL_PROMPT=0`` and ssh ``BatchMode`` make a missing
+(``MLFERRY_GIT_SSH_PRIVATE_KEY``, written 0600 into the step's scratch folder and removed with
+it). ``GIT_TERMINAL_PROMPT=0`` and ssh ``BatchMode`` make a missing
 credential fail instead of hanging.
 """
 

@@ -62,11 +62,7 @@ class MlflowApi:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> MlflowApi:
         env = os.environ if environ is None else environ
-        uri = env.get("MLFLOW_TRACKING_URI", "")
-        if not uri:
-            raise ValueError("MLFLOW_TRACKING_URI is not set; set it to your MLflow server, "
-                             "e.g. http://mlflow.ml.svc:5000")
-        return cls(uri, env)
+        return cls(tracking_uri(env), env)
 
     # -- registry and tracking: JSON in, JSON out -----------------------------------------
 
@@ -104,6 +100,14 @@ class MlflowApi:
             raise MlflowUnreachable(f"cannot reach the MLflow server at {shown(self.tracking_uri)} "
                                     f"({type(err).__name__}); check MLFLOW_TRACKING_URI and that the server is up"
                                     ) from None
+
+
+def tracking_uri(environ: Mapping[str, str]) -> str:
+    uri = environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        raise ValueError("MLFLOW_TRACKING_URI is not set; set it to your MLflow server, "
+                         "e.g. http://mlflow.ml.svc:5000")
+    return uri
 
 
 def shown(uri: str) -> str:

@@ -108,10 +108,6 @@ class ObjectStore:
         with self._explained("reach bucket"):
             self.client.head_bucket(Bucket=self.bucket)
 
-    def sizes(self, prefix: str) -> dict[str, int]:
-        """Every object under prefix: key relative to prefix → size (ListObjectsV2, all pages)."""
-        return {path: listed.size for path, listed in self.objects(prefix).items()}
-
     def objects(self, prefix: str) -> dict[str, ListedObject]:
         """Every object under prefix: key relative to prefix → size and ETag (one request per 1,000)."""
         found: dict[str, ListedObject] = {}

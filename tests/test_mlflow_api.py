@@ -6,6 +6,7 @@ server, so every registry call and every artifact download must carry the creden
 """
 
 import base64
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -58,8 +59,6 @@ class AuthProxy(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def auth_proxy(stack, monkeypatch):
-    import os
-
     handler = type("Proxy", (AuthProxy,), {
         "upstream": os.environ["MLFLOW_TRACKING_URI"].rstrip("/"), "seen": [],
         "accepted": {f"Bearer {TOKEN}", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()},
