@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/gitops_history.py [--reps 7]
 
-Four bare remotes on local disk, all but the last allowing filtered (blobless) clones, as
-GitHub and GitLab do:
+Five bare remotes on local disk, all but the last allowing filtered clones
+(``uploadpack.allowFilter``):
 
 - big:   5,000 files under teams/ml/ and 10,000 commits (built in seconds with
          `git fast-import`: one commit adds every file, each later one changes one file, as
@@ -11,6 +11,8 @@ GitHub and GitLab do:
 - empty: one initial commit (what `mlferry stack up` creates);
 - flat:  the same 5,000 files in a single commit, to tell the size of the tree from the length
          of the history (shown for information);
+- big-blobless: a copy of big on a server that serves ``tree:0`` but no deeper tree filter, as
+         GitHub does, where the commit step falls back to every tree and no file (``blob:none``);
 - big-nofilter: a copy of big on a server that refuses filters (``uploadpack.allowFilter``
          unset), where git falls back to fetching every file of the tip (shown for information).
 
@@ -51,13 +53,16 @@ def main() -> int:
     with scratch_dir("gitops-history") as tmp:
         tmp = Path(tmp)
         remotes = {"empty": tmp / "empty.git", "big": tmp / "big.git", "flat": tmp / "flat.git",
-                   "big-nofilter": tmp / "big-nofilter.git"}
+                   "big-blobless": tmp / "big-blobless.git", "big-nofilter": tmp / "big-nofilter.git"}
         _init_bare_repo(remotes["empty"], "main")
         allow_filter(remotes["empty"])  # whatever mlferry.stack does, the baseline allows filters too
         with timed() as building:
             build_remote(remotes["big"], COMMITS)
         with timed() as flat_building:
             build_remote(remotes["flat"], 1)
+        shutil.copytree(remotes["big"], remotes["big-blobless"])
+        subprocess.run(["git", "-C", str(remotes["big-blobless"]), "config", "uploadpackfilter.tree.maxDepth", "0"],
+                       check=True)
         shutil.copytree(remotes["big"], remotes["big-nofilter"])
         subprocess.run(["git", "-C", str(remotes["big-nofilter"]), "config", "uploadpack.allowFilter", "false"],
                        check=True)
@@ -81,6 +86,8 @@ def main() -> int:
                commit_med["empty"], ratio, "≤ 2.00x (big/empty)", ratio <= 2.0, unit="s")
     report.add("commit_folder: big vs flat (history length alone)", commit_med["big"], commit_med["flat"],
                commit_med["big"] / commit_med["flat"], "", None, unit="s")
+    report.add("commit_folder: big on a server serving only tree:0 (GitHub) vs empty", commit_med["big-blobless"],
+               commit_med["empty"], commit_med["big-blobless"] / commit_med["empty"], "", None, unit="s")
     report.add("commit_folder: big on a server refusing filters vs empty", commit_med["big-nofilter"],
                commit_med["empty"], commit_med["big-nofilter"] / commit_med["empty"], "", None, unit="s")
     report.add(f"read_snapshot of teams/ml/ (median of {args.reps}): big vs empty", read_med["big"],
@@ -91,8 +98,9 @@ def main() -> int:
         "remotes": shape, "build_seconds": {"big": building["seconds"], "flat": flat_building["seconds"]},
         "commit_folder_seconds": commit_times, "read_snapshot_seconds": snapshot_times,
         "notes": ["baseline column: the empty remote (flat for the rows that say so)",
-                  "each commit_folder call clones into a fresh temporary folder (shallow, depth 1, "
-                  "blobless where the server allows it), commits and pushes, as the commit step does in its pod",
+                  "each commit_folder call clones into a fresh temporary folder (shallow, depth 1, only the "
+                  "trees above the folder where the server allows it), commits and pushes, as the commit step "
+                  "does in its pod",
                   "read_snapshot clones shallow with file contents (not blobless): it reads every file under "
                   "teams/ml/, i.e. all 5,000"],
     }

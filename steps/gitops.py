@@ -4,18 +4,21 @@ mlferry owns ``teams/<team>/<slug>/<env>/`` folders and writes nothing else, so 
 "make this folder hold exactly these files on the remote branch", not "merge my edits".
 That ownership drives the whole design of :func:`publish_folder`:
 
-- Each attempt builds the new tree with plumbing (``read-tree`` of the remote head into a
-  private index, drop every entry under the folder, add our blobs, ``write-tree``,
-  ``commit-tree``), so nothing outside the folder is ever touched, no working tree is checked
-  out, and no hook, filter, ``.gitignore`` or signing setting of the repo or the user can
+- Each attempt builds the new commit with one ``git fast-import`` on top of the remote head:
+  delete each folder, add our files, commit. fast-import reads only the trees along the
+  folders' paths, so nothing outside the folders is ever touched, no working tree or index is
+  built, and no hook, filter, ``.gitignore`` or signing setting of the repo or the user can
   change what gets committed.
-- Building a tree needs the remote's trees, never its files' contents, so the clone is
-  shallow *and* blobless (``--depth 1 --filter=blob:none``): its cost follows the number of
-  folders, not the size of the repo or its history. Nothing afterwards may read an old file,
-  or git would quietly fetch it from the remote (lazily): ``write-tree --missing-ok`` does not
-  check that the old files exist (the remote has them), and the push sends no deltas against
-  them (``--no-thin``). A server that refuses filters (``uploadpack.allowFilter`` unset) gets
-  an ordinary shallow clone instead, with a warning in the log: slower, same result.
+- Building that commit needs the trees down to each folder's parent, never the files beside
+  it, nor the folder's old content. So the clone is shallow and filtered to exactly that
+  (``--depth 1 --filter=combine:tree:<depth>+blob:none``): its cost follows the number of
+  folders above ours, not the size of the repo or its history. A server that does not serve
+  tree filters (GitHub serves only ``tree:0``) gets the next best, ``blob:none`` (every tree,
+  no file); one that refuses filters altogether (``uploadpack.allowFilter`` unset) gets an
+  ordinary shallow clone, with a line in the log saying how to make it faster.
+  What the clone leaves out must never be fetched behind our back: once cloned, the clone
+  stops being a "promisor" of the remote, so git fails loudly instead of fetching lazily, and
+  the push sends no deltas against old files it does not have (``--no-thin``).
 - When the push is rejected because the remote moved (another promotion, a human commit), we
   do not rebase our commit textually: a rebase can conflict, and would replay a diff computed
   against a head that no longer matters. We fetch the new head and re-apply the folder
@@ -61,12 +64,12 @@ from steps.outcome import TransientError
 logger = logging.getLogger(__name__)
 
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
-NULL_SHA = "0" * 40
 DEFAULT_AUTHOR = ("mlferry", "mlferry@users.noreply.local")
 DEFAULT_TOKEN_USER = "x-access-token"  # what GitHub documents; GitLab and Gitea accept any name
 GIT_TIMEOUT = 600.0  # seconds for one git command: a stuck network must not hang a workflow
 PROGRESS_INTERVAL = 5.0  # seconds between progress lines in the log
-BLOBLESS = "--filter=blob:none"  # commits and trees only: file contents are fetched when read
+BLOBLESS = "--filter=blob:none"  # commits and trees only: no file contents
+PUBLISH_REF = "refs/mlferry/publish"  # where fast-import leaves the commit it builds, in our clone only
 
 
 class GitOpsError(RuntimeError):
@@ -315,10 +318,10 @@ class _Git:
 
     def __init__(self, root: Path, remote: Remote, scratch: Path, environ: Mapping[str, str] = os.environ):
         self.root, self.remote, self.scratch = root, remote, scratch
-        self.env = {**git_environment(remote, environ), "GIT_INDEX_FILE": str(root / ".git" / "mlferry-index")}
+        self.env = git_environment(remote, environ)
 
     def run(self, *args: str, action: str, stdin: bytes = b"", cwd: Path | None = None,
-            extra_env: Mapping[str, str] | None = None) -> str:
+            extra_env: Mapping[str, str] | None = None, ok_codes: tuple[int, ...] = (0,)) -> str:
         try:
             done = subprocess.run(
                 ["git", *args], cwd=cwd or self.root, input=stdin, capture_output=True,
@@ -327,7 +330,7 @@ class _Git:
         except subprocess.TimeoutExpired:
             raise _GitFailed(action, f"git {args[0]} timed out after {GIT_TIMEOUT:.0f}s") from None
         out, err = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
-        if done.returncode != 0:
+        if done.returncode not in ok_codes:
             raise _GitFailed(action, self.redact(err), self.redact(out))
         return out.strip()
 
@@ -411,6 +414,8 @@ _TRANSIENT = ("could not resolve host", "name or service not known", "temporary 
               "no route to host", "connection reset", "connection closed", "hung up unexpectedly",
               "early eof", "rpc failed", "returned error: 5", "kex_exchange_identification",
               "broken pipe", "couldn't connect")
+_FILTER_REFUSED = ("filter 'tree' not supported", "tree filter allows max depth", "filter 'combine' not supported",
+                   "invalid filter-spec", "filter not supported")
 _MISSING = ("does not appear to be a git repository", "repository not found", "not found",
             "returned error: 404", "no such file or directory")
 
@@ -509,12 +514,13 @@ def _attempt(git: _Git, branch: str, change: FolderChange, identity: Identity,
     A retry after a rejected push comes back here and starts from the new head: the folder
     replacement is re-applied, never rebased (see the module docstring for why).
     """
-    base = _sync(git, branch)
-    tree = _replace_folder(git, base, change)
-    if tree == (_tree_of(git, base) if base else EMPTY_TREE):
+    base = _sync(git, branch, filters=(trees_above(change), BLOBLESS))
+    for folder in sorted(change.folders) if base else ():
+        _check_parents(git, base, folder)
+    sha, tree, base_tree = _write_commit(git, base, change, identity)
+    if tree == base_tree:
         logger.info("%s already holds this content on %s at %s: nothing to commit", change.label, branch, base)
         return Published(sha=base, changed=False)
-    sha = _commit(git, tree, base, change.message, identity)
     if before_push:
         before_push()
     _push(git, sha, branch)
@@ -522,22 +528,57 @@ def _attempt(git: _Git, branch: str, change: FolderChange, identity: Identity,
     return Published(sha=sha, changed=True)
 
 
-def _sync(git: _Git, branch: str, blobless: bool = True) -> str:
+def _sync(git: _Git, branch: str, filters: tuple[str, ...] = ()) -> str:
     """Bring the remote head of ``branch`` into the clone; its sha, or "" if the branch is new.
 
-    ``blobless``: commits and trees only, for building trees; file contents stay remote.
+    ``filters``: partial-clone filters, best first; the first one the server serves is used
+    (none: everything at the head).
     """
     head = _remote_head(git, branch)
-    contents = [BLOBLESS] if blobless else []
     if not (git.root / ".git").exists():
-        _start_clone(git, branch, head, contents)
+        _start_clone(git, branch, head, filters)
     elif head:
         logger.info("fetching %s %s", git.remote.display, branch)
-        git.run_with_progress("fetch", "--progress", "--depth", "1", *contents, "--no-tags", "--no-auto-maintenance",
-                              "origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}", action="fetch")
+        _first_served(git, filters, lambda spec: git.run_with_progress(
+            "fetch", "--progress", "--depth", "1", *spec, "--no-tags", "--no-auto-maintenance", "origin",
+            f"+refs/heads/{branch}:refs/remotes/origin/{branch}", action="fetch"))
+    _no_lazy_fetch(git)
     if not head:
         return ""
     return git.run("rev-parse", "--verify", f"refs/remotes/origin/{branch}^{{commit}}", action="read the head")
+
+
+def trees_above(change: FolderChange) -> str:
+    """The filter that fetches every tree down to each folder's parent, and no file.
+
+    A folder's own old tree is not needed (it is replaced whole), nor anything beside the path.
+    """
+    depth = max(folder.count("/") + 1 for folder in change.folders)  # teams/ml/demo/staging: 4
+    return f"--filter=combine:tree:{depth}+blob:none"
+
+
+def _first_served(git: _Git, filters: tuple[str, ...], transfer: Callable[[list[str]], str]) -> str:
+    """``transfer`` with the first filter the server serves (git says so at once if it does not)."""
+    for index, spec in enumerate(filters):
+        try:
+            return transfer([spec])
+        except _GitFailed as failed:
+            if index == len(filters) - 1 or not _matching_line(failed.stderr, _FILTER_REFUSED):
+                raise
+            logger.info("%s does not serve %s (%s): trying %s", git.remote.display, spec.removeprefix("--filter="),
+                        _matching_line(failed.stderr, _FILTER_REFUSED), filters[index + 1].removeprefix("--filter="))
+    return transfer([])
+
+
+def _no_lazy_fetch(git: _Git) -> None:
+    """Make a missing object an error in this clone, not a silent fetch from the remote.
+
+    A filtered clone registers the remote as its "promisor", and git then fetches whatever it
+    lacks one object at a time: pack-objects would, in ``git push``, for the old trees beside
+    our folder (it only walks them to avoid sending them). Nothing we do needs them.
+    """
+    for key in ("remote.origin.promisor", "remote.origin.partialclonefilter"):
+        git.run("config", "--unset-all", key, action="configure the clone", ok_codes=(0, 5))  # 5: not set
 
 
 def _remote_head(git: _Git, branch: str) -> str:
@@ -552,73 +593,90 @@ def _remote_head(git: _Git, branch: str) -> str:
     return head
 
 
-def _start_clone(git: _Git, branch: str, head: str, contents: list[str]) -> None:
+def _start_clone(git: _Git, branch: str, head: str, filters: tuple[str, ...]) -> None:
     parent = git.root.parent
     parent.mkdir(parents=True, exist_ok=True)
     if git.root.exists() and any(git.root.iterdir()):
         raise GitOpsError(f"work directory {git.root} is not empty")
     if head:
-        logger.info("cloning %s %s (shallow%s)", git.remote.display, branch, ", blobless" * bool(contents))
-        git.run_with_progress("clone", "--progress", "--depth", "1", *contents, "--branch", branch,
-                              "--single-branch", "--no-tags", "--no-checkout", git.remote.url, str(git.root),
-                              action="clone", cwd=parent)
+        logger.info("cloning %s %s (shallow%s)", git.remote.display, branch, ", filtered" * bool(filters))
+        _first_served(git, filters, lambda spec: git.run_with_progress(
+            "clone", "--progress", "--depth", "1", *spec, "--branch", branch, "--single-branch", "--no-tags",
+            "--no-checkout", git.remote.url, str(git.root), action="clone", cwd=parent))
     else:
         git.root.mkdir(exist_ok=True)
         git.run("init", "--quiet", action="create a clone")
         git.run("remote", "add", "origin", git.remote.url, action="create a clone")
 
 
-def _replace_folder(git: _Git, base: str, change: FolderChange) -> str:
-    """The tree of ``base`` with each folder of ``change`` holding exactly its files."""
+def _write_commit(git: _Git, base: str, change: FolderChange, identity: Identity) -> tuple[str, str, str]:
+    """Commit ``change`` on ``base`` with fast-import: (commit, its tree, base's tree)."""
+    script = fast_import_script(change, identity, base, PUBLISH_REF)
+    # --force: the ref is ours and left over from an earlier attempt on another head.
+    git.run("fast-import", "--quiet", "--done", "--force", "--date-format=now", stdin=script, action="build the commit")
+    if not base:
+        sha, tree = git.run("rev-parse", PUBLISH_REF, f"{PUBLISH_REF}^{{tree}}", action="read the commit").split()
+        return sha, tree, EMPTY_TREE
+    return tuple(git.run("rev-parse", PUBLISH_REF, f"{PUBLISH_REF}^{{tree}}", f"{base}^{{tree}}",
+                         action="read the commit").split())
+
+
+def fast_import_script(change: FolderChange, identity: Identity, base: str, ref: str) -> bytes:
+    """The fast-import stream that commits ``change`` on ``base`` ("" for a first commit) to ``ref``.
+
+    Each folder is deleted, then its files added: the folder ends up holding exactly them, and a
+    folder left empty disappears with any parent it leaves empty, as with ``git rm``.
+    """
+    who = f"{identity.name} <{identity.email}> now"
+    lines = [b"reset " + ref.encode(), b"commit " + ref.encode(), f"author {who}".encode(),
+             f"committer {who}".encode(), *_data(change.message.encode("utf-8"))]
     if base:
-        for folder in sorted(change.folders):
-            _check_parents(git, base, folder)
-        git.run("read-tree", base, action="read the head")
-    else:
-        git.run("read-tree", "--empty", action="start a tree")
-    stale = git.run("ls-files", "-z", "--", *sorted(change.folders), action="list the folder")
-    # One --index-info pass (mode 0 removes a path): each rewrite of the index costs in
-    # proportion to the whole repo's file count, not the folder's.
-    removals = b"".join(f"0 {NULL_SHA}\t{path}".encode() + b"\0" for path in stale.split("\0") if path)
-    entries = b"".join(
-        f"100644 {_blob(git, content)}\t{folder}/{name}".encode() + b"\0"
-        for folder, files in sorted(change.folders.items())
-        for name, content in sorted(files.items())
-    )
-    if removals or entries:
-        git.run("update-index", "-z", "--add", "--index-info", stdin=removals + entries, action="replace the folder")
-    # --missing-ok: the other files' contents stay on the remote (blobless clone); checking
-    # that they exist would fetch every file beside the folder, one batch per changed tree.
-    return git.run("write-tree", "--missing-ok", action="write the tree")
+        lines.append(f"from {base}".encode())
+    for folder, files in sorted(change.folders.items()):
+        lines.append(b"D " + _quoted(folder))
+        for name, content in sorted(files.items()):
+            lines += [b"M 100644 inline " + _quoted(f"{folder}/{name}"), *_data(content.encode("utf-8"))]
+    return b"\n".join([*lines, b"", b"done", b""])
+
+
+def _data(payload: bytes) -> list[bytes]:
+    return [b"data %d" % len(payload), payload]
+
+
+def _quoted(path: str) -> bytes:
+    """A path as fast-import reads it, C-style quoted, so any character in it is taken literally."""
+    escaped = "".join({"\\": "\\\\", '"': '\\"', "\n": "\\n"}.get(c, c) for c in path)
+    return f'"{escaped}"'.encode("utf-8")
 
 
 def _check_parents(git: _Git, base: str, folder: str) -> None:
-    # A file or symlink where a parent folder should be would make git refuse (or, in a
-    # checkout, redirect) our write: say so plainly instead.
+    """Refuse a file or symlink where a parent folder of ``folder`` should be.
+
+    fast-import would silently replace it with a folder, deleting a file mlferry does not own.
+    The check reads the entries of the trees above (the clone has them), never the files.
+    """
     parts = folder.split("/")
-    parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
-    query = "".join(f"{base}:{p}\n" for p in parents).encode()
-    out = git.run("cat-file", "--batch-check=%(objecttype)", stdin=query, action="inspect the folder")
-    for parent, kind in zip(parents, (line.split()[-1] for line in out.splitlines())):
-        if kind not in ("tree", "missing"):
-            raise GitOpsError(f"{git.remote.display}: {parent} is a {kind}, not a folder; "
+    containers = [f"{base}^{{tree}}"] + [f"{base}:{'/'.join(parts[:i])}" for i in range(1, len(parts) - 1)]
+    trees = _read_objects(git, containers)
+    for depth, container in enumerate(containers):
+        mode = tree_entries(trees[container] or b"").get(parts[depth])
+        if mode is None:
+            return  # the rest of the path does not exist yet: fast-import creates it
+        if mode != "40000":
+            kind = {"120000": "symlink", "160000": "submodule"}.get(mode, "blob")
+            raise GitOpsError(f"{git.remote.display}: {'/'.join(parts[:depth + 1])} is a {kind}, not a folder; "
                               f"mlferry needs it to be a folder to write {folder}")
 
 
-def _blob(git: _Git, content: str) -> str:
-    return git.run("hash-object", "-w", "--stdin", stdin=content.encode("utf-8"), action="store a file")
-
-
-def _tree_of(git: _Git, commit: str) -> str:
-    return git.run("rev-parse", f"{commit}^{{tree}}", action="read the head")
-
-
-def _commit(git: _Git, tree: str, base: str, message: str, identity: Identity) -> str:
-    who = {"GIT_AUTHOR_NAME": identity.name, "GIT_AUTHOR_EMAIL": identity.email,
-           "GIT_COMMITTER_NAME": identity.name, "GIT_COMMITTER_EMAIL": identity.email}
-    parents = ["-p", base] if base else []
-    return git.run("commit-tree", tree, *parents, "-F", "-", stdin=message.encode("utf-8"),
-                   extra_env=who, action="commit")
+def tree_entries(raw: bytes) -> dict[str, str]:
+    """A tree object's entries, name → mode ("40000" for a folder); binary format
+    ``<mode> <name>\\0<20-byte id>`` repeated."""
+    entries, pos = {}, 0
+    while pos < len(raw):
+        space, nul = raw.index(b" ", pos), raw.index(b"\0", pos)
+        entries[raw[space + 1:nul].decode("utf-8", errors="surrogateescape")] = raw[pos:space].decode()
+        pos = nul + 21
+    return entries
 
 
 def _push(git: _Git, sha: str, branch: str) -> None:
@@ -677,28 +735,38 @@ def read_snapshot(remote_url: str, branch: str, prefix: str, *,
         scratch = Path(tmp)
         git = _Git(scratch / "clone", remote_for(remote_url, environ, scratch), scratch, environ)
         try:
-            head = _sync(git, branch, blobless=False)
+            head = _sync(git, branch)
             if not head:
                 return Snapshot(sha="", files={})
             listing = git.run("ls-tree", "-r", "-z", "--full-tree", head, "--", prefix, action="list files")
             entries = [line.split("\t", 1) for line in listing.split("\0") if "\t" in line]
             blobs = [(path, meta.split()[2]) for meta, path in entries if meta.split()[1] == "blob"]
-            contents = _read_blobs(git, [sha for _, sha in blobs])
+            contents = _read_objects(git, [sha for _, sha in blobs])
         except _GitFailed as failed:
             raise _failure(git.remote, failed) from None
-        return Snapshot(sha=head, files={path: contents[sha] for path, sha in blobs})
+        return Snapshot(sha=head, files={path: (contents[sha] or b"").decode("utf-8", errors="replace")
+                                         for path, sha in blobs})
 
 
-def _read_blobs(git: _Git, shas: list[str]) -> dict[str, str]:
-    if not shas:
+def _read_objects(git: _Git, names: list[str]) -> dict[str, bytes | None]:
+    """The content of each object (any name git understands) in one cat-file call; None if absent."""
+    if not names:
         return {}
-    done = subprocess.run(["git", "cat-file", "--batch"], cwd=git.root, input="".join(f"{s}\n" for s in shas).encode(),
-                          capture_output=True, env=git.env, timeout=GIT_TIMEOUT, check=True)
+    try:
+        done = subprocess.run(["git", "cat-file", "--batch"], cwd=git.root, input="".join(f"{n}\n" for n in names).encode(),
+                              capture_output=True, env=git.env, timeout=GIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise _GitFailed("read files", f"git cat-file timed out after {GIT_TIMEOUT:.0f}s") from None
+    if done.returncode != 0:
+        raise _GitFailed("read files", git.redact(done.stderr.decode(errors="replace")))
     out, pos, contents = done.stdout, 0, {}
-    for sha in shas:
+    for name in names:
         header_end = out.index(b"\n", pos)
-        _, _, size = out[pos:header_end].split()
-        start = header_end + 1
-        contents[sha] = out[start:start + int(size)].decode("utf-8", errors="replace")
-        pos = start + int(size) + 1
+        header = out[pos:header_end].split()
+        if header[-1] == b"missing":
+            contents[name], pos = None, header_end + 1
+            continue
+        start, size = header_end + 1, int(header[2])
+        contents[name] = out[start:start + size]
+        pos = start + size + 1
     return contents

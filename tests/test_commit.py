@@ -81,7 +81,7 @@ def log(remote: Path) -> list[str]:
 
 def tree(remote: Path, ref: str = "main") -> dict[str, str]:
     """path → content of every file on ref."""
-    paths = git("--git-dir", str(remote), "ls-tree", "-r", "--name-only", ref).splitlines()
+    paths = [p for p in git("--git-dir", str(remote), "ls-tree", "-r", "-z", "--name-only", ref).split("\0") if p]
     return {p: git("--git-dir", str(remote), "show", f"{ref}:{p}") + "\n" for p in paths}
 
 
@@ -255,6 +255,61 @@ def test_a_race_to_create_the_branch_refetches_blobless_too(tmp_path: Path) -> N
 
     assert log(remote) == [ours.sha, theirs[0]] and tree(remote)["README.md"] == OUTSIDE["README.md"]
     assert blobs_in(tmp_path / "work") == blob_ids(promotion().files)
+
+
+def objects_in(clone: Path) -> set[str]:
+    """Ids of every object a clone holds, without fetching any."""
+    out = git("cat-file", "--batch-all-objects", "--batch-check=%(objectname)", cwd=clone)
+    return set(out.splitlines())
+
+
+def tree_id(remote: Path, path: str) -> str:
+    return git("--git-dir", str(remote), "rev-parse", f"main:{path}")
+
+
+BESIDE = {"README.md": "# gitops\n",
+          "teams/ml/demo/production/deployment.yaml": "kind: Deployment\nversion: 1\n",
+          "teams/ml/other/staging/deployment.yaml": "kind: Deployment\nversion: 7\n"}
+
+
+def test_the_clone_holds_only_the_trees_above_the_folder(tmp_path: Path) -> None:
+    # The folder's siblings (production beside staging) and other models' folders are neither
+    # cloned nor fetched later (the push must not fetch what it does not send).
+    remote = make_remote(tmp_path, {**BESIDE, f"{FOLDER}/deployment.yaml": "version: 2\n"}, filters=True)
+    siblings = {tree_id(remote, p) for p in ("teams/ml/demo/production", "teams/ml/other/staging", FOLDER)}
+    above = {tree_id(remote, p) for p in ("teams", "teams/ml", "teams/ml/demo")}
+
+    result = commit_folder(promotion(), str(remote), "main", workdir=tmp_path / "work")
+
+    held = objects_in(tmp_path / "work")
+    assert result.changed and in_folder(remote) == promotion().files
+    assert above <= held and not siblings & held
+    assert {p: tree(remote)[p] for p in BESIDE} == BESIDE
+
+
+def test_a_server_serving_only_blobless_clones_gets_one(tmp_path: Path, caplog) -> None:
+    # GitHub serves tree:0 but no deeper tree filter: fall back to every tree and no file.
+    remote = make_remote(tmp_path, {**BESIDE, f"{FOLDER}/deployment.yaml": "version: 2\n"}, filters=True)
+    git("--git-dir", str(remote), "config", "uploadpackfilter.tree.maxDepth", "0")
+    with caplog.at_level(logging.INFO, logger="steps.gitops"):
+        result = commit_folder(promotion(), str(remote), "main", workdir=tmp_path / "work")
+
+    assert result.changed and in_folder(remote) == promotion().files
+    assert tree_id(remote, "teams/ml/other/staging") in objects_in(tmp_path / "work")  # every tree...
+    assert blobs_in(tmp_path / "work") == blob_ids(promotion().files)  # ...and no file but ours
+    assert "does not serve combine:tree:4+blob:none" in caplog.text and "trying blob:none" in caplog.text
+
+
+def test_the_git_adapter_takes_any_file_name_literally(tmp_path: Path) -> None:
+    # The commit step allows plain names only; the adapter beneath it must not depend on that.
+    remote = make_remote(tmp_path, OUTSIDE)
+    odd = {'a "quoted" name.yaml': "x: 1\n", "back\\slash.yaml": "x: 2\n", "ünïcode.yaml": "x: 3\n",
+           "sub/dir.yaml": "x: 4\n", "new\nline.yaml": "x: 5\n"}
+    gitops.publish_folder(str(remote), "main", gitops.FolderChange.single(FOLDER, odd, "odd names"))
+    names = git("--git-dir", str(remote), "-c", "core.quotePath=false", "ls-tree", "-r", "-z", "--name-only",
+                "main", "--", FOLDER).split("\0")
+    assert sorted(n.removeprefix(FOLDER + "/") for n in names if n) == sorted(odd)
+    assert in_folder(remote) == odd
 
 
 def test_a_server_refusing_filters_gets_a_full_clone_and_the_log_says_why(tmp_path: Path, caplog) -> None:
