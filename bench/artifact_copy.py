@@ -7,9 +7,9 @@ local disk, then copied into the local stack's S3 server (moto, on 127.0.0.1) by
 
 - mlferry: ``publish_version`` from a ``file:`` source, in its own process, with the object
   store built as the publish step builds it (bench/publish_child.py). It hashes every file
-  (sha256 for the manifest, MD5 for the ETag the store must answer) in one read, uploads it,
-  checks the store's ETag (on the PUT's answer for small files, one HEAD per large one),
-  confirms the whole prefix with one listing and writes its manifest last;
+  (sha256 for the manifest, MD5 for the ETag the store must answer; a large file beside its
+  upload), uploads it, checks the store's ETag (on the PUT's answer for small files, one HEAD
+  per large one), confirms the whole prefix with one listing and writes its manifest last;
 - the baseline: ``aws s3 cp --recursive`` (awscli 1.x, installed into its own throwaway venv
   in the bench cache, since awscli pins botocore versions the project's venv may not have).
 
@@ -125,7 +125,7 @@ def main() -> int:
         "baseline": aws_version, "rounds": n, "runs": runs,
         "notes": ["wall time includes each tool's interpreter start; both write to the same moto server, "
                   "one copy at a time, each copy deleted before the next",
-                  "mlferry also hashes every file (sha256 and MD5, one read), checks every object's ETag against "
+                  "mlferry also hashes every file (sha256 and MD5), checks every object's ETag against "
                   "the MD5 (the PUT's answer for small files, a HEAD for multipart ones), lists the prefix once "
                   "to confirm it and writes a manifest; aws s3 cp does none of that"],
     }
