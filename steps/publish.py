@@ -29,14 +29,16 @@ No ``from __future__ import annotations`` here: Hera's runner inspects ``publish
 annotations as classes, and postponed annotations would hand it strings.
 """
 
+import base64
 import hashlib
 import json
 import logging
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
 
 from hera.workflows import Input, Output
 from s3transfer.utils import ChunksizeAdjuster
@@ -50,7 +52,7 @@ from steps.store import MB, TRANSFER, ListedObject, ObjectStore, PutReceipt, Sto
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "mlferry.manifest/v1"
-FILES_AT_ONCE = 4  # large (multipart) files in flight: each holds up to 4 parts of 16 MB
+FILES_AT_ONCE = 2  # large files in flight, 4 parts each: more starve the small files' round trips
 SMALL_FILES_AT_ONCE = 32  # small files in flight beside them: many small files are latency-bound
 HASH_CHUNK = 1 * MB
 
@@ -98,6 +100,19 @@ class Digests:
     sha256: str
     md5: str  # of the whole file; sent as Content-MD5 on a single PUT
     etag: str  # the ETag a store computes for these bytes uploaded the way mlferry uploads them
+
+
+@dataclass(frozen=True)
+class LargeDigests:
+    """One read of a large file, beside its upload: what the manifest records and the CRC32s
+    a store that keeps checksums may answer (base64, as S3 shows them)."""
+    size: int
+    sha256: str
+    crc32_of_parts: str  # CRC32 of the parts' CRC32s: a "COMPOSITE" checksum
+    crc32: str  # CRC32 of the whole file: a "FULL_OBJECT" checksum
+
+
+AnyDigests = TypeVar("AnyDigests", Digests, LargeDigests)
 
 
 @as_argo_step
@@ -243,35 +258,43 @@ def copy_file(source: ModelSource, store: ObjectStore, prefix: str, file: Source
               stored: ListedObject | None) -> Copied:
     key = prefix + file.path
     with source.fetch(file.path) as local:
+        if stored is not None and (kept := kept_copy(local, file, stored)):
+            return kept
         started = time.monotonic()
-        if stored is None and is_multipart(file.size):  # nothing to compare with: upload while hashing
+        if is_multipart(file.size):
             digests, etag = upload_while_hashing(store, local, key, file)
         else:
-            digests = checked_size(file_digests(local, part_size(file.size)), file)
-            if stored == ListedObject(digests.size, digests.etag):
-                log.info("kept %s (%s): already uploaded with the same bytes", file.path, _size(digests.size))
-                return Copied(file.path, digests.size, digests.sha256, stored.etag, uploaded=False)
-            if is_multipart(file.size):
-                store.upload_file(local, key)
-                etag = check_multipart(store.head(key), key, digests)
-            else:
-                etag = check_put(store.put_file(local, key, digests.sha256, digests.md5), key, digests)
+            digests = checked_size(file_digests(local, None), file)
+            etag = check_put(store.put_file(local, key, digests.sha256, digests.md5), key, digests)
         seconds = time.monotonic() - started
     log.info("uploaded %s (%s, %.1f MB/s)", file.path, _size(digests.size), _rate(digests.size, seconds))
     return Copied(file.path, digests.size, digests.sha256, etag, uploaded=True)
 
 
-def upload_while_hashing(store: ObjectStore, local: Path, key: str, file: SourceFile) -> tuple[Digests, str]:
+def kept_copy(local: Path, file: SourceFile, stored: ListedObject) -> Copied | None:
+    """An earlier run's object, kept if it holds exactly this file's bytes (its listed ETag)."""
+    digests = checked_size(file_digests(local, part_size(file.size)), file)
+    if stored != ListedObject(digests.size, digests.etag):
+        return None
+    log.info("kept %s (%s): already uploaded with the same bytes", file.path, _size(digests.size))
+    return Copied(file.path, digests.size, digests.sha256, stored.etag, uploaded=False)
+
+
+def upload_while_hashing(store: ObjectStore, local: Path, key: str,
+                         file: SourceFile) -> tuple[LargeDigests, str]:
     """A large file's upload starts at once; its digests are computed beside it, from the page
     cache, and the stored object is checked against them when both are done."""
+    part = part_size(file.size)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-hash") as hasher:
-        hashing = hasher.submit(file_digests, local, part_size(file.size))
+        hashing = hasher.submit(large_file_digests, local, part)
         store.upload_file(local, key)
-        digests = checked_size(hashing.result(), file)
-    return digests, check_multipart(store.head(key), key, digests)
+        digests = hashing.result()
+    checked_size(digests, file)
+    return digests, check_multipart(store.head(key), key, digests, lambda: file_digests(local, part).etag)
 
 
-def checked_size(digests: Digests, file: SourceFile) -> Digests:
+def checked_size(digests: AnyDigests, file: SourceFile) -> AnyDigests:
+    """digests, or PublishError if the file read is not the size the source listed."""
     if digests.size != file.size:
         raise PublishError(f"{file.path}: the source listed {file.size} bytes but {digests.size} were read; "
                            "the model changed while publishing, run again")
@@ -313,6 +336,27 @@ def file_digests(path: Path, part: int | None) -> Digests:
     return Digests(size, whole.hexdigest(), "", etag)
 
 
+def large_file_digests(path: Path, part: int) -> LargeDigests:
+    """sha256 and the CRC32s of a large file in one read, in chunks so memory stays flat."""
+    whole, size, crc, part_crcs, part_crc, in_part = hashlib.sha256(), 0, 0, [], 0, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(min(HASH_CHUNK, part - in_part)):
+            whole.update(chunk)
+            size += len(chunk)
+            crc, part_crc = zlib.crc32(chunk, crc), zlib.crc32(chunk, part_crc)
+            in_part += len(chunk)
+            if in_part == part:
+                part_crcs.append(part_crc.to_bytes(4, "big"))
+                part_crc, in_part = 0, 0
+    if in_part:
+        part_crcs.append(part_crc.to_bytes(4, "big"))
+    return LargeDigests(size, whole.hexdigest(), _crc32_base64(zlib.crc32(b"".join(part_crcs))), _crc32_base64(crc))
+
+
+def _crc32_base64(crc: int) -> str:
+    return base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")
+
+
 def check_put(receipt: PutReceipt, key: str, digests: Digests) -> str:
     """The store's ETag for a verified single PUT; PublishError when the store holds other bytes."""
     if receipt.etag == digests.etag:
@@ -323,13 +367,23 @@ def check_put(receipt: PutReceipt, key: str, digests: Digests) -> str:
                        f"expected {digests.etag} (MD5 of the bytes sent); check the object store and run again")
 
 
-def check_multipart(stored: StoredObject | None, key: str, digests: Digests) -> str:
-    """The store's ETag for a verified multipart upload; PublishError when it holds other bytes."""
-    if stored is not None and stored.size == digests.size and (stored.etag == digests.etag or stored.encrypted_etag):
-        return stored.etag  # encrypted: the server checked each part's checksum (CRC32) on upload
-    found = "nothing" if stored is None else f"{stored.size} bytes, ETag {stored.etag or 'none'}"
-    raise PublishError(f"upload of {key} did not verify (expected {digests.size} bytes, ETag {digests.etag}; "
-                       f"found {found}); check the object store and run again")
+def check_multipart(stored: StoredObject | None, key: str, digests: LargeDigests,
+                    etag_of_file: Callable[[], str]) -> str:
+    """The store's ETag for a verified multipart upload; PublishError when it holds other bytes.
+
+    The store's CRC32 of what it assembled (S3, MinIO and moto keep one, computed from the
+    bytes they stored, encrypted or not) is checked against ours. A store that keeps no
+    checksums is checked on its ETag instead, which costs one more read of the file for its
+    MD5s; under SSE there, on its size and the parts' CRC32s it checked on upload.
+    """
+    if stored is not None and stored.size == digests.size:
+        if stored.crc32 and stored.crc32 in (digests.crc32_of_parts, digests.crc32):
+            return stored.etag
+        if not stored.crc32 and (stored.encrypted_etag or stored.etag == etag_of_file()):
+            return stored.etag
+    found = "nothing" if stored is None else f"{stored.size} bytes, CRC32 {stored.crc32 or 'none'}, ETag {stored.etag}"
+    raise PublishError(f"upload of {key} did not verify (expected {digests.size} bytes, CRC32 "
+                       f"{digests.crc32_of_parts} of its parts; found {found}); check the object store and run again")
 
 
 def check_all_stored(stored: Mapping[str, ListedObject], copied: list[Copied], uri: str) -> None:

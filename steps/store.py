@@ -49,6 +49,7 @@ class StoredObject:
     sha256: str  # "" when the object carries no sha256 metadata (not written by mlferry)
     etag: str = ""  # unquoted
     encrypted_etag: bool = False  # SSE-KMS or SSE-C: the ETag is then not derived from the bytes' MD5
+    crc32: str = ""  # the store's own CRC32 of what it holds (base64, any "-N" dropped); "" if it keeps none
 
 
 @dataclass(frozen=True)
@@ -120,13 +121,14 @@ class ObjectStore:
     def head(self, key: str) -> StoredObject | None:
         with self._explained(f"read the metadata of {key}"):
             try:
-                meta = self.client.head_object(Bucket=self.bucket, Key=key)
+                meta = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
             except ClientError as err:
                 if _error_code(err) in ("404", "NoSuchKey", "NotFound"):
                     return None  # asking whether it exists is the point of a HEAD
                 raise
         return StoredObject(int(meta["ContentLength"]), meta.get("Metadata", {}).get(SHA256_KEY, ""),
-                            _unquoted(meta.get("ETag", "")), _encrypted_etag(meta))
+                            _unquoted(meta.get("ETag", "")), _encrypted_etag(meta),
+                            meta.get("ChecksumCRC32", "").split("-")[0])
 
     def put_file(self, path: Path, key: str, sha256: str, md5: str) -> PutReceipt:
         """One PUT of a file below the multipart threshold, with its digests (hex) sent along.
@@ -144,10 +146,11 @@ class ObjectStore:
                           _encrypted_etag(answer))
 
     def upload_file(self, path: Path, key: str) -> None:
-        """Upload a large file in parts (s3transfer, bounded memory; botocore sends a checksum
-        of each part, which S3 and MinIO check)."""
+        """Upload a large file in parts (s3transfer, bounded memory), each sent with its CRC32:
+        S3 and MinIO check each part's, and keep a CRC32 of the whole object."""
         with self._explained(f"upload {key}"):
-            self.client.upload_file(str(path), self.bucket, key, Config=TRANSFER)
+            self.client.upload_file(str(path), self.bucket, key, Config=TRANSFER,
+                                    ExtraArgs={"ChecksumAlgorithm": "CRC32"})
 
     def get_bytes(self, key: str) -> bytes:
         """A small object (the manifest) read whole."""

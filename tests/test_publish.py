@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,8 @@ from steps import artifacts, store as store_module
 from steps.artifacts import ProxiedSource, SourceError, SourceFile, check_artifact_path, entry_path, open_source
 from steps.layout import MANIFEST_NAME, model_prefix
 from steps.naming import slugify
-from steps.publish import (MANIFEST_FORMAT, Digests, Publication, PublishError, PublishInput, check_multipart,
-                           check_put, file_digests, publish, publish_version)
+from steps.publish import (MANIFEST_FORMAT, Digests, LargeDigests, Publication, PublishError, PublishInput,
+                           check_multipart, check_put, file_digests, large_file_digests, publish, publish_version)
 from steps.store import ObjectStore, PutReceipt, StoredObject, StoreError, public_endpoint
 
 BUCKET = "mlferry"
@@ -406,20 +408,32 @@ def test_a_single_put_verifies_only_on_the_stores_own_digest(receipt, verifies):
 
 
 @pytest.mark.parametrize("stored, verifies", [
-    (StoredObject(3, "", "e-2", False), True),
-    (StoredObject(3, "", "f-2", False), False),  # other bytes
-    (StoredObject(4, "", "e-2", False), False),
-    (StoredObject(3, "", "random", True), True),  # encrypted: the size, and parts the server checked
-    (StoredObject(4, "", "random", True), False),
+    (StoredObject(3, "", "x-2", False, "Qk3Wdw=="), True),  # the store's CRC32 of the parts' CRC32s
+    (StoredObject(3, "", "x-2", True, "AAAAAA=="), True),  # or of the whole object; encrypted or not
+    (StoredObject(3, "", "e-2", False, "ZZZZZZ=="), False),  # other bytes, whatever the ETag
+    (StoredObject(4, "", "x-2", False, "Qk3Wdw=="), False),
+    (StoredObject(3, "", "e-2", False, ""), True),  # a store that keeps no checksums: its ETag
+    (StoredObject(3, "", "f-2", False, ""), False),
+    (StoredObject(3, "", "random", True, ""), True),  # ...and under SSE there, the size
     (None, False),
 ])
-def test_a_multipart_upload_verifies_on_its_etag(stored, verifies):
-    digests = Digests(3, SHA_ABC, "", "e-2")
+def test_a_multipart_upload_verifies_on_the_stores_own_checksum(stored, verifies):
+    digests = LargeDigests(3, SHA_ABC, crc32_of_parts="Qk3Wdw==", crc32="AAAAAA==")
     if verifies:
-        assert check_multipart(stored, "k", digests) == stored.etag
+        assert check_multipart(stored, "k", digests, lambda: "e-2") == stored.etag
     else:
         with pytest.raises(PublishError, match="upload of k did not verify"):
-            check_multipart(stored, "k", digests)
+            check_multipart(stored, "k", digests, lambda: "e-2")
+
+
+def test_the_crc32s_are_those_s3_keeps_for_the_parts_and_the_whole(tmp_path):
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    (tmp_path / "f").write_bytes(data)
+    part = 1024 * 1024
+    parts = b"".join(zlib.crc32(data[i:i + part]).to_bytes(4, "big") for i in range(0, len(data), part))
+    as_s3 = lambda crc: base64.b64encode(crc.to_bytes(4, "big")).decode()  # noqa: E731
+    assert large_file_digests(tmp_path / "f", part) == LargeDigests(len(data), sha256(data),
+                                                                    as_s3(zlib.crc32(parts)), as_s3(zlib.crc32(data)))
 
 
 def test_the_expected_etag_is_the_md5_of_the_parts_md5s(tmp_path):
