@@ -9,18 +9,19 @@ and immutable from then on. So a run
   source and hashes it, keeps objects that already hold exactly those bytes, uploads the rest,
   verifies each upload, deletes strays, and writes the manifest last.
 
-How a copy is verified without reading it back. For each file, one read computes its sha256
-(for the manifest) and the ETag the store will compute for it: the MD5 of the bytes for a
-single PUT, the MD5 of the parts' MD5s ("…-N") for a multipart upload. S3, MinIO and moto all
-derive ETags that way, from the bytes they stored, so an ETag that matches is the store's own
-word that it holds these bytes. A small file is hashed first, so that its PUT carries its
-digests and is checked on the answer (no request of its own). A large file's upload starts at
-once and the file is hashed beside it (from the page cache), then checked with one HEAD:
-hashing it first would hold its upload back by about a second per 500 MB. Before the manifest,
+How a copy is verified without reading it back: against what the store says about the bytes
+it stored, never against what we sent. A small file is read once, for its sha256 (for the
+manifest) and its MD5, before its PUT: the PUT carries both (Content-MD5 and
+x-amz-checksum-sha256, which S3 and MinIO check), and its answer's ETag, which S3, MinIO and
+moto compute as the MD5 of the bytes stored, must be that MD5 (no request of its own). A large
+file's upload (s3transfer, in parts, each with its CRC32) starts at once, and the file is read
+beside it for its sha256 and CRC32s; then one HEAD asks the store for the CRC32 it keeps of the
+assembled object, computed from the bytes it stored (of the parts' CRC32s, or of the whole),
+which must be ours. A CRC32 costs a sixth of an MD5, and it means the same under SSE-KMS or
+SSE-C, where ETags are not MD5s. A store that keeps no checksums is checked on its multipart
+ETag (the MD5 of the parts' MD5s), which costs one more read of the file. Before the manifest,
 one listing of the prefix (one request per 1,000 keys) confirms that every object is still
-there with its size and ETag. Under SSE-KMS or SSE-C the ETag is not an MD5; there mlferry
-relies on the server-checked x-amz-checksum-sha256 for single PUTs and on size plus the
-per-part checksums botocore sends for multipart ones.
+there with the size and ETag it had when verified.
 
 The manifest holds no timestamps, so two runs racing on the same version (webhook and
 schedule) write identical bytes.
