@@ -1,6 +1,6 @@
 """Artifact copy: mlferry's publish against `aws s3 cp --recursive`, same folder, same S3 server.
 
-    .venv/bin/python bench/artifact_copy.py [--rounds 2] [--quick]
+    .venv/bin/python bench/artifact_copy.py [--rounds 4] [--quick]
 
 A ~1 GB model folder (2,000 × 64 KiB files and 3 × 280 MiB ones, random bytes) is generated on
 local disk, then copied into the local stack's S3 server (moto, on 127.0.0.1) by
@@ -45,7 +45,7 @@ def main() -> int:
     parser.add_argument("--small-kib", type=int, default=64)
     parser.add_argument("--large-files", type=int, default=3)
     parser.add_argument("--large-mib", type=int, default=280)
-    parser.add_argument("--rounds", type=int, default=2, help="each round copies once with each tool")
+    parser.add_argument("--rounds", type=int, default=4, help="each round copies once with each tool")
     parser.add_argument("--quick", action="store_true", help="a tenth of the data, one round (to try the script)")
     args = parser.parse_args()
     if args.quick:
