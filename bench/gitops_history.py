@@ -11,8 +11,9 @@ Five bare remotes on local disk, all but the last allowing filtered clones
 - empty: one initial commit (what `mlferry stack up` creates);
 - flat:  the same 5,000 files in a single commit, to tell the size of the tree from the length
          of the history (shown for information);
-- big-blobless: a copy of big on a server that serves ``tree:0`` but no deeper tree filter, as
-         GitHub does, where the commit step falls back to every tree and no file (``blob:none``);
+- big-blobless: a copy of big on a server that serves ``tree:0`` but no deeper tree filter
+         (as GitHub has said it does), where the commit step falls back to every tree and no
+         file (``blob:none``);
 - big-nofilter: a copy of big on a server that refuses filters (``uploadpack.allowFilter``
          unset), where git falls back to fetching every file of the tip (shown for information).
 
@@ -86,7 +87,7 @@ def main() -> int:
                commit_med["empty"], ratio, "≤ 2.00x (big/empty)", ratio <= 2.0, unit="s")
     report.add("commit_folder: big vs flat (history length alone)", commit_med["big"], commit_med["flat"],
                commit_med["big"] / commit_med["flat"], "", None, unit="s")
-    report.add("commit_folder: big on a server serving only tree:0 (GitHub) vs empty", commit_med["big-blobless"],
+    report.add("commit_folder: big on a server serving only tree:0 (as GitHub) vs empty", commit_med["big-blobless"],
                commit_med["empty"], commit_med["big-blobless"] / commit_med["empty"], "", None, unit="s")
     report.add("commit_folder: big on a server refusing filters vs empty", commit_med["big-nofilter"],
                commit_med["empty"], commit_med["big-nofilter"] / commit_med["empty"], "", None, unit="s")

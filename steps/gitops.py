@@ -13,8 +13,8 @@ That ownership drives the whole design of :func:`publish_folder`:
   it, nor the folder's old content. So the clone is shallow and filtered to exactly that
   (``--depth 1 --filter=combine:tree:<depth>+blob:none``): its cost follows the number of
   folders above ours, not the size of the repo or its history. A server that does not serve
-  tree filters (GitHub serves only ``tree:0``) gets the next best, ``blob:none`` (every tree,
-  no file); one that refuses filters altogether (``uploadpack.allowFilter`` unset) gets an
+  deep tree filters (GitHub has said it serves only ``tree:0``) gets the next best,
+  ``blob:none`` (every tree, no file); one that refuses filters altogether (``uploadpack.allowFilter`` unset) gets an
   ordinary shallow clone, with a line in the log saying how to make it faster.
   What the clone leaves out must never be fetched behind our back: once cloned, the clone
   stops being a "promisor" of the remote, so git fails loudly instead of fetching lazily, and

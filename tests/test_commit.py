@@ -288,7 +288,8 @@ def test_the_clone_holds_only_the_trees_above_the_folder(tmp_path: Path) -> None
 
 
 def test_a_server_serving_only_blobless_clones_gets_one(tmp_path: Path, caplog) -> None:
-    # GitHub serves tree:0 but no deeper tree filter: fall back to every tree and no file.
+    # A server serving tree:0 but no deeper tree filter (GitHub has said it does): the step
+    # falls back to every tree and no file.
     remote = make_remote(tmp_path, {**BESIDE, f"{FOLDER}/deployment.yaml": "version: 2\n"}, filters=True)
     git("--git-dir", str(remote), "config", "uploadpackfilter.tree.maxDepth", "0")
     with caplog.at_level(logging.INFO, logger="steps.gitops"):
