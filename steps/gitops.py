@@ -753,8 +753,8 @@ def _read_objects(git: _Git, names: list[str]) -> dict[str, bytes | None]:
     if not names:
         return {}
     try:
-        done = subprocess.run(["git", "cat-file", "--batch"], cwd=git.root, input="".join(f"{n}\n" for n in names).encode(),
-                              capture_output=True, env=git.env, timeout=GIT_TIMEOUT)
+        done = subprocess.run(["git", "cat-file", "--batch"], cwd=git.root, capture_output=True, env=git.env,
+                              input="".join(f"{n}\n" for n in names).encode(), timeout=GIT_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise _GitFailed("read files", f"git cat-file timed out after {GIT_TIMEOUT:.0f}s") from None
     if done.returncode != 0:

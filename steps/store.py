@@ -46,7 +46,6 @@ class TransientStoreError(StoreError, TransientError):
 @dataclass(frozen=True)
 class StoredObject:
     size: int
-    sha256: str  # "" when the object carries no sha256 metadata (not written by mlferry)
     etag: str = ""  # unquoted
     encrypted_etag: bool = False  # SSE-KMS or SSE-C: the ETag is then not derived from the bytes' MD5
     crc32: str = ""  # the store's own CRC32 of what it holds (base64, any "-N" dropped); "" if it keeps none
@@ -126,8 +125,7 @@ class ObjectStore:
                 if _error_code(err) in ("404", "NoSuchKey", "NotFound"):
                     return None  # asking whether it exists is the point of a HEAD
                 raise
-        return StoredObject(int(meta["ContentLength"]), meta.get("Metadata", {}).get(SHA256_KEY, ""),
-                            _unquoted(meta.get("ETag", "")), _encrypted_etag(meta),
+        return StoredObject(int(meta["ContentLength"]), _unquoted(meta.get("ETag", "")), _encrypted_etag(meta),
                             meta.get("ChecksumCRC32", "").split("-")[0])
 
     def put_file(self, path: Path, key: str, sha256: str, md5: str) -> PutReceipt:

@@ -410,13 +410,13 @@ def test_a_single_put_verifies_only_on_the_stores_own_digest(receipt, verifies):
 
 
 @pytest.mark.parametrize("stored, verifies", [
-    (StoredObject(3, "", "x-2", False, "Qk3Wdw=="), True),  # the store's CRC32 of the parts' CRC32s
-    (StoredObject(3, "", "x-2", True, "AAAAAA=="), True),  # or of the whole object; encrypted or not
-    (StoredObject(3, "", "e-2", False, "ZZZZZZ=="), False),  # other bytes, whatever the ETag
-    (StoredObject(4, "", "x-2", False, "Qk3Wdw=="), False),
-    (StoredObject(3, "", "e-2", False, ""), True),  # a store that keeps no checksums: its ETag
-    (StoredObject(3, "", "f-2", False, ""), False),
-    (StoredObject(3, "", "random", True, ""), True),  # ...and under SSE there, the size
+    (StoredObject(3, "x-2", False, "Qk3Wdw=="), True),  # the store's CRC32 of the parts' CRC32s
+    (StoredObject(3, "x-2", True, "AAAAAA=="), True),  # or of the whole object; encrypted or not
+    (StoredObject(3, "e-2", False, "ZZZZZZ=="), False),  # other bytes, whatever the ETag
+    (StoredObject(4, "x-2", False, "Qk3Wdw=="), False),
+    (StoredObject(3, "e-2", False, ""), True),  # a store that keeps no checksums: its ETag
+    (StoredObject(3, "f-2", False, ""), False),
+    (StoredObject(3, "random", True, ""), True),  # ...and under SSE there, the size
     (None, False),
 ])
 def test_a_multipart_upload_verifies_on_the_stores_own_checksum(stored, verifies):
