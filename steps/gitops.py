@@ -321,18 +321,22 @@ class _Git:
         self.env = git_environment(remote, environ)
 
     def run(self, *args: str, action: str, stdin: bytes = b"", cwd: Path | None = None,
-            extra_env: Mapping[str, str] | None = None, ok_codes: tuple[int, ...] = (0,)) -> str:
+            ok_codes: tuple[int, ...] = (0,)) -> str:
+        return self.run_raw(*args, action=action, stdin=stdin, cwd=cwd, ok_codes=ok_codes).decode(
+            errors="replace").strip()
+
+    def run_raw(self, *args: str, action: str, stdin: bytes = b"", cwd: Path | None = None,
+                ok_codes: tuple[int, ...] = (0,)) -> bytes:
+        """git's output as bytes (object contents are not text); _GitFailed when it fails."""
         try:
-            done = subprocess.run(
-                ["git", *args], cwd=cwd or self.root, input=stdin, capture_output=True,
-                env={**self.env, **(extra_env or {})}, timeout=GIT_TIMEOUT,
-            )
+            done = subprocess.run(["git", *args], cwd=cwd or self.root, input=stdin, capture_output=True,
+                                  env=self.env, timeout=GIT_TIMEOUT)
         except subprocess.TimeoutExpired:
             raise _GitFailed(action, f"git {args[0]} timed out after {GIT_TIMEOUT:.0f}s") from None
-        out, err = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
         if done.returncode not in ok_codes:
-            raise _GitFailed(action, self.redact(err), self.redact(out))
-        return out.strip()
+            raise _GitFailed(action, self.redact(done.stderr.decode(errors="replace")),
+                             self.redact(done.stdout.decode(errors="replace")))
+        return done.stdout
 
     def run_with_progress(self, *args: str, action: str, cwd: Path | None = None) -> str:
         """A network command whose --progress lines are logged, throttled, as they come."""
@@ -515,8 +519,7 @@ def _attempt(git: _Git, branch: str, change: FolderChange, identity: Identity,
     replacement is re-applied, never rebased (see the module docstring for why).
     """
     base = _sync(git, branch, filters=(trees_above(change), BLOBLESS))
-    for folder in sorted(change.folders) if base else ():
-        _check_parents(git, base, folder)
+    _check_parents(git, base, sorted(change.folders))
     sha, tree, base_tree = _write_commit(git, base, change, identity)
     if tree == base_tree:
         logger.info("%s already holds this content on %s at %s: nothing to commit", change.label, branch, base)
@@ -542,7 +545,8 @@ def _sync(git: _Git, branch: str, filters: tuple[str, ...] = ()) -> str:
         _first_served(git, filters, lambda spec: git.run_with_progress(
             "fetch", "--progress", "--depth", "1", *spec, "--no-tags", "--no-auto-maintenance", "origin",
             f"+refs/heads/{branch}:refs/remotes/origin/{branch}", action="fetch"))
-    _no_lazy_fetch(git)
+    if filters:
+        _no_lazy_fetch(git)
     if not head:
         return ""
     return git.run("rev-parse", "--verify", f"refs/remotes/origin/{branch}^{{commit}}", action="read the head")
@@ -614,11 +618,10 @@ def _write_commit(git: _Git, base: str, change: FolderChange, identity: Identity
     script = fast_import_script(change, identity, base, PUBLISH_REF)
     # --force: the ref is ours and left over from an earlier attempt on another head.
     git.run("fast-import", "--quiet", "--done", "--force", "--date-format=now", stdin=script, action="build the commit")
-    if not base:
-        sha, tree = git.run("rev-parse", PUBLISH_REF, f"{PUBLISH_REF}^{{tree}}", action="read the commit").split()
-        return sha, tree, EMPTY_TREE
-    return tuple(git.run("rev-parse", PUBLISH_REF, f"{PUBLISH_REF}^{{tree}}", f"{base}^{{tree}}",
-                         action="read the commit").split())
+    base_tree = [f"{base}^{{tree}}"] if base else []
+    sha, tree, *before = git.run("rev-parse", PUBLISH_REF, f"{PUBLISH_REF}^{{tree}}", *base_tree,
+                                 action="read the commit").split()
+    return sha, tree, before[0] if before else EMPTY_TREE
 
 
 def fast_import_script(change: FolderChange, identity: Identity, base: str, ref: str) -> bytes:
@@ -649,23 +652,27 @@ def _quoted(path: str) -> bytes:
     return f'"{escaped}"'.encode("utf-8")
 
 
-def _check_parents(git: _Git, base: str, folder: str) -> None:
-    """Refuse a file or symlink where a parent folder of ``folder`` should be.
+def _check_parents(git: _Git, base: str, folders: list[str]) -> None:
+    """Refuse a file or symlink where a parent folder of one of ``folders`` should be.
 
     fast-import would silently replace it with a folder, deleting a file mlferry does not own.
     The check reads the entries of the trees above (the clone has them), never the files.
     """
-    parts = folder.split("/")
-    containers = [f"{base}^{{tree}}"] + [f"{base}:{'/'.join(parts[:i])}" for i in range(1, len(parts) - 1)]
-    trees = _read_objects(git, containers)
-    for depth, container in enumerate(containers):
-        mode = tree_entries(trees[container] or b"").get(parts[depth])
-        if mode is None:
-            return  # the rest of the path does not exist yet: fast-import creates it
-        if mode != "40000":
-            kind = {"120000": "symlink", "160000": "submodule"}.get(mode, "blob")
-            raise GitOpsError(f"{git.remote.display}: {'/'.join(parts[:depth + 1])} is a {kind}, not a folder; "
-                              f"mlferry needs it to be a folder to write {folder}")
+    if not base:
+        return  # a new branch: nothing there yet
+    paths = {folder: folder.split("/") for folder in folders}
+    containers = {folder: [f"{base}^{{tree}}"] + [f"{base}:{'/'.join(parts[:i])}" for i in range(1, len(parts) - 1)]
+                  for folder, parts in paths.items()}
+    trees = _read_objects(git, sorted({name for names in containers.values() for name in names}))
+    for folder, parts in paths.items():
+        for depth, container in enumerate(containers[folder]):
+            mode = tree_entries(trees[container] or b"").get(parts[depth])
+            if mode is None:
+                break  # the rest of the path does not exist yet: fast-import creates it
+            if mode != "40000":
+                kind = {"120000": "symlink", "160000": "submodule"}.get(mode, "blob")
+                raise GitOpsError(f"{git.remote.display}: {'/'.join(parts[:depth + 1])} is a {kind}, not a folder; "
+                                  f"mlferry needs it to be a folder to write {folder}")
 
 
 def tree_entries(raw: bytes) -> dict[str, str]:
@@ -752,14 +759,8 @@ def _read_objects(git: _Git, names: list[str]) -> dict[str, bytes | None]:
     """The content of each object (any name git understands) in one cat-file call; None if absent."""
     if not names:
         return {}
-    try:
-        done = subprocess.run(["git", "cat-file", "--batch"], cwd=git.root, capture_output=True, env=git.env,
-                              input="".join(f"{n}\n" for n in names).encode(), timeout=GIT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        raise _GitFailed("read files", f"git cat-file timed out after {GIT_TIMEOUT:.0f}s") from None
-    if done.returncode != 0:
-        raise _GitFailed("read files", git.redact(done.stderr.decode(errors="replace")))
-    out, pos, contents = done.stdout, 0, {}
+    out = git.run_raw("cat-file", "--batch", stdin="".join(f"{n}\n" for n in names).encode(), action="read files")
+    pos, contents = 0, {}
     for name in names:
         header_end = out.index(b"\n", pos)
         header = out[pos:header_end].split()

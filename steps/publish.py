@@ -39,7 +39,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import Callable, Iterator, Mapping
 
 from hera.workflows import Input, Output
 from s3transfer.utils import ChunksizeAdjuster
@@ -111,9 +111,6 @@ class LargeDigests:
     sha256: str
     crc32_of_parts: str  # CRC32 of the parts' CRC32s: a "COMPOSITE" checksum
     crc32: str  # CRC32 of the whole file: a "FULL_OBJECT" checksum
-
-
-AnyDigests = TypeVar("AnyDigests", Digests, LargeDigests)
 
 
 @as_argo_step
@@ -265,7 +262,8 @@ def copy_file(source: ModelSource, store: ObjectStore, prefix: str, file: Source
         if is_multipart(file.size):
             digests, etag = upload_while_hashing(store, local, key, file)
         else:
-            digests = checked_size(file_digests(local, None), file)
+            digests = file_digests(local, None)
+            check_read(digests.size, file)
             etag = check_put(store.put_file(local, key, digests.sha256, digests.md5), key, digests)
         seconds = time.monotonic() - started
     log.info("uploaded %s (%s, %.1f MB/s)", file.path, _size(digests.size), _rate(digests.size, seconds))
@@ -274,7 +272,8 @@ def copy_file(source: ModelSource, store: ObjectStore, prefix: str, file: Source
 
 def kept_copy(local: Path, file: SourceFile, stored: ListedObject) -> Copied | None:
     """An earlier run's object, kept if it holds exactly this file's bytes (its listed ETag)."""
-    digests = checked_size(file_digests(local, part_size(file.size)), file)
+    digests = file_digests(local, part_size(file.size))
+    check_read(digests.size, file)
     if stored != ListedObject(digests.size, digests.etag):
         return None
     log.info("kept %s (%s): already uploaded with the same bytes", file.path, _size(digests.size))
@@ -290,16 +289,15 @@ def upload_while_hashing(store: ObjectStore, local: Path, key: str,
         hashing = hasher.submit(large_file_digests, local, part)
         store.upload_file(local, key)
         digests = hashing.result()
-    checked_size(digests, file)
+    check_read(digests.size, file)
     return digests, check_multipart(store.head(key), key, digests, lambda: file_digests(local, part).etag)
 
 
-def checked_size(digests: AnyDigests, file: SourceFile) -> AnyDigests:
-    """digests, or PublishError if the file read is not the size the source listed."""
-    if digests.size != file.size:
-        raise PublishError(f"{file.path}: the source listed {file.size} bytes but {digests.size} were read; "
+def check_read(size: int, file: SourceFile) -> None:
+    """PublishError if the bytes read are not as many as the source listed."""
+    if size != file.size:
+        raise PublishError(f"{file.path}: the source listed {file.size} bytes but {size} were read; "
                            "the model changed while publishing, run again")
-    return digests
 
 
 def is_multipart(size: int) -> bool:
@@ -314,44 +312,49 @@ def part_size(size: int) -> int | None:
 
 
 def file_digests(path: Path, part: int | None) -> Digests:
-    """sha256, MD5 and the expected ETag of a file in one read, in chunks so memory stays flat."""
-    whole, md5, part_md5s = hashlib.sha256(), hashlib.md5(usedforsecurity=False), []
-    size, in_part, part_md5 = 0, 0, hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK if part is None else min(HASH_CHUNK, part - in_part)):
-            whole.update(chunk)
-            size += len(chunk)
-            if part is None:
-                md5.update(chunk)
-                continue
-            part_md5.update(chunk)
-            in_part += len(chunk)
-            if in_part == part:
-                part_md5s.append(part_md5.digest())
-                part_md5, in_part = hashlib.md5(usedforsecurity=False), 0
+    """sha256, MD5 and the expected ETag of a file in one read (part: the multipart part size,
+    None for a single PUT)."""
+    whole, size, md5s = hashlib.sha256(), 0, []
+    for number, chunk in _read_parts(path, part):
+        if number == len(md5s):
+            md5s.append(hashlib.md5(usedforsecurity=False))
+        whole.update(chunk)
+        md5s[number].update(chunk)
+        size += len(chunk)
     if part is None:
-        return Digests(size, whole.hexdigest(), md5.hexdigest(), md5.hexdigest())
-    if in_part:
-        part_md5s.append(part_md5.digest())
-    etag = f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}-{len(part_md5s)}"
-    return Digests(size, whole.hexdigest(), "", etag)
+        md5 = (md5s[0] if md5s else hashlib.md5(usedforsecurity=False)).hexdigest()  # an empty file: no chunk
+        return Digests(size, whole.hexdigest(), md5, md5)
+    return Digests(size, whole.hexdigest(), "", multipart_etag([m.digest() for m in md5s]))
 
 
 def large_file_digests(path: Path, part: int) -> LargeDigests:
-    """sha256 and the CRC32s of a large file in one read, in chunks so memory stays flat."""
-    whole, size, crc, part_crcs, part_crc, in_part = hashlib.sha256(), 0, 0, [], 0, 0
+    """sha256 and the CRC32s of a large file in one read."""
+    whole, size, crc, part_crcs = hashlib.sha256(), 0, 0, []
+    for number, chunk in _read_parts(path, part):
+        if number == len(part_crcs):
+            part_crcs.append(0)
+        whole.update(chunk)
+        crc, part_crcs[number] = zlib.crc32(chunk, crc), zlib.crc32(chunk, part_crcs[number])
+        size += len(chunk)
+    crc_of_parts = zlib.crc32(b"".join(c.to_bytes(4, "big") for c in part_crcs))
+    return LargeDigests(size, whole.hexdigest(), _crc32_base64(crc_of_parts), _crc32_base64(crc))
+
+
+def _read_parts(path: Path, part: int | None) -> Iterator[tuple[int, bytes]]:
+    """The file in chunks of at most HASH_CHUNK, so memory stays flat, each with the number of
+    the part it falls in (from 0; all 0 when part is None): no chunk straddles two parts."""
+    number, in_part = 0, 0
     with open(path, "rb") as f:
-        while chunk := f.read(min(HASH_CHUNK, part - in_part)):
-            whole.update(chunk)
-            size += len(chunk)
-            crc, part_crc = zlib.crc32(chunk, crc), zlib.crc32(chunk, part_crc)
+        while chunk := f.read(HASH_CHUNK if part is None else min(HASH_CHUNK, part - in_part)):
+            yield number, chunk
             in_part += len(chunk)
             if in_part == part:
-                part_crcs.append(part_crc.to_bytes(4, "big"))
-                part_crc, in_part = 0, 0
-    if in_part:
-        part_crcs.append(part_crc.to_bytes(4, "big"))
-    return LargeDigests(size, whole.hexdigest(), _crc32_base64(zlib.crc32(b"".join(part_crcs))), _crc32_base64(crc))
+                number, in_part = number + 1, 0
+
+
+def multipart_etag(part_md5s: list[bytes]) -> str:
+    """The ETag S3, MinIO and moto compute for an object assembled from parts with these MD5s."""
+    return f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}-{len(part_md5s)}"
 
 
 def _crc32_base64(crc: int) -> str:

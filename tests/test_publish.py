@@ -447,6 +447,11 @@ def test_the_expected_etag_is_the_md5_of_the_parts_md5s(tmp_path):
                                                          hashlib.md5(b"".join(parts)).hexdigest() + "-3")
     md5 = hashlib.md5(data).hexdigest()
     assert file_digests(tmp_path / "f", None) == Digests(len(data), sha256(data), md5, md5)
+    (tmp_path / "even").write_bytes(data[:2 * part])  # parts end exactly at the end: no empty third part
+    assert file_digests(tmp_path / "even", part).etag == hashlib.md5(b"".join(parts[:2])).hexdigest() + "-2"
+    (tmp_path / "empty").write_bytes(b"")
+    empty = hashlib.md5(b"").hexdigest()
+    assert file_digests(tmp_path / "empty", None) == Digests(0, sha256(b""), empty, empty)
 
 
 # -- large models ----------------------------------------------------------------------------------
