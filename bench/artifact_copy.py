@@ -1,6 +1,6 @@
 """Artifact copy: mlferry's publish against `aws s3 cp --recursive`, same folder, same S3 server.
 
-    .venv/bin/python bench/artifact_copy.py [--rounds 4] [--quick]
+    .venv/bin/python bench/artifact_copy.py [--rounds 5] [--quick]
 
 A ~1 GB model folder (2,000 × 64 KiB files and 3 × 280 MiB ones, random bytes) is generated on
 local disk, then copied into the local stack's S3 server (moto, on 127.0.0.1) by
@@ -14,9 +14,10 @@ local disk, then copied into the local stack's S3 server (moto, on 127.0.0.1) by
   in the bench cache, since awscli pins botocore versions the project's venv may not have).
 
 Both run under bench/measure.py, which reports each command's wall time (process start
-included) and peak RSS. Rounds alternate the order (mlferry first, then aws first, …) and
-the medians are compared. Each copy is deleted before the next one: moto keeps what it
-stores, so a server holding several copies would slow the later ones down.
+included) and peak RSS. An untimed warm-up round (each tool once) comes first; the measured
+rounds then alternate the order (mlferry first, then aws first, …) and the medians are
+compared. Each copy is deleted before the next one: moto keeps what it stores, so a server
+holding several copies would slow the later ones down.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def main() -> int:
     parser.add_argument("--small-kib", type=int, default=64)
     parser.add_argument("--large-files", type=int, default=3)
     parser.add_argument("--large-mib", type=int, default=280)
-    parser.add_argument("--rounds", type=int, default=4, help="each round copies once with each tool")
+    parser.add_argument("--rounds", type=int, default=5, help="each round copies once with each tool")
     parser.add_argument("--quick", action="store_true", help="a tenth of the data, one round (to try the script)")
     args = parser.parse_args()
     if args.quick:
@@ -61,47 +62,19 @@ def main() -> int:
         source = tmp / "model"
         with timed() as gen:
             files, total = generate_model(source, args)
+        os.sync()  # its writeback would otherwise compete with the first copies
         say(f"generated {files} files, {total / MB:.0f} MiB in {source} ({gen['seconds']:.1f} s)")
 
         with local_stack(tmp / "stack") as (stack, env):
-            import boto3
-
-            s3 = boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], region_name="us-east-1")
-            bucket = env["MLFERRY_BUCKET"]
-            moto_pid = stack._state().parts["s3"].pid
-            aws_env = aws_environment(env, tmp)
+            bench = Bench(source, files, total, env, aws_environment(env, tmp), aws,
+                          stack._state().parts["s3"].pid)
+            # One untimed round first: the first copies into a fresh server, right after 1 GB was
+            # written, ran up to 50% slower for whichever tool went first, which skewed the medians.
+            warm_up = [bench.copy(tool, 0) for tool in ("aws", "mlferry")]
             runs: dict[str, list[dict]] = {"mlferry": [], "aws": []}
             for round_no in range(1, args.rounds + 1):
-                order = ["mlferry", "aws"] if round_no % 2 else ["aws", "mlferry"]
-                for tool in order:
-                    if tool == "mlferry":
-                        version = str(round_no)
-                        prefix = f"models/{MODEL}/{version}/"
-                        measured = run_measured([sys.executable, str(BENCH / "publish_child.py"), str(source),
-                                                 MODEL, version], {**env, "PYTHONPATH": str(BENCH.parent)})
-                        child = json.loads(measured.stdout.strip().splitlines()[-1]) if measured.returncode == 0 else {}
-                    else:
-                        prefix = f"{AWS_PREFIX}{round_no}/"
-                        measured = run_measured([str(aws), "s3", "cp", "--recursive", "--only-show-errors",
-                                                 "--endpoint-url", env["MLFLOW_S3_ENDPOINT_URL"], str(source),
-                                                 f"s3://{bucket}/{prefix}"], aws_env)
-                        child = {}
-                    if measured.returncode != 0:
-                        raise RuntimeError(f"{tool} failed ({measured.returncode}):\n{measured.stderr[-3000:]}")
-                    count, size = stored(s3, bucket, prefix)
-                    expected = files + (1 if tool == "mlferry" else 0)  # mlferry adds its manifest
-                    if count != expected or size < total:
-                        raise RuntimeError(f"{tool} stored {count} objects, {size} bytes under {prefix}; "
-                                           f"expected {expected} objects, ≥ {total} bytes")
-                    moto_peak = proc_status_kb(moto_pid, "VmHWM") / 1024
-                    delete_prefix(s3, bucket, prefix)
-                    run = {"round": round_no, "seconds": measured.seconds, "peak_rss_mb": measured.peak_rss_mb,
-                           "objects": count, "bytes": size, "moto_peak_rss_mb": moto_peak, **child}
-                    runs[tool].append(run)
-                    say(f"round {round_no} {tool:7}: {measured.seconds:6.1f} s, "
-                        f"{total / MB / measured.seconds:6.1f} MiB/s, peak RSS {measured.peak_rss_mb:6.1f} MB"
-                        + (f" (own VmHWM {child['vmhwm_kb'] / 1024:.1f} MB, publish_version "
-                           f"{child['publish_seconds']:.1f} s)" if child else ""))
+                for tool in (["mlferry", "aws"] if round_no % 2 else ["aws", "mlferry"]):
+                    runs[tool].append(bench.copy(tool, round_no))
 
     ml_time = median([r["seconds"] for r in runs["mlferry"]])
     aws_time = median([r["seconds"] for r in runs["aws"]])
@@ -112,6 +85,10 @@ def main() -> int:
     report.add(f"wall time, {total / MB:.0f} MiB in {files} files (median of {n})", ml_time, aws_time,
                aws_time / ml_time, "≥ 1.00x (aws/mlferry: mlferry not slower)", aws_time / ml_time >= 1.0,
                unit="s")
+    paired = sorted(a["seconds"] / m["seconds"] for m, a in zip(runs["mlferry"], runs["aws"]))
+    report.add("per-round ratios aws/mlferry (min, median, max)",
+               f"{paired[0]:.2f}x, {median(paired):.2f}x, {paired[-1]:.2f}x", None, None,
+               "the spread: each round's two copies ran back to back", None)
     report.add("throughput (median)", total / MB / ml_time, total / MB / aws_time, None, "", None, unit="MiB/s")
     report.add(f"peak RSS of the copying process (max of {n})", ml_rss, aws_rss, ml_rss / aws_rss,
                "mlferry < 300 MB", ml_rss < 300, unit="MB")
@@ -122,7 +99,7 @@ def main() -> int:
     report.details = {
         "data": {"files": files, "bytes": total, "small_files": args.small_files, "small_kib": args.small_kib,
                  "large_files": args.large_files, "large_mib": args.large_mib, "generate_seconds": gen["seconds"]},
-        "baseline": aws_version, "rounds": n, "runs": runs,
+        "baseline": aws_version, "rounds": n, "runs": runs, "warm_up": warm_up,
         "notes": ["wall time includes each tool's interpreter start; both write to the same moto server, "
                   "one copy at a time, each copy deleted before the next",
                   "mlferry also hashes every file (sha256 and MD5), checks every object's ETag against "
@@ -131,6 +108,48 @@ def main() -> int:
     }
     report.finish()
     return 0
+
+
+class Bench:
+    """One model folder copied into one S3 server by either tool, checked, then deleted."""
+
+    def __init__(self, source: Path, files: int, total: int, env: dict[str, str], aws_env: dict[str, str],
+                 aws: Path, moto_pid: int):
+        import boto3
+
+        self.source, self.files, self.total, self.env, self.aws_env, self.aws = source, files, total, env, aws_env, aws
+        self.moto_pid, self.bucket = moto_pid, env["MLFERRY_BUCKET"]
+        self.s3 = boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], region_name="us-east-1")
+
+    def copy(self, tool: str, round_no: int) -> dict:
+        """One timed copy with tool ("mlferry" or "aws"): its figures, once the copy was checked."""
+        if tool == "mlferry":
+            version = str(round_no + 1)  # versions start at 1; the warm-up is round 0
+            prefix = f"models/{MODEL}/{version}/"
+            measured = run_measured([sys.executable, str(BENCH / "publish_child.py"), str(self.source), MODEL,
+                                     version], {**self.env, "PYTHONPATH": str(BENCH.parent)})
+            child = json.loads(measured.stdout.strip().splitlines()[-1]) if measured.returncode == 0 else {}
+        else:
+            prefix = f"{AWS_PREFIX}{round_no}/"
+            measured = run_measured([str(self.aws), "s3", "cp", "--recursive", "--only-show-errors",
+                                     "--endpoint-url", self.env["MLFLOW_S3_ENDPOINT_URL"], str(self.source),
+                                     f"s3://{self.bucket}/{prefix}"], self.aws_env)
+            child = {}
+        if measured.returncode != 0:
+            raise RuntimeError(f"{tool} failed ({measured.returncode}):\n{measured.stderr[-3000:]}")
+        count, size = stored(self.s3, self.bucket, prefix)
+        expected = self.files + (1 if tool == "mlferry" else 0)  # mlferry adds its manifest
+        if count != expected or size < self.total:
+            raise RuntimeError(f"{tool} stored {count} objects, {size} bytes under {prefix}; "
+                               f"expected {expected} objects, ≥ {self.total} bytes")
+        moto_peak = proc_status_kb(self.moto_pid, "VmHWM") / 1024
+        delete_prefix(self.s3, self.bucket, prefix)
+        say(f"round {round_no or 'warm-up'} {tool:7}: {measured.seconds:6.1f} s, "
+            f"{self.total / MB / measured.seconds:6.1f} MiB/s, peak RSS {measured.peak_rss_mb:6.1f} MB"
+            + (f" (own VmHWM {child['vmhwm_kb'] / 1024:.1f} MB, publish_version "
+               f"{child['publish_seconds']:.1f} s)" if child else ""))
+        return {"round": round_no, "seconds": measured.seconds, "peak_rss_mb": measured.peak_rss_mb,
+                "objects": count, "bytes": size, "moto_peak_rss_mb": moto_peak, **child}
 
 
 def generate_model(root: Path, args) -> tuple[int, int]:

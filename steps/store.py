@@ -32,7 +32,7 @@ TRANSFER = TransferConfig(
     max_concurrency=4,
     use_threads=True,
 )
-SHA256_KEY = "sha256"  # object metadata (x-amz-meta-sha256) that records what was uploaded
+SHA256_KEY = "sha256"  # the manifest's metadata (x-amz-meta-sha256): its digest, as the publish step reports it
 
 
 class StoreError(RuntimeError):
@@ -132,13 +132,13 @@ class ObjectStore:
         """One PUT of a file below the multipart threshold, with its digests (hex) sent along.
 
         Content-MD5 and x-amz-checksum-sha256 make S3 and MinIO refuse a body that arrived
-        different; the receipt's ETag lets the caller check the bytes where a server does not
-        (moto). Passing the sha256 also spares botocore a checksum pass of its own.
+        different, and they keep that sha256 as the object's checksum; the receipt's ETag lets
+        the caller check the bytes where a server does not (moto). Passing the sha256 also
+        spares botocore a checksum pass of its own.
         """
         with self._explained(f"upload {key}"), open(path, "rb") as body:
             answer = self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, Metadata={SHA256_KEY: sha256},
-                ContentMD5=_base64(md5), ChecksumSHA256=_base64(sha256))
+                Bucket=self.bucket, Key=key, Body=body, ContentMD5=_base64(md5), ChecksumSHA256=_base64(sha256))
         echoed = answer.get("ChecksumSHA256", "")
         return PutReceipt(_unquoted(answer.get("ETag", "")), base64.b64decode(echoed).hex() if echoed else "",
                           _encrypted_etag(answer))
