@@ -7,9 +7,10 @@ local disk, then copied into the local stack's S3 server (moto, on 127.0.0.1) by
 
 - mlferry: ``publish_version`` from a ``file:`` source, in its own process, with the object
   store built as the publish step builds it (bench/publish_child.py). It hashes every file
-  (sha256 for the manifest, MD5 for the ETag the store must answer; a large file beside its
-  upload), uploads it, checks the store's ETag (on the PUT's answer for small files, one HEAD
-  per large one), confirms the whole prefix with one listing and writes its manifest last;
+  for the manifest (sha256) and for what the store must answer (a small file's MD5, checked
+  against its PUT's ETag; a large file's CRC32s, computed beside its upload and checked with
+  one HEAD against the CRC32 the store keeps), confirms the whole prefix with one listing and
+  writes its manifest last;
 - the baseline: ``aws s3 cp --recursive`` (awscli 1.x, installed into its own throwaway venv
   in the bench cache, since awscli pins botocore versions the project's venv may not have).
 
@@ -28,6 +29,8 @@ import os
 import random
 import subprocess
 import sys
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,8 +69,7 @@ def main() -> int:
         say(f"generated {files} files, {total / MB:.0f} MiB in {source} ({gen['seconds']:.1f} s)")
 
         with local_stack(tmp / "stack") as (stack, env):
-            bench = Bench(source, files, total, env, aws_environment(env, tmp), aws,
-                          stack._state().parts["s3"].pid)
+            bench = Bench(source, files, total, env, aws_environment(env, tmp), aws, stack._state().parts["s3"].pid)
             # One untimed round first: the first copies into a fresh server, right after 1 GB was
             # written, ran up to 50% slower for whichever tool went first, which skewed the medians.
             warm_up = [bench.copy(tool, 0) for tool in ("aws", "mlferry")]
@@ -102,24 +104,34 @@ def main() -> int:
         "baseline": aws_version, "rounds": n, "runs": runs, "warm_up": warm_up,
         "notes": ["wall time includes each tool's interpreter start; both write to the same moto server, "
                   "one copy at a time, each copy deleted before the next",
-                  "mlferry also hashes every file (sha256 and MD5), checks every object's ETag against "
-                  "the MD5 (the PUT's answer for small files, a HEAD for multipart ones), lists the prefix once "
-                  "to confirm it and writes a manifest; aws s3 cp does none of that"],
+                  "mlferry also hashes every file, checks what the store holds against it (a small file's "
+                  "ETag, a large file's CRC32), lists the prefix once to confirm it and writes a manifest; "
+                  "aws s3 cp does none of that"],
     }
     report.finish()
     return 0
 
 
+@dataclass
 class Bench:
     """One model folder copied into one S3 server by either tool, checked, then deleted."""
+    source: Path
+    files: int
+    total: int  # bytes
+    env: dict[str, str]  # the local stack's
+    aws_env: dict[str, str]
+    aws: Path
+    moto_pid: int
 
-    def __init__(self, source: Path, files: int, total: int, env: dict[str, str], aws_env: dict[str, str],
-                 aws: Path, moto_pid: int):
+    @property
+    def bucket(self) -> str:
+        return self.env["MLFERRY_BUCKET"]
+
+    @cached_property
+    def s3(self):
         import boto3
 
-        self.source, self.files, self.total, self.env, self.aws_env, self.aws = source, files, total, env, aws_env, aws
-        self.moto_pid, self.bucket = moto_pid, env["MLFERRY_BUCKET"]
-        self.s3 = boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], region_name="us-east-1")
+        return boto3.client("s3", endpoint_url=self.env["MLFLOW_S3_ENDPOINT_URL"], region_name="us-east-1")
 
     def copy(self, tool: str, round_no: int) -> dict:
         """One timed copy with tool ("mlferry" or "aws"): its figures, once the copy was checked."""

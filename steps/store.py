@@ -32,7 +32,7 @@ TRANSFER = TransferConfig(
     max_concurrency=4,
     use_threads=True,
 )
-SHA256_KEY = "sha256"  # the manifest's metadata (x-amz-meta-sha256): its digest, as the publish step reports it
+SHA256_KEY = "sha256"  # metadata (x-amz-meta-sha256) put_bytes records: the digest of what it wrote
 
 
 class StoreError(RuntimeError):
