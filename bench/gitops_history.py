@@ -110,9 +110,9 @@ def main() -> int:
 
 
 def promote_once(remote: Path, version: str) -> float:
-    from steps.commit import CommitInput, commit_folder
-    from steps.render import RenderInput, render_folder
-    from steps.settings import load_settings
+    from mlferry.steps.commit import CommitInput, commit_folder
+    from mlferry.steps.render import RenderInput, render_folder
+    from mlferry.steps.settings import load_settings
 
     model, env = PROMOTED
     settings = load_settings(environ={"MLFERRY_GITOPS_REPO": str(remote)})
@@ -127,7 +127,7 @@ def promote_once(remote: Path, version: str) -> float:
 
 
 def read_once(remote: Path) -> float:
-    from steps.gitops import read_snapshot
+    from mlferry.steps.gitops import read_snapshot
 
     with timed() as t:
         snapshot = read_snapshot(str(remote), "main", "teams/ml/")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 def main() -> int:
     source_dir, model, version = sys.argv[1:4]
-    from steps.artifacts import open_source
-    from steps.naming import slugify
-    from steps.publish import publish_version, publishing_store
+    from mlferry.steps.artifacts import open_source
+    from mlferry.steps.naming import slugify
+    from mlferry.steps.publish import publish_version, publishing_store
 
     imported = time.perf_counter()
     store = publishing_store(os.environ["MLFERRY_BUCKET"])  # as steps.publish.publish builds it

@@ -80,7 +80,7 @@ def run(tmp: Path, stack, env: dict[str, str], sizes: list[int], reps: int, seed
     from mlflow import MlflowClient
 
     from mlferry.local import LocalArgo
-    from steps.settings import load_settings
+    from mlferry.steps.settings import load_settings
     from seed_watcher import SeedWatcher
 
     config = tmp / "mlferry.yaml"
@@ -116,8 +116,8 @@ def run(tmp: Path, stack, env: dict[str, str], sizes: list[int], reps: int, seed
                 "unchanged": int(plan.outputs.get("unchanged", -1)), "plan_step_seconds": plan.duration}
 
     def mlferry_plan_in_process() -> dict:
-        from steps import gitops, registry
-        from steps.plan import deployed_state, desired_state, plan_changes
+        from mlferry.steps import gitops, registry
+        from mlferry.steps.plan import deployed_state, desired_state, plan_changes
 
         with timed() as listing:
             models = registry.list_models(registry.client())
@@ -213,10 +213,10 @@ def create_models(client, source: str, indexes: range) -> None:
 
 def publish_referenced(env: dict[str, str], settings, source: str, indexes: range) -> None:
     """What the promotions would have published: each version an alias points at."""
-    from steps.artifacts import open_source
-    from steps.naming import slugify
-    from steps.publish import publish_version
-    from steps.store import ObjectStore
+    from mlferry.steps.artifacts import open_source
+    from mlferry.steps.naming import slugify
+    from mlferry.steps.publish import publish_version
+    from mlferry.steps.store import ObjectStore
 
     store = ObjectStore.from_env(settings.bucket, env, connections=16)
 
@@ -230,9 +230,9 @@ def publish_referenced(env: dict[str, str], settings, source: str, indexes: rang
 
 def sync_gitops(settings, indexes: range) -> None:
     """Every (model, environment) folder as a promotion would render it, in one commit."""
-    from steps import gitops
-    from steps.naming import slugify
-    from steps.render import RenderInput, render_folder
+    from mlferry.steps import gitops
+    from mlferry.steps.naming import slugify
+    from mlferry.steps.render import RenderInput, render_folder
 
     folders = {}
     for i in indexes:

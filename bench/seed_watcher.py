@@ -33,10 +33,10 @@ from urllib.parse import urlsplit
 
 from mlflow import MlflowClient
 
-from steps.layout import model_prefix
-from steps.naming import slugify
-from steps.render import RenderInput, render_folder
-from steps.settings import Settings
+from mlferry.steps.layout import model_prefix
+from mlferry.steps.naming import slugify
+from mlferry.steps.render import RenderInput, render_folder
+from mlferry.steps.settings import Settings
 
 HEADED_FILE = "MLmodel"  # the one object HEADed per model version
 IDENTITY = {"GIT_AUTHOR_NAME": "seed-watcher", "GIT_AUTHOR_EMAIL": "seed@watcher.invalid",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mlferry.stack import DEFAULT_DIR, Stack, StackError
-from steps.settings import SettingsError
+from mlferry.steps.settings import SettingsError
 
 log = logging.getLogger("mlferry")
 
@@ -218,7 +218,7 @@ def _runs_commands(commands) -> None:
 
 
 def _runs_list(args) -> None:
-    from workflows.runs import list_runs
+    from mlferry.engine.runs import list_runs
 
     print(f"{'NAME':<36} {'STATUS':<10} {'STARTED':<20} {'DURATION':>8}  PARAMETERS")
     for run in list_runs(Path(args.stack_dir) / "runs"):
@@ -228,7 +228,7 @@ def _runs_list(args) -> None:
 
 
 def _runs_show(args) -> None:
-    from workflows.runs import load_run
+    from mlferry.engine.runs import load_run
 
     _print_run(load_run(Path(args.stack_dir) / "runs", args.run), logs=not args.no_logs)
 
@@ -258,8 +258,8 @@ def _generate_command(commands) -> None:
 
 
 def _generate(args) -> int:
-    from workflows.bundle import Bundle, load_bundle
-    from workflows.generate import GENERATED_DIR, render_files, stale_diff, write
+    from mlferry.workflows.bundle import Bundle, load_bundle
+    from mlferry.generate import GENERATED_DIR, render_files, stale_diff, write
 
     files = render_files(load_bundle(args.config) if args.config else Bundle())
     if args.check:
@@ -355,11 +355,11 @@ def _operator_view_commands(commands) -> None:
 
 
 def _operator_view_settings(args):
-    from steps.settings import load_settings
+    from mlferry.steps.settings import load_settings
 
     use_local_stack_if_unset(args.stack_dir)
     if not args.verbose:  # progress and retry lines are noise in a report; failures still say one line
-        logging.getLogger("steps.gitops").setLevel(logging.WARNING)
+        logging.getLogger("mlferry.steps.gitops").setLevel(logging.WARNING)
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     return load_settings(args.config)
 

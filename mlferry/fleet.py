@@ -23,11 +23,11 @@ from typing import Iterable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from mlferry.history import FolderEvent, GitOpsHistory, printable, age, format_table
-from steps import gitops, plan, registry
-from steps.layout import MANIFEST_NAME, gitops_folder, model_prefix, parse_gitops_folder
-from steps.naming import slugify
-from steps.settings import Settings, SettingsError
-from steps.store import ObjectStore
+from mlferry.steps import gitops, plan, registry
+from mlferry.steps.layout import MANIFEST_NAME, gitops_folder, model_prefix, parse_gitops_folder
+from mlferry.steps.naming import slugify
+from mlferry.steps.settings import Settings, SettingsError
+from mlferry.steps.store import ObjectStore
 
 # Drift: what disagrees, each with what to do about it.
 VERSION_DIFFERS = "version-differs"  # the registry selects another version than git holds
@@ -168,7 +168,7 @@ def _registry_client():
 
 
 def _list_models(mlflow) -> list[registry.RegisteredModelView]:
-    from steps.mlflow_api import MlflowApiError, MlflowUnreachable
+    from mlferry.steps.mlflow_api import MlflowApiError, MlflowUnreachable
 
     try:
         return registry.list_models(mlflow)

@@ -23,10 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Collection, Iterator, Mapping, Sequence
 
-from steps import gitops
-from steps.trailers import parse_trailer_value
-from steps.layout import parse_gitops_folder
-from steps.naming import slugify
+from mlferry.steps import gitops
+from mlferry.steps.trailers import parse_trailer_value
+from mlferry.steps.layout import parse_gitops_folder
+from mlferry.steps.naming import slugify
 
 GIT_TIMEOUT = gitops.GIT_TIMEOUT
 _RECORD, _FIELD = "\x1e", "\x1f"

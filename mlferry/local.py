@@ -21,13 +21,13 @@ from typing import Callable, Mapping
 
 import yaml
 
-from steps.settings import load_settings
-from workflows import executor, plan as workflow_plan
-from workflows.bundle import Bundle, load_bundle
-from workflows.generate import documents, to_yaml
-from workflows.runs import NodeEvent, RunResult, list_runs, load_run, new_run_dir
-from workflows.submission import ArgumentError, Cluster
-from workflows.tasks import S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
+from mlferry.steps.settings import load_settings
+from mlferry.engine import executor, loader as workflow_plan
+from mlferry.workflows.bundle import Bundle, load_bundle
+from mlferry.generate import documents, to_yaml
+from mlferry.engine.runs import NodeEvent, RunResult, list_runs, load_run, new_run_dir
+from mlferry.engine.submission import ArgumentError, Cluster
+from mlferry.workflows.tasks import S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 

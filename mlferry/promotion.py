@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from mlferry.local import LocalArgo
-from steps.outcome import readable_failure
-from workflows.runs import NodeEvent, RunResult
+from mlferry.steps.outcome import readable_failure
+from mlferry.engine.runs import NodeEvent, RunResult
 
 TEMPLATE = "workflowtemplate/mlferry-promote"
 

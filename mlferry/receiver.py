@@ -41,14 +41,14 @@ from urllib.parse import urlsplit
 
 from mlferry.local import LocalArgo
 from mlferry.promotion import TEMPLATE, PromotionResult, failure_line
-from sensors.objects import EVENT_PARAMETERS, header_path, promotion_workflow
-from steps.event_filter import accept, environment_aliases
-from steps.settings import SettingsError
-from steps.signature import (DELIVERY_ID_HEADER, MAX_AGE_SECONDS, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError,
+from mlferry.sensors.objects import EVENT_PARAMETERS, header_path, promotion_workflow
+from mlferry.steps.event_filter import accept, environment_aliases
+from mlferry.steps.settings import SettingsError
+from mlferry.steps.signature import (DELIVERY_ID_HEADER, MAX_AGE_SECONDS, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError,
                              verify)
-from steps.verify_event import SECRET_ENV
-from workflows.bundle import Bundle
-from workflows.runs import NodeEvent, RunResult, list_runs
+from mlferry.steps.verify_event import SECRET_ENV
+from mlferry.workflows.bundle import Bundle
+from mlferry.engine.runs import NodeEvent, RunResult, list_runs
 
 log = logging.getLogger("mlferry.receiver")
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
-from steps.event_filter import ACTIONS, ENTITY
-from steps.verify_event import SECRET_ENV
+from mlferry.steps.event_filter import ACTIONS, ENTITY
+from mlferry.steps.verify_event import SECRET_ENV
 
 DEFAULT_NAME = "mlferry"
 EVENTS = tuple(f"{ENTITY}.{action}" for action in ACTIONS)  # model_version_alias.created / .deleted

@@ -10,7 +10,7 @@ first task, verify-event, checks them before anything else runs.
 
 Built with hera.events.models where those models match Argo Events; three of them do not (the
 inline webhook context, Backoff's duration and factor, the trigger's resource), and those parts are
-written in the shape the controller reads (see workflows/schema.py, which checks the same shapes).
+written in the shape the controller reads (see mlferry/engine/schema.py, which checks the same shapes).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from hera.events.models.io.k8s.api.core.v1 import SecretKeySelector, ServicePort
 from hera.events.models.io.k8s.apimachinery.pkg.apis.meta.v1 import ObjectMeta
 from hera.workflows import models as wf
 
-from steps.event_filter import ACTIONS, ENTITY, environment_aliases
-from steps.signature import DELIVERY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
-from steps.settings import SettingsError
-from workflows.bundle import Bundle
-from workflows.promote import NAME as PROMOTE_TEMPLATE
+from mlferry.steps.event_filter import ACTIONS, ENTITY, environment_aliases
+from mlferry.steps.signature import DELIVERY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from mlferry.steps.settings import SettingsError
+from mlferry.workflows.bundle import Bundle
+from mlferry.workflows.promote import NAME as PROMOTE_TEMPLATE
 
 API_VERSION = "argoproj.io/v1alpha1"
 EVENT_SOURCE = "mlferry-mlflow"

@@ -25,7 +25,7 @@ from typing import Iterator, Mapping, Protocol
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
-from steps.outcome import TransientError, is_transient
+from mlferry.steps.outcome import TransientError, is_transient
 
 LOCAL_SCHEMES = ("file", "")
 
@@ -198,7 +198,7 @@ class ProxiedSource(RemoteSource):
     """`mlflow-artifacts:/<root>`: files served by the tracking server's artifact proxy."""
 
     def __init__(self, uri: str, environ: Mapping[str, str] | None = None):
-        from steps.mlflow_api import MlflowApi, tracking_uri
+        from mlferry.steps.mlflow_api import MlflowApi, tracking_uri
 
         env = os.environ if environ is None else environ
         parts = urlsplit(uri)
@@ -231,7 +231,7 @@ class S3Source(RemoteSource):
     """`s3://bucket/prefix`: MLflow's artifact store read directly, with the step's S3 settings."""
 
     def __init__(self, uri: str, environ: Mapping[str, str] | None = None):
-        from steps.store import ObjectStore
+        from mlferry.steps.store import ObjectStore
 
         parts = urlsplit(uri)
         self.uri, self.prefix = uri, parts.path.strip("/") + "/"
@@ -243,7 +243,7 @@ class S3Source(RemoteSource):
                 yield SourceFile(check_artifact_path(key), listed.size)
 
     def _download(self, path: str, local: Path) -> None:
-        from steps.store import TRANSFER
+        from mlferry.steps.store import TRANSFER
 
         self.store.client.download_file(self.store.bucket, self.prefix + path, str(local), Config=TRANSFER)
 

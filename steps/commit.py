@@ -31,12 +31,12 @@ from typing import Callable, Mapping
 
 from hera.workflows import Input, Output
 
-from steps.outcome import as_argo_step
-from steps import gitops
-from steps.layout import check_version, parse_gitops_folder
-from steps.trailers import trailer_value
-from steps.naming import slugify
-from steps.settings import SettingsError, load_settings
+from mlferry.steps.outcome import as_argo_step
+from mlferry.steps import gitops
+from mlferry.steps.layout import check_version, parse_gitops_folder
+from mlferry.steps.trailers import trailer_value
+from mlferry.steps.naming import slugify
+from mlferry.steps.settings import SettingsError, load_settings
 
 logger = logging.getLogger(__name__)
 

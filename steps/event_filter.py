@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from steps.settings import Settings
+from mlferry.steps.settings import Settings
 
 ENTITY = "model_version_alias"
 ACTIONS = ("created", "deleted")

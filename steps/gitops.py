@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-from steps.outcome import TransientError
+from mlferry.steps.outcome import TransientError
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from steps.naming import check_environment_name, is_dns_label
+from mlferry.steps.naming import check_environment_name, is_dns_label
 
 MANIFEST_NAME = "mlferry-manifest.json"
 _VERSION = re.compile(r"^[1-9][0-9]{0,9}$")

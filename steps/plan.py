@@ -17,11 +17,11 @@ from typing import Iterable
 import yaml
 from hera.workflows import Input, Output
 
-from steps import gitops, registry
-from steps.layout import parse_gitops_folder
-from steps.naming import slugify
-from steps.outcome import as_argo_step
-from steps.settings import Settings, load_settings
+from mlferry.steps import gitops, registry
+from mlferry.steps.layout import parse_gitops_folder
+from mlferry.steps.naming import slugify
+from mlferry.steps.outcome import as_argo_step
+from mlferry.steps.settings import Settings, load_settings
 
 # libyaml's safe loader when present: ~10x faster, and reconcile parses every folder.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

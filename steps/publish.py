@@ -44,11 +44,11 @@ from typing import Callable, Iterator, Mapping
 from hera.workflows import Input, Output
 from s3transfer.utils import ChunksizeAdjuster
 
-from steps.artifacts import ModelSource, SourceFile, check_artifact_path, open_source
-from steps.layout import MANIFEST_NAME, model_prefix
-from steps.outcome import as_argo_step
-from steps.settings import load_settings
-from steps.store import MB, TRANSFER, ListedObject, ObjectStore, PutReceipt, StoredObject
+from mlferry.steps.artifacts import ModelSource, SourceFile, check_artifact_path, open_source
+from mlferry.steps.layout import MANIFEST_NAME, model_prefix
+from mlferry.steps.outcome import as_argo_step
+from mlferry.steps.settings import load_settings
+from mlferry.steps.store import MB, TRANSFER, ListedObject, ObjectStore, PutReceipt, StoredObject
 
 log = logging.getLogger(__name__)
 

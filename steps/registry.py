@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from steps.mlflow_api import MlflowApi, MlflowApiError
+from mlferry.steps.mlflow_api import MlflowApi, MlflowApiError
 
 # Run tag MLflow sets from the training code's git checkout.
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
@@ -133,7 +133,7 @@ def download_uri(mlflow: MlflowApi, name: str, version: str) -> str:
 
 def read_mlmodel(source_uri: str) -> dict[str, Any]:
     """The version's MLmodel file: flavors and signature."""
-    from steps.artifacts import SourceError, open_source
+    from mlferry.steps.artifacts import SourceError, open_source
 
     try:
         with open_source(source_uri).fetch("MLmodel") as path:

@@ -20,11 +20,11 @@ from typing import Any, Mapping
 import jinja2
 from hera.workflows import Input, Output
 
-from steps.outcome import as_argo_step
-from steps.layout import check_version, gitops_folder, model_uri
-from steps.manifests import KUSTOMIZATION, is_label_value, validate_folder
-from steps.naming import kubernetes_name, slugify
-from steps.settings import Settings, load_settings
+from mlferry.steps.outcome import as_argo_step
+from mlferry.steps.layout import check_version, gitops_folder, model_uri
+from mlferry.steps.manifests import KUSTOMIZATION, is_label_value, validate_folder
+from mlferry.steps.naming import kubernetes_name, slugify
+from mlferry.steps.settings import Settings, load_settings
 
 TEMPLATES = Path(__file__).with_name("templates")
 

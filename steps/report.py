@@ -11,9 +11,9 @@ from typing import Literal
 
 from hera.workflows import Input, Output
 
-from steps import registry
-from steps.outcome import as_argo_step, readable_failures
-from steps.naming import check_environment_name
+from mlferry.steps import registry
+from mlferry.steps.outcome import as_argo_step, readable_failures
+from mlferry.steps.naming import check_environment_name
 
 log = logging.getLogger(__name__)
 Status = Literal["committed", "removed", "failed"]

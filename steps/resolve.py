@@ -7,10 +7,10 @@ from typing import Any
 
 from hera.workflows import Input, Output
 
-from steps import registry
-from steps.outcome import as_argo_step
-from steps.naming import slugify
-from steps.settings import Settings, load_settings
+from mlferry.steps import registry
+from mlferry.steps.outcome import as_argo_step
+from mlferry.steps.naming import slugify
+from mlferry.steps.settings import Settings, load_settings
 
 
 class ResolveInput(Input):

@@ -8,12 +8,12 @@ the serving objects. Nothing happens when prune is off in the settings.
 
 from hera.workflows import Input, Output
 
-from steps import gitops
-from steps.trailers import trailer_value
-from steps.layout import gitops_folder, parse_gitops_folder
-from steps.naming import slugify
-from steps.outcome import as_argo_step
-from steps.settings import SettingsError, load_settings
+from mlferry.steps import gitops
+from mlferry.steps.trailers import trailer_value
+from mlferry.steps.layout import gitops_folder, parse_gitops_folder
+from mlferry.steps.naming import slugify
+from mlferry.steps.outcome import as_argo_step
+from mlferry.steps.settings import SettingsError, load_settings
 
 
 class RetireInput(Input):

@@ -18,8 +18,8 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from steps import __version__
-from steps.naming import check_environment_name, is_dns_label
+from mlferry import __version__
+from mlferry.steps.naming import check_environment_name, is_dns_label
 
 Runtime = Literal["deployment", "kserve"]
 

@@ -21,7 +21,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
-from steps.outcome import TransientError, is_transient
+from mlferry.steps.outcome import TransientError, is_transient
 
 MB = 1024 * 1024
 # Bounded memory per file: s3transfer reads parts lazily from the file, at most

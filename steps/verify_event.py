@@ -17,10 +17,10 @@ from typing import Any
 
 from hera.workflows import Input, Output
 
-from steps.event_filter import accept
-from steps.signature import SignatureError, canonical_body, verify
-from steps.outcome import as_argo_step
-from steps.settings import Settings, load_settings
+from mlferry.steps.event_filter import accept
+from mlferry.steps.signature import SignatureError, canonical_body, verify
+from mlferry.steps.outcome import as_argo_step
+from mlferry.steps.settings import Settings, load_settings
 
 SECRET_ENV = "MLFERRY_WEBHOOK_SECRET"
 

@@ -3,7 +3,7 @@
 Each chart is linted (`helm lint --strict`) and rendered (`helm template`) with its default
 values and with its full example (charts/*/examples/full-values.yaml). Every rendered object is
 validated against a strict schema: core kinds with kubernetes-validate (steps.manifests), Argo
-kinds with the schemas Hera's models give (workflows.schema), Argo CD and Istio kinds with the
+kinds with the schemas Hera's models give (mlferry.engine.schema), Argo CD and Istio kinds with the
 CRD schemas vendored in tests/schemas. Then what the schemas cannot say: the Argo objects are
 `mlferry generate`'s, the RBAC is least privilege, the NetworkPolicies admit exactly the
 intended (namespace, port) pairs, no object carries a credential, and the Dockerfiles build
@@ -27,14 +27,14 @@ import yaml
 
 import mlferry
 from mlferry.tools import ensure_helm
-from steps.manifests import parse_documents, validate_manifest
-from steps.render import SERVING_PORT
-from steps.settings import EnvironmentSettings, Resources, Settings
-from workflows.bundle import Bundle
-from workflows.generate import GENERATED_DIR, render_files
-from workflows.schema import KINDS as ARGO_KINDS
-from workflows.schema import validate_argo
-from workflows.tasks import S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
+from mlferry.steps.manifests import parse_documents, validate_manifest
+from mlferry.steps.render import SERVING_PORT
+from mlferry.steps.settings import EnvironmentSettings, Resources, Settings
+from mlferry.workflows.bundle import Bundle
+from mlferry.generate import GENERATED_DIR, render_files
+from mlferry.engine.schema import KINDS as ARGO_KINDS
+from mlferry.engine.schema import validate_argo
+from mlferry.workflows.tasks import S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 CHARTS = ROOT / "charts"

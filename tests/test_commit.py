@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from steps import gitops
-from steps.commit import (
+from mlferry.steps import gitops
+from mlferry.steps.commit import (
     Commit,
     CommitInput,
     CommitRefused,
@@ -25,8 +25,8 @@ from steps.commit import (
     commit_folder,
     commit_message,
 )
-from steps.naming import slugify
-from steps.trailers import parse_trailer_value, trailer_value
+from mlferry.steps.naming import slugify
+from mlferry.steps.trailers import parse_trailer_value, trailer_value
 
 FAST = gitops.RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.05)
 FOLDER = "teams/ml/demo/staging"
@@ -292,7 +292,7 @@ def test_a_server_serving_only_blobless_clones_gets_one(tmp_path: Path, caplog) 
     # falls back to every tree and no file.
     remote = make_remote(tmp_path, {**BESIDE, f"{FOLDER}/deployment.yaml": "version: 2\n"}, filters=True)
     git("--git-dir", str(remote), "config", "uploadpackfilter.tree.maxDepth", "0")
-    with caplog.at_level(logging.INFO, logger="steps.gitops"):
+    with caplog.at_level(logging.INFO, logger="mlferry.steps.gitops"):
         result = commit_folder(promotion(), str(remote), "main", workdir=tmp_path / "work")
 
     assert result.changed and in_folder(remote) == promotion().files
@@ -315,7 +315,7 @@ def test_the_git_adapter_takes_any_file_name_literally(tmp_path: Path) -> None:
 
 def test_a_server_refusing_filters_gets_a_full_clone_and_the_log_says_why(tmp_path: Path, caplog) -> None:
     remote = make_remote(tmp_path, OUTSIDE, filters=False)
-    with caplog.at_level(logging.INFO, logger="steps.gitops"):
+    with caplog.at_level(logging.INFO, logger="mlferry.steps.gitops"):
         result = commit_folder(promotion(), str(remote), "main", workdir=tmp_path / "work")
 
     assert result.changed and in_folder(remote) == promotion().files
@@ -325,7 +325,7 @@ def test_a_server_refusing_filters_gets_a_full_clone_and_the_log_says_why(tmp_pa
 
 def test_long_transfers_log_git_progress(remote: Path, caplog, monkeypatch) -> None:
     monkeypatch.setattr(gitops, "PROGRESS_INTERVAL", 0.0)  # every transfer counts as long
-    with caplog.at_level(logging.INFO, logger="steps.gitops"):
+    with caplog.at_level(logging.INFO, logger="mlferry.steps.gitops"):
         commit_folder(promotion(), str(remote), "main")
     assert any("objects" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
 
@@ -509,7 +509,7 @@ def test_hera_runner_calls_the_step_unchanged(remote: Path, tmp_path: Path) -> N
                                 for k, v in inputs.items()]))
     env = {**os.environ, "MLFERRY_GITOPS_REPO": str(remote), "MLFERRY_TEAM": "ml",
            "hera__outputs_directory": str(tmp_path / "out")}
-    done = subprocess.run([sys.executable, "-m", "hera.workflows.runner", "-e", "steps.commit:commit", str(args)],
+    done = subprocess.run([sys.executable, "-m", "hera.workflows.runner", "-e", "mlferry.steps.commit:commit", str(args)],
                           cwd=tmp_path, env=env, capture_output=True, text=True)
 
     assert done.returncode == 0, done.stderr
@@ -559,7 +559,7 @@ def test_the_message_has_subject_body_and_trailers() -> None:
 
 def test_a_missing_remote_fails_at_once_with_one_clear_line(tmp_path: Path, caplog) -> None:
     missing = tmp_path / "nowhere.git"
-    with caplog.at_level(logging.WARNING, logger="steps.gitops"):
+    with caplog.at_level(logging.WARNING, logger="mlferry.steps.gitops"):
         with pytest.raises(gitops.GitOpsError) as raised:
             commit_folder(promotion(), str(missing), "main", retry=FAST)
     message = str(raised.value)
@@ -577,7 +577,7 @@ def free_port() -> int:
 
 def test_an_unreachable_remote_fails_after_bounded_retries(caplog) -> None:
     url = f"https://user:{TOKEN}@127.0.0.1:{free_port()}/team/gitops.git"
-    with caplog.at_level(logging.WARNING, logger="steps.gitops"):
+    with caplog.at_level(logging.WARNING, logger="mlferry.steps.gitops"):
         with pytest.raises(gitops.GitOpsError) as raised:
             commit_folder(promotion(), url, "main", retry=FAST, environ={"MLFERRY_GIT_TOKEN": TOKEN})
     message = str(raised.value)

@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from steps.naming import slugify
+from mlferry.steps.naming import slugify
 from tests.conftest import git_log
 from tests.model_copies import add_version, register_copies
 from tests.test_receiver import mlferry, receiver, webhook_name  # noqa: F401 (fixtures)
-from workflows.bundle import Bundle
-from workflows.runs import list_runs
+from mlferry.workflows.bundle import Bundle
+from mlferry.engine.runs import list_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = 30

@@ -19,14 +19,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from steps import signature
-from steps.event_filter import accept
-from sensors.objects import EVENT_PARAMETERS, event_source, promotion_workflow, sensor
-from steps.signature import SignatureError, canonical_body, verify
-from steps.settings import Settings
-from steps.verify_event import EventRejected, VerifyEventInput, verified_event
-from workflows.bundle import Bundle
-from workflows.schema import ArgoValidationError, validate_argo
+from mlferry.steps import signature
+from mlferry.steps.event_filter import accept
+from mlferry.sensors.objects import EVENT_PARAMETERS, event_source, promotion_workflow, sensor
+from mlferry.steps.signature import SignatureError, canonical_body, verify
+from mlferry.steps.settings import Settings
+from mlferry.steps.verify_event import EventRejected, VerifyEventInput, verified_event
+from mlferry.workflows.bundle import Bundle
+from mlferry.engine.schema import ArgoValidationError, validate_argo
 
 SECRET = "whsec-tëst"
 SETTINGS = Settings(environments={
@@ -374,7 +374,7 @@ def run_verify_event(tmp_path: Path, inputs: dict[str, str], secret: str = SECRE
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFERRY_")}
     env.update(hera__outputs_directory=str(outputs), MLFERRY_WEBHOOK_SECRET=secret,
                MLFERRY_SETTINGS=BUNDLE.settings_yaml())
-    done = subprocess.run([sys.executable, "-m", "hera.workflows.runner", "-e", "steps.verify_event:verify_event",
+    done = subprocess.run([sys.executable, "-m", "hera.workflows.runner", "-e", "mlferry.steps.verify_event:verify_event",
                            str(args)], cwd=tmp_path, env=env, capture_output=True, text=True)
     return done, outputs / "parameters"
 
@@ -457,9 +457,9 @@ def test_heras_nested_webhook_context_is_rejected() -> None:
 
 
 def test_the_submitted_workflow_fits_the_promote_template() -> None:
-    from workflows import plan
-    from workflows.promote import EVENT_PARAMETERS as TEMPLATE_EVENT_PARAMETERS
-    from workflows.promote import promote_template
+    from mlferry.engine import loader as plan
+    from mlferry.workflows.promote import EVENT_PARAMETERS as TEMPLATE_EVENT_PARAMETERS
+    from mlferry.workflows.promote import promote_template
 
     template = promote_template(BUNDLE).to_dict()
     declared = {p["name"] for p in template["spec"]["arguments"]["parameters"]}

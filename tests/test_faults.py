@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from steps import gitops
-from steps.artifacts import open_source
-from steps.layout import MANIFEST_NAME
-from steps.outcome import TRANSIENT_EXIT, TransientError
-from steps.publish import publish_version
-from steps.store import ObjectStore, s3_client
+from mlferry.steps import gitops
+from mlferry.steps.artifacts import open_source
+from mlferry.steps.layout import MANIFEST_NAME
+from mlferry.steps.outcome import TRANSIENT_EXIT, TransientError
+from mlferry.steps.publish import publish_version
+from mlferry.steps.store import ObjectStore, s3_client
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,14 +134,14 @@ def test_a_registry_answering_5xx_fails_the_step_as_transient_within_bounds(tmp_
                                 {"name": "alias", "value": ""}, {"name": "stage", "value": ""},
                                 {"name": "env", "value": "production"}]))
     # The retry settings the WorkflowTemplate gives every step (workflows/tasks.py).
-    from workflows.bundle import Bundle
-    from workflows.tasks import step_env
+    from mlferry.workflows.bundle import Bundle
+    from mlferry.workflows.tasks import step_env
 
     template_env = {e.name: e.value for e in step_env(Bundle()) if getattr(e, "value", None)}
     env = {**os.environ, **template_env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{server.server_port}",
            "hera__outputs_directory": str(tmp_path / "out"), "PYTHONPATH": str(ROOT)}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "hera.workflows.runner", "-e", "steps.resolve:resolve", str(args)],
+    done = subprocess.run([sys.executable, "-m", "hera.workflows.runner", "-e", "mlferry.steps.resolve:resolve", str(args)],
                           capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     took = time.monotonic() - started
     server.shutdown()
@@ -190,7 +190,7 @@ def test_a_full_work_disk_is_one_clear_error(registered_model, s3, tmp_path, mon
     """The step stages each artifact on its work disk: a 1 MiB tmpfs stands in for a full one."""
     import tempfile
 
-    from steps.registry import client, download_uri
+    from mlferry.steps.registry import client, download_uri
 
     name, version = registered_model(extra_files={"weights.bin": os.urandom(3 << 20)})
     tiny = tmp_path / "tiny"
@@ -199,7 +199,7 @@ def test_a_full_work_disk_is_one_clear_error(registered_model, s3, tmp_path, mon
     assert mounted.returncode == 0, f"this test mounts a 1 MiB tmpfs and needs root: {mounted.stderr!r}"
     try:
         monkeypatch.setattr(tempfile, "tempdir", str(tiny))
-        from steps.artifacts import SourceError
+        from mlferry.steps.artifacts import SourceError
 
         # Files are staged concurrently: weights.bin fills the disk, and whichever file asks for
         # space next (weights.bin or a small one beside it) is the one the error names.

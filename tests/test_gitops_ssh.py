@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from steps import gitops
-from steps.commit import CommitInput, commit_folder
+from mlferry.steps import gitops
+from mlferry.steps.commit import CommitInput, commit_folder
 
 SSHD = "/usr/sbin/sshd"  # sshd re-executes itself and insists on an absolute path
 FAST = gitops.RetryPolicy(attempts=2, base_delay=0.01)
@@ -205,7 +205,7 @@ def test_the_workflow_template_carries_the_ssh_secret_to_the_commit_step(sshd, s
     """End to end through the generated YAML, with the Secrets given as Secret objects: the key
     reaches the commit step only through the template's secretKeyRef, as on a cluster."""
     from mlferry.local import LocalArgo
-    from workflows.submission import Cluster
+    from mlferry.engine.submission import Cluster
 
     url, repo, _ = ssh_remote
     name, version = registered_model(alias="production")

@@ -14,9 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from steps import registry
-from steps.mlflow_api import MlflowApi, MlflowApiError
-from steps.resolve import ResolveInput, resolve
+from mlferry.steps import registry
+from mlferry.steps.mlflow_api import MlflowApi, MlflowApiError
+from mlferry.steps.resolve import ResolveInput, resolve
 
 TOKEN = "mlf-tok-5b1e0c9d7a"
 USER, PASSWORD = "ferry", "pw-2c81f4d6"

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from steps.layout import gitops_folder, model_prefix, parse_gitops_folder
-from steps.naming import MAX_NAME_LENGTH, is_slug, kubernetes_name, slugify
+from mlferry.steps.layout import gitops_folder, model_prefix, parse_gitops_folder
+from mlferry.steps.naming import MAX_NAME_LENGTH, is_slug, kubernetes_name, slugify
 
 NAMES = st.one_of(
     st.text(min_size=1, max_size=300).filter(str.strip),

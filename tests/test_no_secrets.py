@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workflows.generate import GENERATED_DIR
+from mlferry.generate import GENERATED_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANTED_TOKEN = "ghp_plantedTestToken0123456789abcdefXYZ"

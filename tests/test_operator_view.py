@@ -10,9 +10,9 @@ import pytest
 from mlflow import MlflowClient
 
 from mlferry.cli import main
-from steps import gitops
-from steps.naming import slugify
-from steps.retire import retirement
+from mlferry.steps import gitops
+from mlferry.steps.naming import slugify
+from mlferry.steps.retire import retirement
 from tests.conftest import git_log
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,7 +170,7 @@ def test_errors_are_one_line_saying_what_to_do(cli, gitops_remote, tmp_path, sta
 
 def test_history_tells_a_hand_edit_from_a_removal(gitops_remote):
     from mlferry.history import model_history
-    from steps.commit import CommitInput, commit_message
+    from mlferry.steps.commit import CommitInput, commit_message
 
     folder = "teams/ml/fraud/staging"
     promoted = CommitInput(model="fraud", version="7", env="staging", folder=folder, run_id="promote-x7k2p",

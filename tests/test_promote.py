@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from mlflow import MlflowClient
 
-from steps.naming import slugify
+from mlferry.steps.naming import slugify
 from tests.conftest import git_log
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from mlferry.stack import ARTIFACTS_BUCKET
-from steps import artifacts, store as store_module
-from steps.artifacts import ProxiedSource, SourceError, SourceFile, check_artifact_path, entry_path, open_source
-from steps.layout import MANIFEST_NAME, model_prefix
-from steps.naming import slugify
-from steps.publish import (MANIFEST_FORMAT, Digests, LargeDigests, Publication, PublishError, PublishInput,
+from mlferry.steps import artifacts, store as store_module
+from mlferry.steps.artifacts import ProxiedSource, SourceError, SourceFile, check_artifact_path, entry_path, open_source
+from mlferry.steps.layout import MANIFEST_NAME, model_prefix
+from mlferry.steps.naming import slugify
+from mlferry.steps.publish import (MANIFEST_FORMAT, Digests, LargeDigests, Publication, PublishError, PublishInput,
                            check_multipart, check_put, file_digests, large_file_digests, publish, publish_version)
-from steps.store import ObjectStore, PutReceipt, StoredObject, StoreError, public_endpoint
+from mlferry.steps.store import ObjectStore, PutReceipt, StoredObject, StoreError, public_endpoint
 
 BUCKET = "mlferry"
 REPO = Path(__file__).resolve().parents[1]
@@ -272,7 +272,7 @@ def test_an_unreachable_store_is_a_transient_failure(tmp_path):
     import boto3
     from botocore.config import Config
 
-    from steps.outcome import is_transient
+    from mlferry.steps.outcome import is_transient
 
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
@@ -465,7 +465,7 @@ RSS_LIMIT_MB = 300
 RUN_PUBLISH = """
 import json, logging, resource, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
-from steps.publish import PublishInput, publish
+from mlferry.steps.publish import PublishInput, publish
 uri, model, version, slug = sys.argv[1:]
 result = publish(PublishInput(model=model, version=version, slug=slug, source_uri=uri))
 hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))

@@ -27,11 +27,11 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 from mlferry import webhooks
 from mlferry.local import LocalArgo
 from mlferry.receiver import MAX_BODY_BYTES, Receiver, sensor_parameters
-from sensors.objects import sensor
-from steps.naming import slugify
-from steps.settings import Settings
+from mlferry.sensors.objects import sensor
+from mlferry.steps.naming import slugify
+from mlferry.steps.settings import Settings
 from tests.conftest import git_log
-from workflows.bundle import Bundle
+from mlferry.workflows.bundle import Bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMIT_WITHIN = 60.0  # seconds from the alias move to the commit on the GitOps remote (~5 s when idle)

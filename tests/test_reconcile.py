@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from steps.gitops import Snapshot
-from steps.naming import slugify
-from steps.plan import Deployed, deployed_state, desired_state, plan_changes
-from steps.registry import RegisteredModelView
-from steps.settings import load_settings
+from mlferry.steps.gitops import Snapshot
+from mlferry.steps.naming import slugify
+from mlferry.steps.plan import Deployed, deployed_state, desired_state, plan_changes
+from mlferry.steps.registry import RegisteredModelView
+from mlferry.steps.settings import load_settings
 from tests.conftest import git_log
 
 ROOT = Path(__file__).resolve().parent.parent

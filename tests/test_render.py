@@ -13,11 +13,11 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, assume, given, settings as hypothesis_settings, strategies as st
 
-from steps import __version__
-from steps.manifests import ManifestError, validate_documents, validate_folder, validate_manifest
-from steps.naming import slugify
-from steps.render import MAX_DESCRIPTION, RenderInput, folder_digest, render_folder
-from steps.settings import EnvironmentSettings, Resources, SettingsError, Settings
+from mlferry import __version__
+from mlferry.steps.manifests import ManifestError, validate_documents, validate_folder, validate_manifest
+from mlferry.steps.naming import slugify
+from mlferry.steps.render import MAX_DESCRIPTION, RenderInput, folder_digest, render_folder
+from mlferry.steps.settings import EnvironmentSettings, Resources, SettingsError, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = "0123456789abcdef0123456789abcdef"
@@ -205,7 +205,7 @@ def test_credentials_are_only_ever_secret_references(runtime, monkeypatch, tmp_p
     monkeypatch.chdir(tmp_path)  # no mlferry.yaml from the working directory
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFERRYEXAMPLE0001")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_VALUE)
-    from steps.render import render
+    from mlferry.steps.render import render
 
     monkeypatch.setenv("MLFERRY_RUNTIME", runtime)
     rendered = render(make_input())
@@ -423,7 +423,7 @@ def test_an_unknown_runtime_names_the_supported_ones(monkeypatch, tmp_path):
         render_folder(make_input(), make_settings().model_copy(update={"runtime": "knative"}))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFERRY_RUNTIME", "knative")
-    from steps.render import render
+    from mlferry.steps.render import render
 
     with pytest.raises(SettingsError, match="runtime"):
         render(make_input())
@@ -452,7 +452,7 @@ def test_hera_runner_writes_the_rendered_folder_as_output_parameters(tmp_path):
     (tmp_path / "args.json").write_text(json.dumps(args))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFERRY_", "MLFLOW_"))}
     env.update(PYTHONPATH=str(ROOT), hera__outputs_directory=str(tmp_path / "out"), MLFERRY_TEAM="fraud")
-    subprocess.run([sys.executable, "-m", "hera.workflows.runner", "-e", "steps.render:render", "args.json"],
+    subprocess.run([sys.executable, "-m", "hera.workflows.runner", "-e", "mlferry.steps.render:render", "args.json"],
                    cwd=tmp_path, env=env, check=True, capture_output=True, text=True)
     outputs = tmp_path / "out" / "parameters"
     files = json.loads((outputs / "files").read_text())

@@ -7,10 +7,10 @@ from datetime import datetime, timezone
 import pytest
 from mlflow import MlflowClient
 
-from steps import registry
-from steps.report import ReportInput, outcome_tags, report
-from steps.resolve import ResolveInput, resolve
-from steps.settings import SettingsError
+from mlferry.steps import registry
+from mlferry.steps.report import ReportInput, outcome_tags, report
+from mlferry.steps.resolve import ResolveInput, resolve
+from mlferry.steps.settings import SettingsError
 
 
 def test_resolve_by_alias_returns_what_later_steps_need(registered_model):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from steps.settings import SettingsError, load_settings
+from mlferry.steps.settings import SettingsError, load_settings
 
 
 def test_sources_in_order_of_strength(tmp_path):

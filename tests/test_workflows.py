@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflows.bundle import Bundle
-from workflows.generate import GENERATED_DIR, documents
-from workflows.plan import PlanError, load
-from workflows.schema import ArgoValidationError, validate_argo
+from mlferry.workflows.bundle import Bundle
+from mlferry.generate import GENERATED_DIR, documents
+from mlferry.engine.loader import PlanError, load
+from mlferry.engine.schema import ArgoValidationError, validate_argo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +29,7 @@ def test_checked_in_yaml_is_what_the_code_generates():
 
 
 def test_check_reports_a_stale_file_with_a_diff(tmp_path):
-    from workflows.generate import render_files, stale_diff, write
+    from mlferry.generate import render_files, stale_diff, write
 
     files = render_files(Bundle())
     write(files, tmp_path)

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlferry import __version__
-from steps.settings import Settings, SettingsError, load_settings
+from mlferry.steps.settings import Settings, SettingsError, load_settings
 
 
 class SecretNames(BaseModel):

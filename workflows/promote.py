@@ -24,15 +24,15 @@ from hera.workflows.models import (
 )
 from hera.workflows.models import Parameter as ModelParameter
 
-from steps.commit import commit
-from steps.publish import publish
-from steps.render import render
-from steps.report import report
-from steps.resolve import resolve
-from steps.retire import retire
-from steps.verify_event import SECRET_ENV, verify_event
-from workflows.bundle import Bundle
-from workflows.tasks import gitops_lock, out, step_script, wf, workflow_settings
+from mlferry.steps.commit import commit
+from mlferry.steps.publish import publish
+from mlferry.steps.render import render
+from mlferry.steps.report import report
+from mlferry.steps.resolve import resolve
+from mlferry.steps.retire import retire
+from mlferry.steps.verify_event import SECRET_ENV, verify_event
+from mlferry.workflows.bundle import Bundle
+from mlferry.workflows.tasks import gitops_lock, out, step_script, wf, workflow_settings
 
 NAME = "mlferry-promote"
 ENTRYPOINT = "promote"

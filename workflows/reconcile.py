@@ -11,11 +11,11 @@ same DAG as `mlferry-promote` (workflows/promote.py), so both paths render and c
 from hera.workflows import DAG, CronWorkflow, Parameter, Task, WorkflowTemplate
 from hera.workflows.models import WorkflowTemplateRef
 
-from steps.plan import plan
-from steps.retire import retire
-from workflows.bundle import Bundle
-from workflows.promote import StepTemplates, promotion_tasks
-from workflows.tasks import gitops_lock, inp, out, step_script, wf, workflow_settings
+from mlferry.steps.plan import plan
+from mlferry.steps.retire import retire
+from mlferry.workflows.bundle import Bundle
+from mlferry.workflows.promote import StepTemplates, promotion_tasks
+from mlferry.workflows.tasks import gitops_lock, inp, out, step_script, wf, workflow_settings
 
 NAME = "mlferry-reconcile"
 ENTRYPOINT = "reconcile"

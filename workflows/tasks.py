@@ -19,10 +19,10 @@ from hera.workflows.models import (
     Synchronization,
 )
 
-from steps.outcome import TRANSIENT_EXIT
-from workflows.bundle import Bundle
+from mlferry.steps.outcome import TRANSIENT_EXIT
+from mlferry.workflows.bundle import Bundle
 
-# ConfigMap keys the bundle's chart writes; see workflows.generate.config_map.
+# ConfigMap keys the bundle chart writes (charts/mlferry/templates: the settings ConfigMap).
 SETTINGS_KEY = "settings.yaml"
 TRACKING_URI_KEY = "MLFLOW_TRACKING_URI"
 S3_ENDPOINT_KEY = "MLFLOW_S3_ENDPOINT_URL"

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from steps.schemas.vendor_kserve import strict  # the same closing rule for every vendored schema
+from mlferry.steps.schemas.vendor_kserve import strict  # the same closing rule for every vendored schema
 
 HERE = Path(__file__).resolve().parent
 

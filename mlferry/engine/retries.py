@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
-from workflows.expressions import ExpressionError, evaluate
-from workflows.plan import parse_duration
-from workflows.runs import ERROR, FAILED
+from mlferry.engine.expressions import ExpressionError, evaluate
+from mlferry.engine.loader import parse_duration
+from mlferry.engine.runs import ERROR, FAILED
 
 log = logging.getLogger(__name__)
 

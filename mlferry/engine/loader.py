@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from workflows.expressions import (
+from mlferry.engine.expressions import (
     ExpressionError,
     check_when,
     expression_variables,

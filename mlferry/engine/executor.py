@@ -4,13 +4,13 @@
     result = run(plan, {"model": "wine", "version": "3", "env": "staging"},
                  run_dir=new_run_dir(".mlferry/runs", plan.generate_name), on_event=print)
 
-Each script or container template runs as a local process (workflows.pods); DAG and steps
+Each script or container template runs as a local process (engine.pods); DAG and steps
 templates are scheduled here with Argo's rules: `depends` and its task results, `when`, fan-out
-with `withItems`/`withParam`, `parallelism`, `retryStrategy` (workflows.retries), deadlines,
-mutexes and semaphores (workflows.synchronization), template outputs and the exit handler.
-Parameters, ConfigMaps and Secrets are checked before anything runs (workflows.submission);
-what is not implemented was refused when the plan was loaded (workflows.plan); each run leaves
-a record (workflows.runs).
+with `withItems`/`withParam`, `parallelism`, `retryStrategy` (engine.retries), deadlines,
+mutexes and semaphores (engine.synchronization), template outputs and the exit handler.
+Parameters, ConfigMaps and Secrets are checked before anything runs (engine.submission);
+what is not implemented was refused when the plan was loaded (engine.loader); each run leaves
+a record (engine.runs).
 
 Threads: each running task or step has a thread; a DAG or steps template waits in its own thread
 for its children, so nesting needs no pool sizing. `on_event` is called from those threads, one
@@ -36,7 +36,7 @@ from pathlib import Path
 from queue import Queue
 from typing import Any, Callable, Iterator, Mapping
 
-from workflows.expressions import (
+from mlferry.engine.expressions import (
     ExpressionError,
     Unresolved,
     evaluate_when,
@@ -45,10 +45,10 @@ from workflows.expressions import (
     substitute_all,
     tags,
 )
-from workflows.plan import LEAF_TYPES, Plan, container_outputs_dir, load
-from workflows.pods import Pod, Stop, run_pod
-from workflows.retries import next_retry
-from workflows.runs import (
+from mlferry.engine.loader import LEAF_TYPES, Plan, container_outputs_dir, load
+from mlferry.engine.pods import Pod, Stop, run_pod
+from mlferry.engine.retries import next_retry
+from mlferry.engine.runs import (
     ERROR,
     FAILED,
     OMITTED,
@@ -65,8 +65,8 @@ from workflows.runs import (
     now,
     write_record,
 )
-from workflows.submission import ArgumentError, Cluster, check_environment, workflow_arguments
-from workflows.synchronization import Interrupted, Lock, default_lock_dir, holding
+from mlferry.engine.submission import ArgumentError, Cluster, check_environment, workflow_arguments
+from mlferry.engine.synchronization import Interrupted, Lock, default_lock_dir, holding
 
 __all__ = ["ArgumentError", "Cluster", "NodeEvent", "RunResult", "TaskRecord", "load", "run", "list_runs",
            "load_run", "new_run_dir", "next_retry"]

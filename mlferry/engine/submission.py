@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
-from workflows.expressions import tags
-from workflows.plan import Plan, WorkflowParameter
+from mlferry.engine.expressions import tags
+from mlferry.engine.loader import Plan, WorkflowParameter
 
 
 class ArgumentError(ValueError):

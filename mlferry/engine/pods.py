@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Mapping
 
-from workflows.runs import ERROR, FAILED, SUCCEEDED
+from mlferry.engine.runs import ERROR, FAILED, SUCCEEDED
 
 MAX_RESULT_BYTES = 256 * 1024
 MESSAGE_LINES = 5

@@ -1,0 +1,36 @@
+"""The product installs under one import name, `mlferry`: nothing generic in site-packages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    # -I: no cwd, no PYTHON* variables; only what the venv installed is importable.
+    return subprocess.run([sys.executable, "-I", "-c", code], cwd=cwd, capture_output=True, text=True)
+
+
+def test_installed_names_are_under_mlferry_only(tmp_path):
+    for generic in ("steps", "workflows", "sensors", "engine"):
+        done = _python(f"import {generic}", tmp_path)
+        assert done.returncode != 0 and "No module named" in done.stderr, generic
+    done = _python("import mlferry.steps.resolve, mlferry.workflows.promote, mlferry.sensors.objects, "
+                   "mlferry.engine; print(mlferry.steps.resolve.resolve.__module__)", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "mlferry.steps.resolve"
+
+
+def test_the_wheel_has_one_top_level_package(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(REPO)], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("mlferry-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert tops == {"mlferry"}
+    assert "mlferry/steps/templates/deployment/deployment.yaml.j2" in names
+    assert "mlferry/steps/schemas/kserve-inferenceservice-v1beta1.json" in names
