@@ -20,6 +20,10 @@ demo: venv
 test: venv
 	$(BIN)/pytest
 
+# The Argo YAML the chart embeds, regenerated from the Hera definitions (a test fails when stale).
+generate: venv
+	$(BIN)/mlferry generate --out charts/mlferry/generated
+
 clean:
 	-$(BIN)/mlferry stack down
 	rm -rf .mlferry

@@ -14,24 +14,54 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from mlferry import __version__
 from mlferry.stack import DEFAULT_DIR, Stack, StackError
 from mlferry.steps.settings import SettingsError
 
 log = logging.getLogger("mlferry")
 
+# The local stack's folder when no --stack-dir / --dir is given, so it is not repeated on every command.
+STACK_DIR_ENV = "MLFERRY_STACK_DIR"
+STACK_DIR_HELP = f"local stack folder (default ${STACK_DIR_ENV}, else {DEFAULT_DIR})"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = _absolute_paths(parser.parse_args(argv))
     _setup_logging(args.verbose)
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        sys.stdout.flush()  # inside the try: a reader that went away is caught below
+        return code
+    except BrokenPipeError:
+        return _quiet_after_broken_pipe()
     except (StackError, SettingsError, LookupError, ValueError, RuntimeError, OSError) as err:
         print(f"mlferry: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("mlferry: interrupted", file=sys.stderr)
         return 130
+
+
+def _absolute_paths(args: argparse.Namespace) -> argparse.Namespace:
+    """Every folder and file a command was given, made absolute once, here at the edge: step
+    processes run in their own folders, so a relative path would name another place there."""
+    for name in ("stack_dir", "dir"):
+        if hasattr(args, name):
+            given = getattr(args, name) or os.environ.get(STACK_DIR_ENV) or DEFAULT_DIR
+            setattr(args, name, Path(given).expanduser().resolve())
+    for name in ("config", "out", "file"):
+        if getattr(args, name, None):
+            setattr(args, name, str(Path(getattr(args, name)).expanduser().resolve()))
+    return args
+
+
+def _quiet_after_broken_pipe() -> int:
+    """`mlferry … | head` closed our stdout: that is the reader's choice, not an error. Point
+    stdout at /dev/null so the interpreter's final flush does not complain either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -44,6 +74,7 @@ def _setup_logging(verbose: bool) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlferry", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"mlferry {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _stack_commands(commands)
     _promote_command(commands)
@@ -69,7 +100,7 @@ def _stack_commands(commands) -> None:
         ("env", _stack_env, "print `export NAME=value` lines for the stack"),
     ):
         sub = actions.add_parser(name, help=text)
-        sub.add_argument("--dir", default=DEFAULT_DIR, help=f"stack folder (default {DEFAULT_DIR})")
+        sub.add_argument("--dir", help=STACK_DIR_HELP)
         if name == "up":
             sub.add_argument("--mlflow-port", type=int, default=None, help="0 picks a free port")
             sub.add_argument("--s3-port", type=int, default=None, help="0 picks a free port")
@@ -84,7 +115,7 @@ def _stack(args) -> Stack:
 
 def _stack_up(args) -> None:
     _stack(args).up()
-    print(f"ready: run `eval \"$(mlferry stack env --dir {args.dir})\"` to use it from this shell")
+    print(f"ready: run `eval \"$(mlferry stack env --dir {shlex.quote(str(args.dir))})\"` to use it from this shell")
 
 
 def _stack_down(args) -> None:
@@ -103,7 +134,7 @@ def _stack_env(args) -> None:
         print(f"export {name}={shlex.quote(value)}")
 
 
-def use_local_stack_if_unset(stack_dir: str) -> None:
+def use_local_stack_if_unset(stack_dir: Path) -> None:
     """Without MLFLOW_TRACKING_URI, a running local stack is the natural target."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return
@@ -117,8 +148,8 @@ def use_local_stack_if_unset(stack_dir: str) -> None:
 
 def _local_options(sub) -> None:
     sub.add_argument("--config", help="mlferry.yaml (default: $MLFERRY_CONFIG or ./mlferry.yaml)")
-    sub.add_argument("--stack-dir", default=DEFAULT_DIR,
-                     help="local stack used when MLFLOW_TRACKING_URI is unset; runs are kept in STACK_DIR/runs")
+    sub.add_argument("--stack-dir", help=STACK_DIR_HELP + "; used when MLFLOW_TRACKING_URI is unset, "
+                                          "and runs are kept in STACK_DIR/runs")
 
 
 def _promote_command(commands) -> None:
@@ -128,20 +159,44 @@ def _promote_command(commands) -> None:
     which.add_argument("--version", help="model version number")
     which.add_argument("--alias", help="registry alias, e.g. production")
     which.add_argument("--stage", help="legacy stage, e.g. Production")
-    sub.add_argument("--env", required=True, help="target environment, e.g. production")
+    sub.add_argument("--env", help="target environment, e.g. production "
+                                   "(default: the one environment the alias or stage belongs to)")
     sub.add_argument("--trigger", default="manual", help="why (recorded in the commit)")
+    _json_option(sub)
     _local_options(sub)
     sub.set_defaults(func=_promote)
 
 
 def _promote(args) -> None:
+    import json
+
     from mlferry.promotion import PromotionRequest, promote
 
     use_local_stack_if_unset(args.stack_dir)
+    env = args.env or _environment_of(args)
     result = promote(PromotionRequest(model=args.model, version=args.version or "", alias=args.alias or "",
-                                      stage=args.stage or "", env=args.env, trigger=args.trigger),
-                     runs_root=Path(args.stack_dir) / "runs", config=args.config, on_event=print_event)
-    print(result.summary())
+                                      stage=args.stage or "", env=env, trigger=args.trigger),
+                     runs_root=args.stack_dir / "runs", config=args.config,
+                     on_event=None if args.json else print_event)
+    print(json.dumps(result.as_json(), indent=2) if args.json else result.summary())
+
+
+def _environment_of(args) -> str:
+    """The environment an alias or stage selects a version for; --env is needed only for --version."""
+    from mlferry.steps.settings import load_settings
+
+    settings = load_settings(args.config)
+    found = (settings.environment_for_alias(args.alias) if args.alias
+             else settings.environment_for_stage(args.stage) if args.stage else None)
+    if found:
+        return found
+    what = f"alias {args.alias!r}" if args.alias else f"stage {args.stage!r}" if args.stage else "--version"
+    known = ", ".join(sorted(settings.environments))
+    raise SettingsError(f"{what} belongs to no configured environment: give --env (one of {known})")
+
+
+def _json_option(sub) -> None:
+    sub.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def print_event(event) -> None:
@@ -168,7 +223,7 @@ def _reconcile(args) -> int:
     from mlferry.local import LocalArgo
 
     use_local_stack_if_unset(args.stack_dir)
-    local = LocalArgo.from_environment(args.config, Path(args.stack_dir) / "runs")
+    local = LocalArgo.from_environment(args.config, args.stack_dir / "runs")
     run = local.submit("workflowtemplate/mlferry-reconcile", {"prune": args.prune, "trigger": "reconcile"},
                        on_event=print_event)
     _print_run(run)
@@ -180,6 +235,8 @@ def _submit_command(commands) -> None:
     sub.add_argument("file", nargs="?", help="a Workflow YAML file")
     sub.add_argument("--from", dest="source", help="workflowtemplate/NAME")
     sub.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE")
+    sub.add_argument("--watch", action="store_true",
+                     help="as `argo submit --watch`; a local run always waits and shows each step as it goes")
     _local_options(sub)
     sub.set_defaults(func=_submit)
 
@@ -191,7 +248,7 @@ def _submit(args) -> int:
         raise ValueError("give either a Workflow file or --from workflowtemplate/NAME")
     params = dict(_key_value(p) for p in args.parameter)
     use_local_stack_if_unset(args.stack_dir)
-    local = LocalArgo.from_environment(args.config, Path(args.stack_dir) / "runs")
+    local = LocalArgo.from_environment(args.config, args.stack_dir / "runs")
     run = local.submit(args.source or args.file, params, on_event=print_event)
     _print_run(run)
     return 0 if run.phase == "Succeeded" else 1
@@ -208,29 +265,75 @@ def _runs_commands(commands) -> None:
     runs = commands.add_parser("runs", help="local workflow runs: list, show")
     actions = runs.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="every local run, newest first")
-    listing.add_argument("--stack-dir", default=DEFAULT_DIR)
+    listing.add_argument("--stack-dir", help=STACK_DIR_HELP)
+    _json_option(listing)
     listing.set_defaults(func=_runs_list)
     show = actions.add_parser("show", help="one run: tasks, phases, durations, outputs and logs")
     show.add_argument("run")
-    show.add_argument("--stack-dir", default=DEFAULT_DIR)
+    show.add_argument("--stack-dir", help=STACK_DIR_HELP)
     show.add_argument("--no-logs", action="store_true")
+    _json_option(show)
     show.set_defaults(func=_runs_show)
+    logs = actions.add_parser("logs", help="a run's logs, all steps or one (like `argo logs`)")
+    logs.add_argument("run")
+    logs.add_argument("step", nargs="?", help="only this step (e.g. commit, or onExit.report-failure)")
+    logs.add_argument("--stack-dir", help=STACK_DIR_HELP)
+    logs.set_defaults(func=_runs_logs)
+
+
+# Event parameters carry the signed webhook body: not for a table.
+_HIDDEN_PARAMETERS = ("body", "signature", "timestamp", "delivery_id")
 
 
 def _runs_list(args) -> None:
+    import json
+
     from mlferry.engine.runs import list_runs
 
+    runs = list_runs(args.stack_dir / "runs")
+    if args.json:
+        print(json.dumps([_run_json(run) for run in runs], indent=2))
+        return
     print(f"{'NAME':<36} {'STATUS':<10} {'STARTED':<20} {'DURATION':>8}  PARAMETERS")
-    for run in list_runs(Path(args.stack_dir) / "runs"):
-        params = " ".join(f"{k}={v}" for k, v in run.parameters.items()
-                          if v and k not in ("body", "signature", "timestamp", "delivery_id"))
+    for run in runs:
+        params = " ".join(f"{k}={v}" for k, v in run.parameters.items() if v and k not in _HIDDEN_PARAMETERS)
         print(f"{run.run_id:<36} {run.phase:<10} {run.started[:19]:<20} {run.duration or 0:>7.1f}s  {params}")
 
 
+def _run_json(run) -> dict:
+    return {"name": run.run_id, "workflow": run.workflow, "phase": run.phase, "message": run.message,
+            "started": run.started, "duration": run.duration,
+            "parameters": {k: v for k, v in run.parameters.items() if k not in _HIDDEN_PARAMETERS},
+            "outputs": run.outputs,
+            "steps": [{"name": t.name, "phase": t.phase, "duration": t.duration, "message": t.message,
+                       "outputs": t.outputs, "log": t.log} for t in run.tasks]}
+
+
 def _runs_show(args) -> None:
+    import json
+
     from mlferry.engine.runs import load_run
 
-    _print_run(load_run(Path(args.stack_dir) / "runs", args.run), logs=not args.no_logs)
+    run = load_run(args.stack_dir / "runs", args.run)
+    if args.json:
+        print(json.dumps(_run_json(run), indent=2))
+        return
+    _print_run(run, logs=not args.no_logs)
+
+
+def _runs_logs(args) -> None:
+    from mlferry.engine.runs import load_run
+
+    run = load_run(args.stack_dir / "runs", args.run)
+    tasks = [t for t in run.tasks if t.log and (args.step is None or t.name == args.step)]
+    if args.step and not tasks:
+        known = ", ".join(t.name for t in run.tasks if t.log) or "none"
+        raise LookupError(f"run {run.run_id} has no step {args.step!r} with logs; steps with logs: {known}")
+    for task in tasks:
+        path = Path(task.log)
+        text = path.read_text(errors="replace") if path.exists() else ""
+        for line in text.splitlines():
+            print(f"{task.name}: {line}" if args.step is None else line)
 
 
 def _print_run(run, logs: bool = False) -> None:
@@ -250,33 +353,47 @@ def _print_run(run, logs: bool = False) -> None:
 
 
 def _generate_command(commands) -> None:
-    sub = commands.add_parser("generate", help="write the Argo YAML generated from the Hera definitions")
+    sub = commands.add_parser(
+        "generate", help="the Argo YAML generated from the Hera definitions",
+        description="Print the Argo objects as one YAML stream (as `helm template` does), or write one file "
+                    "per object with --out. --check compares with --out DIR, or without --out with the "
+                    "checkout's charts/mlferry/generated (what `make generate` writes).")
     sub.add_argument("--config", help="mlferry.yaml with a `bundle:` section (default: the built-in bundle)")
-    sub.add_argument("--out", help="also write the files to this folder")
-    sub.add_argument("--check", action="store_true", help="exit 1 with a diff when the checked-in YAML is stale")
+    sub.add_argument("--out", help="write one file per object into this folder instead of printing")
+    sub.add_argument("--check", action="store_true", help="exit 1 with a diff when the folder's YAML is stale")
     sub.set_defaults(func=_generate)
 
 
 def _generate(args) -> int:
+    from mlferry.generate import GENERATED_DIR, render_files, stale_diff, to_stream, write
     from mlferry.workflows.bundle import Bundle, load_bundle
-    from mlferry.generate import GENERATED_DIR, render_files, stale_diff, write
 
     files = render_files(load_bundle(args.config) if args.config else Bundle())
     if args.check:
-        diff = stale_diff(files, GENERATED_DIR)
+        folder = Path(args.out) if args.out else _checked_in_folder(args.config, GENERATED_DIR)
+        diff = stale_diff(files, folder)
         if diff:
             print(diff, end="")
-            print(f"mlferry: the YAML in {GENERATED_DIR} is stale; run `mlferry generate`", file=sys.stderr)
+            print(f"mlferry: the YAML in {folder} is stale; regenerate it with "
+                  f"`mlferry generate{' --config ' + args.config if args.config else ''} --out {folder}`",
+                  file=sys.stderr)
             return 1
-        print(f"{GENERATED_DIR}: {len(files)} files, current")
+        print(f"{folder}: {len(files)} files, current")
         return 0
-    targets = [Path(args.out)] if args.out else []
-    if not args.config:
-        targets.insert(0, GENERATED_DIR)  # only the built-in bundle is the checked-in one
-    for out in targets:
-        for path in write(files, out):
-            print(path)
+    if not args.out:
+        sys.stdout.write(to_stream(files))
+        return 0
+    for path in write(files, Path(args.out)):
+        print(path)
     return 0
+
+
+def _checked_in_folder(config: str | None, folder: Path) -> Path:
+    if config:
+        raise ValueError("--check with --config compares that bundle's YAML with a folder: give it as --out DIR")
+    if not folder.is_dir():
+        raise ValueError(f"no checked-in YAML at {folder} (not a source checkout): give the folder as --out DIR")
+    return folder
 
 
 # -- mlferry events / webhook -------------------------------------------------------------------
@@ -295,7 +412,7 @@ def _events_serve(args) -> int:
     from mlferry.receiver import serve
 
     use_local_stack_if_unset(args.stack_dir)
-    return serve(args.host, args.port, runs_root=Path(args.stack_dir) / "runs", config=args.config,
+    return serve(args.host, args.port, runs_root=args.stack_dir / "runs", config=args.config,
                  on_event=print_event if args.verbose else None)
 
 
@@ -307,7 +424,7 @@ def _webhook_commands(commands) -> None:
     test = actions.add_parser("test", help="have MLflow send its test event and show the answer")
     for sub, func in ((register, _webhook_register), (test, _webhook_test)):
         sub.add_argument("--name", default="mlferry", help="webhook name (default mlferry)")
-        sub.add_argument("--stack-dir", default=DEFAULT_DIR, help="local stack used when MLFLOW_TRACKING_URI is unset")
+        sub.add_argument("--stack-dir", help=STACK_DIR_HELP + "; used when MLFLOW_TRACKING_URI is unset")
         sub.set_defaults(func=func)
 
 
@@ -350,7 +467,7 @@ def _operator_view_commands(commands) -> None:
     history.add_argument("--json", action="store_true", help="machine-readable output")
     for sub, func in ((status, _status), (history, _history)):
         sub.add_argument("--config", help="mlferry.yaml (default: $MLFERRY_CONFIG or ./mlferry.yaml)")
-        sub.add_argument("--stack-dir", default=DEFAULT_DIR, help="local stack used when MLFLOW_TRACKING_URI is unset")
+        sub.add_argument("--stack-dir", help=STACK_DIR_HELP + "; used when MLFLOW_TRACKING_URI is unset")
         sub.set_defaults(func=func)
 
 

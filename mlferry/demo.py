@@ -4,6 +4,9 @@ Starts the local stack (unless it already runs), trains an ElasticNet on scikit-
 wine data, registers it, sets alias `production`, promotes it with mlferry, serves the
 *published* S3 copy with `mlflow models serve` exactly as the rendered Deployment would, prints
 two predictions and where to look, then stops what it started.
+
+`python -m mlferry.demo train` does only the training step, against the registry this shell
+points at (after `eval "$(mlferry stack env)"`): the README's by-hand block starts with it.
 """
 
 from __future__ import annotations
@@ -23,8 +26,14 @@ from mlferry.stack import DEFAULT_DIR, Stack
 MODEL = "wine-quality"
 
 
-def main() -> int:
-    stack = Stack(os.environ.get("MLFERRY_STACK_DIR", DEFAULT_DIR))
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["train"]:
+        return _train_only()
+    if argv:
+        print("usage: python -m mlferry.demo [train]", file=sys.stderr)
+        return 2
+    stack = Stack(Path(os.environ.get("MLFERRY_STACK_DIR", DEFAULT_DIR)).resolve())
     started = not _stack_running(stack)
     _say("1/5 local stack (MLflow, S3 server, GitOps remote)")
     os.environ.update(stack.up(log=lambda line: print("    " + line)))
@@ -39,7 +48,7 @@ def main() -> int:
                          runs_root=stack.dir / "runs", on_event=print_event)
         print(result.summary())
         _say(f"4/5 serving the published copy {result.uri}")
-        predictions = _serve_and_predict(result.uri, rows)
+        predictions = _serve_and_predict(result.uri, rows, stack.dir / "logs" / "model-server.log")
         _say("5/5 predictions from the served copy")
         for row, prediction in zip(rows["data"], predictions):
             print(f"    alcohol={row[0]:<6} color_intensity={row[9]:<6} → {prediction:.3f}")
@@ -47,6 +56,16 @@ def main() -> int:
     finally:
         if started:
             stack.down(log=lambda line: print("    " + line))
+    return 0
+
+
+def _train_only() -> int:
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        print("mlferry demo: MLFLOW_TRACKING_URI is not set: run `mlferry stack up` and "
+              "`eval \"$(mlferry stack env)\"` first", file=sys.stderr)
+        return 1
+    version, rows = _train_and_register()
+    print(f"    an input to try: {json.dumps({'dataframe_split': rows})}")
     return 0
 
 
@@ -80,8 +99,8 @@ def _train_and_register() -> tuple[str, dict]:
     return version, {"columns": list(sample.columns), "data": sample.values.tolist()}
 
 
-def _serve_and_predict(uri: str, rows: dict) -> list[float]:
-    with _model_server(uri) as url:
+def _serve_and_predict(uri: str, rows: dict, log: Path) -> list[float]:
+    with _model_server(uri, log) as url:
         body = json.dumps({"dataframe_split": rows}).encode()
         req = urllib.request.Request(f"{url}/invocations", data=body,
                                      headers={"Content-Type": "application/json"})
@@ -90,11 +109,10 @@ def _serve_and_predict(uri: str, rows: dict) -> list[float]:
 
 
 @contextmanager
-def _model_server(uri: str):
+def _model_server(uri: str, log: Path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = Path(DEFAULT_DIR) / "logs" / "model-server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]

@@ -48,10 +48,17 @@ def to_yaml(doc: dict[str, Any]) -> str:
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=120, allow_unicode=True)
 
 
+def to_stream(files: dict[str, str]) -> str:
+    """Every object as one multi-document YAML stream, for a pipe or `kubectl apply -f -`."""
+    return HEADER + "".join(f"---\n{text.removeprefix(HEADER)}" for text in files.values())
+
+
 def write(files: dict[str, str], out: Path) -> list[Path]:
+    """One file per object; a file this command wrote before for an object that is gone is
+    removed, and only such a file (it starts with our header): the folder may hold others."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.yaml"):
-        if stale.name not in files:
+        if stale.name not in files and stale.read_text(errors="replace").startswith(HEADER):
             stale.unlink()
     written = []
     for name, text in files.items():

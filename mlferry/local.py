@@ -13,6 +13,7 @@ slot before their first step, as workflows wait for the controller's `parallelis
 import copy
 import functools
 import os
+import re
 import shutil
 import threading
 from dataclasses import dataclass
@@ -29,8 +30,6 @@ from mlferry.engine.runs import NodeEvent, RunResult, list_runs, load_run, new_r
 from mlferry.engine.submission import ArgumentError, Cluster
 from mlferry.workflows.tasks import S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @dataclass
 class LocalArgo:
@@ -41,11 +40,12 @@ class LocalArgo:
     @classmethod
     def from_environment(cls, config: str | None, runs_root: str | Path,
                          environ: Mapping[str, str] | None = None) -> "LocalArgo":
-        environ = dict(os.environ if environ is None else environ)
+        environ = _absolute_local_paths(dict(os.environ if environ is None else environ))
         bundle = load_bundle(config) if config else Bundle()
         # Local mode: the team settings come from this shell (env + mlferry.yaml), as the steps see them.
         bundle = bundle.model_copy(update={"settings": load_settings(config, environ=environ)})
-        return cls(bundle, Path(runs_root), environ)
+        # Absolute: each step process runs in its own folder, where a relative path means nothing.
+        return cls(bundle, Path(runs_root).resolve(), environ)
 
     @functools.cached_property
     def _templates(self) -> dict[str, dict]:
@@ -87,10 +87,11 @@ class LocalArgo:
         """Run it to its end; `interrupt` stops it from another thread (see executor.run)."""
         plan = self.load(source)
         run_dir = new_run_dir(self.runs_root, plan.generate_name)
-        env = {**self.environ, "PYTHONPATH": _python_path(self.environ)}
         try:
-            return executor.run(plan, parameters, run_dir=run_dir, env=env, on_event=on_event,
-                                cluster=self.cluster(), cwd=ROOT, lock_dir=self.runs_root.parent / "locks",
+            # Each run works in its own folder, as a pod works in its image's WORKDIR, never in
+            # the caller's folder or the package's.
+            return executor.run(plan, parameters, run_dir=run_dir, env=dict(self.environ), on_event=on_event,
+                                cluster=self.cluster(), cwd=run_dir, lock_dir=self.runs_root.parent / "locks",
                                 namespace=self.bundle.namespace, interrupt=interrupt,
                                 max_runs=self.bundle.parallelism)
         except ArgumentError:
@@ -104,5 +105,11 @@ class LocalArgo:
         return load_run(self.runs_root, run_id)
 
 
-def _python_path(environ: Mapping[str, str]) -> str:
-    return os.pathsep.join(p for p in (str(ROOT), environ.get("PYTHONPATH", "")) if p)
+def _absolute_local_paths(environ: dict[str, str]) -> dict[str, str]:
+    """A relative MLFERRY_CONFIG or local GitOps remote, made absolute against the caller's folder
+    (the steps run elsewhere). URLs and scp-like `host:path` remotes are left as they are."""
+    for name in ("MLFERRY_CONFIG", "MLFERRY_GITOPS_REPO"):
+        value = environ.get(name, "")
+        if value and "://" not in value and not re.match(r"[^/]*:", value):
+            environ[name] = str(Path(value).expanduser().resolve())
+    return environ

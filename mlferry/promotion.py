@@ -59,6 +59,19 @@ class PromotionResult:
     def changed(self) -> bool:
         return self.run.outputs.get("changed") == "true"
 
+    def as_json(self) -> dict:
+        """What `summary` says, for scripts, with each step's time."""
+        out = lambda key: self.output("publish", key)  # noqa: E731
+        return {
+            "model": self.output("resolve", "name"), "version": self.output("resolve", "version"),
+            "env": self.output("resolve", "env"), "run": self.run.run_id, "duration": self.run.duration,
+            "uri": self.uri, "folder": self.folder, "commit": self.commit, "changed": self.changed,
+            "repo": self.output("commit", "repo"), "branch": self.output("commit", "branch"),
+            "artifacts": {key: int(out(key) or 0) for key in ("files", "uploaded", "skipped", "bytes_uploaded")},
+            "steps": [{"name": t.name, "phase": t.phase, "duration": t.duration}
+                      for t in self.run.tasks if t.type == "Pod"],
+        }
+
     def summary(self) -> str:
         name, version, env = (self.output("resolve", k) for k in ("name", "version", "env"))
         out = lambda key: self.output("publish", key)  # noqa: E731

@@ -276,10 +276,12 @@ class Receiver:
         return Reply(HTTPStatus.ACCEPTED, answer, note)
 
     def health(self) -> dict[str, Any]:
-        """`running`: the delivery whose run started first of those in progress (None when idle)."""
+        """What a probe or an operator needs: accepting or stopping, and the promotions in progress by
+        delivery, model and environment (an empty list when idle, never a bare null)."""
         running = self.queue.in_progress()
         return {"status": "ok" if self.accepting else "stopping", "path": self.path, "queued": len(self.queue),
-                "running": running[0].delivery_id if running else None, "finished": self.finished}
+                "running": [{"delivery_id": d.delivery_id, "model": d.model, "env": d.env} for d in running],
+                "parallelism": self.parallelism, "finished": self.finished}
 
     # the promotions, in `parallelism` worker threads
     def work(self) -> None:

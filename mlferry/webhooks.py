@@ -143,6 +143,13 @@ def _check_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookError(f"--url {url!r} must be an http(s) URL with a host, e.g. http://127.0.0.1:8765/mlflow")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or parts.netloc.endswith(":"):
+        raise WebhookError(f"--url {url!r} has an empty or invalid port; give one from 1 to 65535, "
+                           "e.g. http://127.0.0.1:8765/mlflow")
     if parts.path in ("", "/"):
         raise WebhookError(f"--url {url!r} has no path; the receiver listens on its events path "
                            "(events.path in mlferry.yaml, /mlflow by default), e.g. http://127.0.0.1:8765/mlflow")

@@ -13,6 +13,20 @@ import pytest
 
 from mlferry.stack import Stack, _init_bare_repo
 
+# CI sets this so that a test whose system binary is missing fails instead of skipping: a laptop
+# may lack openssh-server, CI must never silently stop running those tests.
+REQUIRE_SYSTEM_TESTS = "MLFERRY_REQUIRE_SYSTEM_TESTS"
+
+
+def require_binary(path: str, install: str) -> None:
+    """Skip (or, under MLFERRY_REQUIRE_SYSTEM_TESTS=1, fail) when a system binary is absent."""
+    if os.path.exists(path):
+        return
+    message = f"{path} is missing: {install}"
+    if os.environ.get(REQUIRE_SYSTEM_TESTS) == "1":
+        pytest.fail(f"{message} ({REQUIRE_SYSTEM_TESTS}=1: CI must run this test)")
+    pytest.skip(message)
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
