@@ -71,6 +71,7 @@ def write(files: dict[str, str], out: Path) -> list[Path]:
 def stale_diff(files: dict[str, str], out: Path) -> str:
     """A unified diff between what the code generates and what is in `out` ('' when current)."""
     existing = {p.name: p.read_text() for p in sorted(out.glob("*.yaml"))} if out.exists() else {}
+    existing = {name: text for name, text in existing.items() if name in files or text.startswith(HEADER)}
     chunks: list[str] = []
     for name in sorted(set(files) | set(existing)):
         old, new = existing.get(name, ""), files.get(name, "")
