@@ -45,7 +45,9 @@ from mlferry.engine.expressions import (
     substitute_all,
     tags,
 )
-from mlferry.engine.loader import LEAF_TYPES, Plan, container_outputs_dir, load
+from mlferry.engine.containers import container_outputs_dir
+from mlferry.engine.fields import LEAF_TYPES
+from mlferry.engine.loader import Plan, load
 from mlferry.engine.pods import Pod, Stop, run_pod
 from mlferry.engine.retries import next_retry
 from mlferry.engine.runs import (
