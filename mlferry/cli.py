@@ -218,7 +218,7 @@ def _runs_commands(commands) -> None:
 
 
 def _runs_list(args) -> None:
-    from mlferry.engine.runs import list_runs
+    from mlferry.engine import list_runs
 
     print(f"{'NAME':<36} {'STATUS':<10} {'STARTED':<20} {'DURATION':>8}  PARAMETERS")
     for run in list_runs(Path(args.stack_dir) / "runs"):
@@ -228,7 +228,7 @@ def _runs_list(args) -> None:
 
 
 def _runs_show(args) -> None:
-    from mlferry.engine.runs import load_run
+    from mlferry.engine import load_run
 
     _print_run(load_run(Path(args.stack_dir) / "runs", args.run), logs=not args.no_logs)
 

@@ -1,4 +1,18 @@
 """The local Argo engine: runs generated Argo YAML as local processes, one Argo concept per module.
 
 It knows Argo, not promotions: nothing here imports the steps, the Hera definitions or the CLI.
+
+    plan = load("generated/mlferry-promote.yaml")
+    result = run(plan, {"model": "wine"}, run_dir=new_run_dir(".mlferry/runs", plan.generate_name))
+
+The names below are the engine's API; its modules hold one Argo concept each.
 """
+
+from mlferry.engine.executor import run
+from mlferry.engine.loader import Plan, PlanError, WorkflowParameter, load
+from mlferry.engine.retries import next_retry
+from mlferry.engine.runs import NodeEvent, RunResult, TaskRecord, list_runs, load_run, new_run_dir
+from mlferry.engine.submission import ArgumentError, Cluster
+
+__all__ = ["ArgumentError", "Cluster", "NodeEvent", "Plan", "PlanError", "RunResult", "TaskRecord",
+           "WorkflowParameter", "list_runs", "load", "load_run", "new_run_dir", "next_retry", "run"]
