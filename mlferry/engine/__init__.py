@@ -5,7 +5,13 @@ It knows Argo, not promotions: nothing here imports the steps, the Hera definiti
     plan = load("generated/mlferry-promote.yaml")
     result = run(plan, {"model": "wine"}, run_dir=new_run_dir(".mlferry/runs", plan.generate_name))
 
-The names below are the engine's API; its modules hold one Argo concept each.
+Loading: loader (documents, WorkflowTemplate references), fields (what is implemented),
+validation (references and variables), scope (which variables exist where).
+Running: executor (the run and its nodes), dag, step_groups, calls and fanout (tasks and steps),
+parameters, containers and pods (a leaf template as a process), retries, synchronization,
+exit_handler, submission (arguments, ConfigMaps and Secrets), records and runs (what a run did).
+expressions: Argo's tag, `when`, `depends` and expression languages. schema: strict validation of
+Argo objects against Hera's models (imported on its own: it loads jsonschema and Hera).
 """
 
 from mlferry.engine.executor import run
