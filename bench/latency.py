@@ -126,7 +126,7 @@ def _idle(port: int) -> bool:
 def _step_durations(runs_root: Path) -> dict[str, float]:
     from statistics import median
 
-    from mlferry.engine.runs import list_runs
+    from mlferry.engine import list_runs
 
     by_step: dict[str, list[float]] = {}
     for run in list_runs(runs_root):

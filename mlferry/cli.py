@@ -288,7 +288,7 @@ _HIDDEN_PARAMETERS = ("body", "signature", "timestamp", "delivery_id")
 def _runs_list(args) -> None:
     import json
 
-    from mlferry.engine.runs import list_runs
+    from mlferry.engine import list_runs
 
     runs = list_runs(args.stack_dir / "runs")
     if args.json:
@@ -312,7 +312,7 @@ def _run_json(run) -> dict:
 def _runs_show(args) -> None:
     import json
 
-    from mlferry.engine.runs import load_run
+    from mlferry.engine import load_run
 
     run = load_run(args.stack_dir / "runs", args.run)
     if args.json:
@@ -322,7 +322,7 @@ def _runs_show(args) -> None:
 
 
 def _runs_logs(args) -> None:
-    from mlferry.engine.runs import load_run
+    from mlferry.engine import load_run
 
     run = load_run(args.stack_dir / "runs", args.run)
     tasks = [t for t in run.tasks if t.log and (args.step is None or t.name == args.step)]

@@ -22,12 +22,11 @@ from typing import Callable, Mapping
 
 import yaml
 
+from mlferry import engine
+from mlferry.engine import ArgumentError, Cluster, NodeEvent, RunResult, list_runs, load_run, new_run_dir
 from mlferry.steps.settings import load_settings
-from mlferry.engine import executor, loader as workflow_plan
 from mlferry.workflows.bundle import Bundle, load_bundle
 from mlferry.generate import documents, to_yaml
-from mlferry.engine.runs import NodeEvent, RunResult, list_runs, load_run, new_run_dir
-from mlferry.engine.submission import ArgumentError, Cluster
 from mlferry.workflows.tasks import S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
 
 
@@ -70,7 +69,7 @@ class LocalArgo:
         local = Cluster.from_environment(self.environ)
         return Cluster(config_maps={self.bundle.config_map: config_map}, secrets=local.secrets)
 
-    def load(self, source: str | Path) -> workflow_plan.Plan:
+    def load(self, source: str | Path) -> engine.Plan:
         """`workflowtemplate/NAME` (as `argo submit --from`) or a YAML file."""
         templates = self.templates()
         text = str(source)
@@ -78,22 +77,22 @@ class LocalArgo:
             name = text.split("/", 1)[1]
             if name not in templates:
                 raise LookupError(f"workflowtemplate {name!r} not found; known: {', '.join(sorted(templates))}")
-            return workflow_plan.load(templates[name])
-        return workflow_plan.load(Path(source), workflow_templates=templates.values())
+            return engine.load(templates[name])
+        return engine.load(Path(source), workflow_templates=templates.values())
 
     def submit(self, source: str | Path, parameters: Mapping[str, str],
                on_event: Callable[[NodeEvent], None] | None = None,
                interrupt: threading.Event | None = None) -> RunResult:
-        """Run it to its end; `interrupt` stops it from another thread (see executor.run)."""
+        """Run it to its end; `interrupt` stops it from another thread (see engine.run)."""
         plan = self.load(source)
         run_dir = new_run_dir(self.runs_root, plan.generate_name)
         try:
             # Each run works in its own folder, as a pod works in its image's WORKDIR, never in
             # the caller's folder or the package's.
-            return executor.run(plan, parameters, run_dir=run_dir, env=dict(self.environ), on_event=on_event,
-                                cluster=self.cluster(), cwd=run_dir, lock_dir=self.runs_root.parent / "locks",
-                                namespace=self.bundle.namespace, interrupt=interrupt,
-                                max_runs=self.bundle.parallelism)
+            return engine.run(plan, parameters, run_dir=run_dir, env=dict(self.environ), on_event=on_event,
+                              cluster=self.cluster(), cwd=run_dir, lock_dir=self.runs_root.parent / "locks",
+                              namespace=self.bundle.namespace, interrupt=interrupt,
+                              max_runs=self.bundle.parallelism)
         except ArgumentError:
             shutil.rmtree(run_dir, ignore_errors=True)  # it never ran: no record of a run
             raise

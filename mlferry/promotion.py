@@ -10,7 +10,7 @@ from typing import Callable
 
 from mlferry.local import LocalArgo
 from mlferry.steps.outcome import readable_failure
-from mlferry.engine.runs import NodeEvent, RunResult
+from mlferry.engine import NodeEvent, RunResult
 
 TEMPLATE = "workflowtemplate/mlferry-promote"
 

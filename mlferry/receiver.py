@@ -48,7 +48,7 @@ from mlferry.steps.signature import (DELIVERY_ID_HEADER, MAX_AGE_SECONDS, SIGNAT
                              verify)
 from mlferry.steps.verify_event import SECRET_ENV
 from mlferry.workflows.bundle import Bundle
-from mlferry.engine.runs import NodeEvent, RunResult, list_runs
+from mlferry.engine import NodeEvent, RunResult, list_runs
 
 log = logging.getLogger("mlferry.receiver")
 

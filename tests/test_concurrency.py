@@ -26,7 +26,7 @@ from tests.conftest import git_log
 from tests.model_copies import add_version, register_copies
 from tests.test_receiver import mlferry, receiver, webhook_name  # noqa: F401 (fixtures)
 from mlferry.workflows.bundle import Bundle
-from mlferry.engine.runs import list_runs
+from mlferry.engine import list_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = 30

@@ -457,7 +457,7 @@ def test_heras_nested_webhook_context_is_rejected() -> None:
 
 
 def test_the_submitted_workflow_fits_the_promote_template() -> None:
-    from mlferry.engine import loader as plan
+    from mlferry import engine
     from mlferry.workflows.promote import EVENT_PARAMETERS as TEMPLATE_EVENT_PARAMETERS
     from mlferry.workflows.promote import promote_template
 
@@ -467,7 +467,7 @@ def test_the_submitted_workflow_fits_the_promote_template() -> None:
         workflow = trigger["template"]["argoWorkflow"]["source"]["resource"]
         names = [p["name"] for p in workflow["spec"]["arguments"]["parameters"]]
         assert set(names) <= declared and {*EVENT_PARAMETERS, *TEMPLATE_EVENT_PARAMETERS} <= set(names)
-        plan.load(workflow, workflow_templates=[template])  # the local executor runs it as Argo would
+        engine.load(workflow, workflow_templates=[template])  # the local executor runs it as Argo would
 
 
 def test_environments_without_aliases_get_no_trigger() -> None:

@@ -20,11 +20,9 @@ from hera.workflows import DAG, Parameter, WorkflowTemplate
 from hera.workflows.models import ValueFrom
 
 from tests.executor_steps import add_one, coin, items, price, refuse, shout, work
-from mlferry.engine.executor import ArgumentError, Cluster, load, next_retry, run
-from mlferry.engine.executor import Outcome
+from mlferry.engine import ArgumentError, Cluster, PlanError, list_runs, load, load_run, new_run_dir, next_retry, run
 from mlferry.engine.expressions import ExpressionError, evaluate_when, parse_depends, substitute
-from mlferry.engine.loader import PlanError
-from mlferry.engine.runs import list_runs, load_run, new_run_dir
+from mlferry.engine.nodes import Outcome
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -376,7 +374,7 @@ def test_workflow_deadline_stops_everything(tmp_path):
 def test_stopping_the_executor_stops_its_steps(tmp_path):
     pid_file = tmp_path / "pid"
     doc = workflow(python("main", f"import os,time; open({str(pid_file)!r},'w').write(str(os.getpid())); time.sleep(30)"))
-    driver = (f"from mlferry.engine.executor import load, run; run(load({doc!r}), run_dir={str(tmp_path / 'run')!r}, "
+    driver = (f"from mlferry.engine import load, run; run(load({doc!r}), run_dir={str(tmp_path / 'run')!r}, "
               f"lock_dir={str(tmp_path / 'locks')!r}, kill_grace=0.5)")
     executor = subprocess.Popen([sys.executable, "-c", driver], cwd=REPO, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20

@@ -205,7 +205,7 @@ def test_the_workflow_template_carries_the_ssh_secret_to_the_commit_step(sshd, s
     """End to end through the generated YAML, with the Secrets given as Secret objects: the key
     reaches the commit step only through the template's secretKeyRef, as on a cluster."""
     from mlferry.local import LocalArgo
-    from mlferry.engine.submission import Cluster
+    from mlferry.engine import Cluster
 
     url, repo, _ = ssh_remote
     name, version = registered_model(alias="production")

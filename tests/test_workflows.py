@@ -11,7 +11,7 @@ import yaml
 
 from mlferry.workflows.bundle import Bundle
 from mlferry.generate import GENERATED_DIR, documents
-from mlferry.engine.loader import PlanError, load
+from mlferry.engine import PlanError, load
 from mlferry.engine.schema import ArgoValidationError, validate_argo
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -78,17 +78,31 @@ def substitute_all(value: Any, scope: Scope, *, allow_unresolved: bool = True) -
     return value
 
 
-def render_value(value: Any) -> str:
-    """How Argo prints an expression's result into a string."""
+def argo_string(value: Any) -> str:
+    """A value as the string Argo makes of it: a YAML scalar (AnyString), an item, an expression's result.
+
+    One rule for all three, Go's: booleans in lower case, whole floats without ".0", maps and
+    lists as compact JSON.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    if isinstance(value, (int, float, str)):
-        return str(value)
+    if isinstance(value, (dict, list)):
+        return to_json(value)
+    return value if isinstance(value, str) else str(value)
+
+
+def to_json(value: Any) -> str:
+    """JSON as Go's encoder writes it: no spaces, non-ASCII kept."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def render_value(value: Any) -> str:
+    """An expression's result in a string; nil is an error there, as in expr-lang."""
     if value is None:
         raise ExpressionError("expression evaluated to nil")
-    return json.dumps(value, separators=(",", ":"))
+    return argo_string(value)
 
 
 # -- tokens -----------------------------------------------------------------------------------
@@ -154,7 +168,8 @@ def _read_string(text: str, start: int) -> tuple[int, str]:
 
 # -- parser -----------------------------------------------------------------------------------
 # An expression compiles to a function of a resolver (dotted name -> value). The dialects differ
-# only in what a bare name means: a string in `when` (govaluate), a variable in `{{=expr}}`.
+# only in what a bare name means: a string in `when` (govaluate), a variable in `{{=expr}}`, a
+# task's result in `depends`.
 
 Resolver = Callable[[str], Any]
 Compiled = Callable[[Resolver], Any]
@@ -169,18 +184,21 @@ _LEVELS = (("||",), ("&&",), ("==", "!=", "<", ">", "<=", ">="))
 
 
 class _Parser:
-    def __init__(self, text: str, *, names_are_strings: bool):
+    def __init__(self, text: str, *, names_are_strings: bool = False, tokens: list[Token] | None = None,
+                 names: Callable[[str], Compiled] | None = None, what: str = ""):
         # govaluate names may contain dots; in expr-lang a dot is member access.
-        self.tokens = _tokenize(text, "_." if names_are_strings else "_")
+        self.tokens = tokens if tokens is not None else _tokenize(text, "_." if names_are_strings else "_")
         self.names_are_strings = names_are_strings
+        self.names = names  # compiles every name itself (depends): no keywords, literals or functions
         self.text = text
+        self.where = f"{what} {text!r}" if what else repr(text)
         self.pos = 0
         self.variables: list[str] = []
 
     def parse(self) -> Compiled:
         node = self.ternary()
         if self.peek().kind != "end":
-            raise ExpressionError(f"unexpected {self.peek().text!r} in {self.text!r}")
+            raise ExpressionError(f"unexpected {self.peek().text!r} in {self.where}")
         return node
 
     def ternary(self) -> Compiled:
@@ -219,9 +237,11 @@ class _Parser:
             return inner
         if tok.kind == "name":
             return self.name(tok.text)
-        raise ExpressionError(f"unexpected {tok.text or 'end'!r} in {self.text!r}")
+        raise ExpressionError(f"unexpected {tok.text or 'end'!r} in {self.where}")
 
     def name(self, word: str) -> Compiled:
+        if self.names is not None:
+            return self.names(word)
         if word in ("true", "false"):
             return lambda r, v=(word == "true"): v
         if self.names_are_strings:
@@ -242,12 +262,12 @@ class _Parser:
             if self.accept("."):
                 tok = self.next()
                 if tok.kind != "name":
-                    raise ExpressionError(f"expected a name after '.' in {self.text!r}")
+                    raise ExpressionError(f"expected a name after '.' in {self.where}")
                 parts.append(tok.text)
             elif self.accept("["):
                 tok = self.next()
                 if tok.kind != "str":
-                    raise ExpressionError(f"only ['name'] indexing is supported in {self.text!r}")
+                    raise ExpressionError(f"only ['name'] indexing is supported in {self.where}")
                 self.expect("]")
                 parts.append(tok.value)
             else:
@@ -269,12 +289,12 @@ class _Parser:
 
     def expect(self, op: str) -> None:
         if not self.accept(op):
-            raise ExpressionError(f"expected {op!r} in {self.text!r}")
+            raise ExpressionError(f"expected {op!r} in {self.where}")
 
     def operator(self, ops: tuple[str, ...]) -> str | None:
         tok = self.peek()
         text = tok.text
-        if tok.kind == "name" and not self.names_are_strings:
+        if tok.kind == "name" and not self.names_are_strings and self.names is None:
             text = _KEYWORDS.get(tok.text, "")
         elif tok.kind != "op":
             return None
@@ -389,64 +409,38 @@ def parse_depends(text: str, bare_results: Callable[[str], Iterable[str]] = lamb
     """
     if not text.strip():
         return Depends((), lambda _results: True)
-    tokens = _depends_tokens(text)
     names: list[str] = []
-    pos = 0
 
-    def peek() -> tuple[str, str, str] | None:
-        return tokens[pos] if pos < len(tokens) else None
-
-    def take() -> tuple[str, str, str]:
-        nonlocal pos
-        if pos >= len(tokens):
-            raise ExpressionError(f"unexpected end of depends {text!r}")
-        pos += 1
-        return tokens[pos - 1]
-
-    def expr(level: int) -> Callable:
-        ops = ("||", "&&")
-        if level == 2:
-            return unary()
-        left = expr(level + 1)
-        while (tok := peek()) is not None and tok[0] == ops[level]:
-            take()
-            right = expr(level + 1)
-            left = (lambda a, b: (lambda s: a(s) or b(s)))(left, right) if level == 0 else \
-                (lambda a, b: (lambda s: a(s) and b(s)))(left, right)
-        return left
-
-    def unary() -> Callable:
-        op, task, result = take()
-        if op == "!":
-            inner = unary()
-            return lambda s: not inner(s)
-        if op == "(":
-            inner = expr(0)
-            if take()[0] != ")":
-                raise ExpressionError(f"expected ')' in depends {text!r}")
-            return inner
-        if op:
-            raise ExpressionError(f"unexpected {op!r} in depends {text!r}")
+    def task_result(word: str) -> Compiled:
+        task, _, result = word.partition(".")
         if result and result not in TASK_RESULTS:
             raise ExpressionError(
                 f"unknown task result {task}.{result} in depends {text!r} (Argo knows {', '.join(TASK_RESULTS)})"
             )
         names.append(task)
         accepted = {result} if result else {"Succeeded", "Skipped", "Daemoned", *bare_results(task)}
-        return lambda s: bool(s.get(task, frozenset()) & accepted)
+        return lambda r: bool(r(task) & accepted)
 
-    predicate = expr(0)
-    if pos != len(tokens):
-        raise ExpressionError(f"unexpected {tokens[pos][0] or tokens[pos][1]!r} in depends {text!r}")
-    return Depends(tuple(dict.fromkeys(names)), predicate)
+    compiled = _Parser(text, tokens=_depends_tokens(text), names=task_result, what="depends").parse()
+    return Depends(tuple(dict.fromkeys(names)),
+                   lambda results: compiled(lambda task: results.get(task, frozenset())))
 
 
-def _depends_tokens(text: str) -> list[tuple[str, str, str]]:
+def depends_text(task: Mapping[str, Any]) -> str:
+    """A task's `depends`, or its older `dependencies` list as the `depends` that means the same."""
+    if "depends" in task:
+        return str(task["depends"])
+    return " && ".join(str(d) for d in task.get("dependencies") or [])
+
+
+def _depends_tokens(text: str) -> list[Token]:
+    """Task names may hold '-', which the expression tokenizer reads as minus."""
     out, i = [], 0
     while i < len(text.rstrip()):
         match = _DEPENDS_TOKEN.match(text, i)
         if not match or match.end() == i:
             raise ExpressionError(f"unexpected {text[i:].strip()[:1]!r} in depends {text!r}")
-        out.append((match.group(1) or "", match.group(2) or "", match.group(3) or ""))
+        op, task, result = match.groups()
+        out.append(Token("op", op) if op else Token("name", f"{task}.{result}" if result else task))
         i = match.end()
-    return out
+    return out + [Token("end", "")]

@@ -18,8 +18,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Mapping
+from typing import IO, Any, Mapping
 
+from mlferry.engine.expressions import substitute
 from mlferry.engine.runs import ERROR, FAILED, SUCCEEDED
 
 MAX_RESULT_BYTES = 256 * 1024
@@ -58,6 +59,19 @@ class PodResult:
     exit_code: int | None = None
     result: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+
+
+def pod_deadline(t: Mapping[str, Any], scope: Mapping[str, str], retry_deadline: float | None) -> tuple[float | None, str]:
+    """When the pod must be killed, and what it then reports: the template's activeDeadlineSeconds,
+    counted from now, or retryStrategy's maxDuration, whichever comes first."""
+    seconds = t.get("activeDeadlineSeconds")
+    candidates = []
+    if seconds is not None:
+        seconds = int(substitute(str(seconds), scope))
+        candidates.append((time.monotonic() + seconds, f"deadline exceeded (activeDeadlineSeconds {seconds})"))
+    if retry_deadline is not None:
+        candidates.append((retry_deadline, "deadline exceeded (retryStrategy.backoff.maxDuration)"))
+    return min(candidates) if candidates else (None, "")
 
 
 def run_pod(pod: Pod, stop: Stop, *, kill_grace: float = 2.0) -> PodResult:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
 from mlferry.engine.expressions import ExpressionError, evaluate
-from mlferry.engine.loader import parse_duration
 from mlferry.engine.runs import ERROR, FAILED
+from mlferry.engine.scope import last_retry_vars
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,20 @@ _TRANSIENT = ("Connection closed by foreign host", "net/http: TLS handshake time
               "connection timed out", "connection reset by peer", "http2: client connection lost",
               "http2: server sent GOAWAY and closed the connection", "connect: connection refused",
               "invalid connection", "etcdserver: leader changed", "etcdserver: request timed out")
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: Any) -> float:
+    """Seconds in an Argo duration: a number of seconds, or a Go duration such as '1m30s'."""
+    text = str(text).strip()
+    if re.fullmatch(r"\d+", text):
+        return float(text)
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration (e.g. '30s', '2m', '1h30m')")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
 class Attempt(Protocol):
@@ -83,9 +97,7 @@ def _policy_retries(policy: str, last: Attempt) -> bool:
 
 
 def _expression_retries(expression: str, last: Attempt, duration: float) -> bool:
-    scope = {"lastRetry.exitCode": str(-1 if last.exit_code is None else last.exit_code),
-             "lastRetry.status": last.phase, "lastRetry.duration": str(int(duration)),
-             "lastRetry.message": last.message}
+    scope = last_retry_vars(last.exit_code, last.phase, duration, last.message)
     try:
         return evaluate(expression, scope) is True
     except ExpressionError as err:

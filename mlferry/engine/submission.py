@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from mlferry.engine.expressions import tags
 from mlferry.engine.loader import Plan, WorkflowParameter
@@ -112,6 +112,16 @@ def check_environment(plan: Plan, cluster: Cluster, namespace: str) -> None:
                     problems.setdefault(str(err), []).append(name)
     if problems:
         raise ArgumentError("; ".join(f"{err} (needed by {', '.join(names)})" for err, names in problems.items()))
+
+
+def secret_keys(node: Any) -> set[str]:
+    """Every key any `secretKeyRef` in the document names."""
+    if isinstance(node, Mapping):
+        own = {str(node["secretKeyRef"].get("key"))} if isinstance(node.get("secretKeyRef"), Mapping) else set()
+        return own.union(*(secret_keys(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(secret_keys(v) for v in node))
+    return set()
 
 
 def _reachable(plan: Plan) -> set[str]:

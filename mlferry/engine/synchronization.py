@@ -15,8 +15,14 @@ import threading
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 from urllib.parse import quote
+
+from mlferry.engine.expressions import substitute_all
+from mlferry.engine.nodes import NodeError
+
+if TYPE_CHECKING:
+    from mlferry.engine.submission import Cluster
 
 POLL_SECONDS = 0.05
 
@@ -37,6 +43,25 @@ class Lock:
         if self.limit == 1:
             return [lock_dir / f"{name}.lock"]
         return [lock_dir / f"{name}.{i}.lock" for i in range(self.limit)]
+
+
+def locks_for(sync: Mapping[str, Any] | None, scope: Mapping[str, str], namespace: str,
+              cluster: "Cluster") -> list[Lock]:
+    """The locks a `synchronization` block asks for; a semaphore's limit is read from its ConfigMap."""
+    if not sync:
+        return []
+    sync = substitute_all(dict(sync), scope)
+    out = []
+    for m in list(sync.get("mutexes") or []) + ([sync["mutex"]] if "mutex" in sync else []):
+        out.append(Lock(f"{m.get('namespace') or namespace}/Mutex/{m['name']}"))
+    for s in list(sync.get("semaphores") or []) + ([sync["semaphore"]] if "semaphore" in sync else []):
+        ref, ns = s["configMapKeyRef"], s.get("namespace") or namespace
+        try:
+            limit = int(cluster.lookup("ConfigMap", ref["name"], ref["key"], ns))
+        except (LookupError, ValueError) as err:
+            raise NodeError(f"semaphore {ref['name']}/{ref['key']}: {err}") from None
+        out.append(Lock(f"{ns}/ConfigMap/{ref['name']}/{ref['key']}", max(limit, 1)))
+    return out
 
 
 class Interrupted(Exception):
