@@ -94,16 +94,24 @@ def _stack_commands(commands) -> None:
     stack = commands.add_parser("stack", help="the local stack: MLflow, S3 and a GitOps remote on loopback")
     actions = stack.add_subparsers(dest="action", required=True)
     for name, func, text in (
-        ("up", _stack_up, "start what is not running (idempotent) and wait until it answers"),
-        ("down", _stack_down, "stop exactly the processes `up` started"),
-        ("status", _stack_status, "show each part and its URL"),
+        ("up", _stack_up, "start what is not running (idempotent), with the data kept by the last `down`"),
+        ("down", _stack_down, "stop exactly the processes `up` started; the data is kept for the next `up`"),
+        ("reset", _stack_reset, "stop the stack and delete its data (registry, S3 objects, GitOps repo, runs)"),
+        ("status", _stack_status, "show each part and its URL, and where the data is kept"),
         ("env", _stack_env, "print `export NAME=value` lines for the stack"),
     ):
         sub = actions.add_parser(name, help=text)
         sub.add_argument("--dir", help=STACK_DIR_HELP)
         if name == "up":
-            sub.add_argument("--mlflow-port", type=int, default=None, help="0 picks a free port")
-            sub.add_argument("--s3-port", type=int, default=None, help="0 picks a free port")
+            sub.add_argument("--mlflow-port", type=int, default=None,
+                             help="default: the port used last time if free, else 5050; 0 picks a free port")
+            sub.add_argument("--s3-port", type=int, default=None,
+                             help="default: the port used last time if free, else 9050; 0 picks a free port")
+            sub.add_argument("--restore-last-save", action="store_true",
+                             help="the S3 server stopped without `down` saving its objects: start with the last save")
+        if name == "down":
+            sub.add_argument("--purge", action="store_true",
+                             help="delete the data (registry, S3 objects, GitOps repo, runs) instead of keeping it")
         sub.set_defaults(func=func)
 
 
@@ -114,18 +122,24 @@ def _stack(args) -> Stack:
 
 
 def _stack_up(args) -> None:
-    _stack(args).up()
+    _stack(args).up(restore_last_save=args.restore_last_save)
     print(f"ready: run `eval \"$(mlferry stack env --dir {shlex.quote(str(args.dir))})\"` to use it from this shell")
 
 
 def _stack_down(args) -> None:
-    _stack(args).down()
+    _stack(args).down(purge=args.purge)
+
+
+def _stack_reset(args) -> None:
+    _stack(args).reset()
 
 
 def _stack_status(args) -> int:
-    rows = _stack(args).status()
+    stack = _stack(args)
+    rows = stack.status()
     for part, state, where in rows:
         print(f"{part:8} {state:9} {where}")
+    print(f"{'data':8} {'kept':9} {stack.data_summary()}")
     return 0 if all(state in ("running", "ready") for _, state, _ in rows) else 3
 
 

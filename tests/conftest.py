@@ -36,7 +36,7 @@ def stack(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield stack
-    stack.down(log=lambda _msg: None)
+    stack.down(log=lambda _msg: None, purge=True)  # a session's objects need no saving
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
