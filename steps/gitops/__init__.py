@@ -7,7 +7,8 @@ Split by concept, so each part can be read on its own:
 - :mod:`.runner`: the one place ``git`` runs, in a clean environment, failures classified;
 - :mod:`.clone`: a shallow clone of a branch head, as publishing and snapshots start from;
 - :mod:`.publish`: make folders on a branch hold exactly the given files, and push;
-- :mod:`.snapshot`: the files under ``teams/<team>/`` at the head (reconcile, status).
+- :mod:`.snapshot`: the files under ``teams/<team>/`` at the head (reconcile, status);
+- :mod:`.log`: the branch's commits and trailers (``mlferry history``, status).
 """
 
 from mlferry.steps.gitops.credentials import (
@@ -17,14 +18,15 @@ from mlferry.steps.gitops.errors import (
     AuthFailed, BranchMissing, CommandFailed, GitOpsError, GitOpsUnavailable, HostKeyRejected, InvalidSetting,
     NotAFolder, PushRejected, RemoteMoved, RemoteUnreachable, RepoMissing,
 )
+from mlferry.steps.gitops.log import Commit, History, clone_history
 from mlferry.steps.gitops.publish import FolderChange, Published, RetryPolicy, fast_import_script, publish_folder
 from mlferry.steps.gitops.runner import GIT_TIMEOUT, Git, git_environment
 from mlferry.steps.gitops.snapshot import Snapshot, read_snapshot
 
 __all__ = [
-    "AuthFailed", "BranchMissing", "CommandFailed", "FolderChange", "GIT_TIMEOUT", "Git", "GitOpsError",
-    "GitOpsUnavailable", "HostKeyRejected", "Identity", "InvalidSetting", "NotAFolder", "Published",
+    "AuthFailed", "BranchMissing", "CommandFailed", "Commit", "FolderChange", "GIT_TIMEOUT", "Git", "GitOpsError",
+    "GitOpsUnavailable", "History", "HostKeyRejected", "Identity", "InvalidSetting", "NotAFolder", "Published",
     "PushRejected", "Remote", "RemoteMoved", "RemoteUnreachable", "RepoMissing", "RetryPolicy", "Snapshot",
-    "check_branch", "display_url", "fast_import_script", "git_environment", "identity_from",
+    "check_branch", "clone_history", "display_url", "fast_import_script", "git_environment", "identity_from",
     "publish_folder", "read_snapshot", "redact", "remote_for", "remote_kind",
 ]
