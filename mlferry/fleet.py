@@ -137,11 +137,9 @@ def _cells(row: Row, now: datetime) -> list[str]:
 
 def fleet_status(settings: Settings, *, env: str = "", environ: Mapping[str, str] | None = None,
                  mlflow=None, store: ObjectStore | None = None) -> FleetStatus:
-    if not settings.gitops_repo:
-        raise SettingsError("no GitOps repo configured: set MLFERRY_GITOPS_REPO or gitops_repo in mlferry.yaml")
+    repo, branch = settings.require_gitops_repo(), settings.gitops_branch
     mlflow = mlflow or _registry_client()
     prefix = f"teams/{settings.team}/"
-    repo, branch = settings.gitops_repo, settings.gitops_branch
     with ThreadPoolExecutor(max_workers=2) as pool:
         listing = pool.submit(_list_models, mlflow)
         reading = pool.submit(gitops.read_snapshot, repo, branch, prefix, environ=environ)

@@ -42,6 +42,8 @@ from typing import Any
 
 from mlferry import stackdata
 
+from mlferry.steps.gitops import Git
+
 DEFAULT_DIR = ".mlferry"
 DEFAULT_PORTS = {"s3": 9050, "mlflow": 5050}
 ARTIFACTS_BUCKET = "mlflow-artifacts"  # MLflow's own artifact store
@@ -450,16 +452,17 @@ class Stack:
 
 def _init_bare_repo(path: Path, branch: str) -> None:
     """A bare repo with one commit, standing in for the team's GitOps remote."""
-    subprocess.run(["git", "init", "-q", "--bare", "-b", branch, str(path)], check=True)
-    subprocess.run(["git", "-C", str(path), "config", "uploadpack.allowFilter", "true"], check=True)  # as GitHub: blobless clones
     with tempfile.TemporaryDirectory() as work:
-        readme = Path(work) / "README.md"
+        bare, clone = Git(path, os.environ), Git(Path(work), os.environ)
+        bare.run("init", "-q", "--bare", "-b", branch, str(path), action="create the GitOps repo", cwd=clone.root)
+        bare.run("config", "uploadpack.allowFilter", "true", action="configure the GitOps repo")  # as GitHub: blobless clones
+        readme = clone.root / "README.md"
         readme.write_text("# GitOps repo\n\nmlferry writes `teams/<team>/<model>/<env>/`; Argo CD applies it.\n")
-        git = ["git", "-C", work, "-c", "user.name=mlferry", "-c", "user.email=mlferry@users.noreply.local"]
-        subprocess.run(["git", "init", "-q", "-b", branch, work], check=True)
-        subprocess.run([*git, "add", "README.md"], check=True)
-        subprocess.run([*git, "commit", "-q", "-m", "Initial commit"], check=True)
-        subprocess.run([*git, "push", "-q", str(path), branch], check=True)
+        author = ("-c", "user.name=mlferry", "-c", "user.email=mlferry@users.noreply.local")
+        clone.run("init", "-q", "-b", branch, action="create the first commit")
+        clone.run(*author, "add", "README.md", action="create the first commit")
+        clone.run(*author, "commit", "-q", "-m", "Initial commit", action="create the first commit")
+        clone.run(*author, "push", "-q", str(path), branch, action="create the first commit")
 
 
 def _free_port() -> int:

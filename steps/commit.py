@@ -36,7 +36,7 @@ from mlferry.steps import gitops
 from mlferry.steps.layout import check_version, parse_gitops_folder
 from mlferry.steps.trailers import trailer_value
 from mlferry.steps.naming import slugify
-from mlferry.steps.settings import SettingsError, load_settings
+from mlferry.steps.settings import load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +71,12 @@ class CommitRefused(ValueError):
 def commit(inputs: CommitInput) -> Commit:
     """The Argo step: settings from the environment, then :func:`commit_folder`."""
     settings = load_settings()
-    if not settings.gitops_repo:
-        raise SettingsError("no GitOps repo configured: set MLFERRY_GITOPS_REPO or gitops_repo in mlferry.yaml")
+    repo = settings.require_gitops_repo()
     team, _, _ = _parse_folder(inputs.folder)
     if team != settings.team:
         raise CommitRefused(f"folder {inputs.folder!r} belongs to team {team!r}, not to this installation's "
                             f"team {settings.team!r}")
-    return commit_folder(inputs, settings.gitops_repo, settings.gitops_branch)
+    return commit_folder(inputs, repo, settings.gitops_branch)
 
 
 def commit_folder(

@@ -52,8 +52,9 @@ class Deployed:
 @as_argo_step
 def plan(inputs: PlanInput) -> Plan:
     settings = load_settings()
+    repo = settings.require_gitops_repo()
     models = registry.list_models(registry.client())
-    snapshot = gitops.read_snapshot(settings.gitops_repo, settings.gitops_branch, f"teams/{settings.team}/")
+    snapshot = gitops.read_snapshot(repo, settings.gitops_branch, f"teams/{settings.team}/")
     prune = settings.prune if inputs.prune == "auto" else inputs.prune == "true"
     return plan_changes(desired_state(models, settings), deployed_state(snapshot), prune, snapshot.sha)
 

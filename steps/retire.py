@@ -13,7 +13,7 @@ from mlferry.steps.trailers import trailer_value
 from mlferry.steps.layout import gitops_folder, parse_gitops_folder
 from mlferry.steps.naming import slugify
 from mlferry.steps.outcome import as_argo_step
-from mlferry.steps.settings import SettingsError, load_settings
+from mlferry.steps.settings import load_settings
 
 
 class RetireInput(Input):
@@ -35,12 +35,11 @@ def retire(inputs: RetireInput) -> Retired:
     settings = load_settings()
     if not (settings.prune if inputs.prune == "auto" else inputs.prune == "true"):
         return Retired()
-    if not settings.gitops_repo:
-        raise SettingsError("no GitOps repo configured: set MLFERRY_GITOPS_REPO or gitops_repo in mlferry.yaml")
+    repo = settings.require_gitops_repo()
     change = retirement(targets(inputs), settings.team, inputs.trigger)
     if change is None:
         return Retired()
-    published = gitops.publish_folder(settings.gitops_repo, settings.gitops_branch, change)
+    published = gitops.publish_folder(repo, settings.gitops_branch, change)
     return Retired(sha=published.sha, changed=published.changed, folders=sorted(change.folders))
 
 

@@ -93,6 +93,12 @@ class Settings(BaseModel):
                 seen[alias] = env
         return self
 
+    def require_gitops_repo(self) -> str:
+        """The GitOps remote, for the commands that cannot work without one: one check, one message."""
+        if not self.gitops_repo:
+            raise SettingsError("no GitOps repo configured: set MLFERRY_GITOPS_REPO or gitops_repo in mlferry.yaml")
+        return self.gitops_repo
+
     def environment(self, env: str) -> EnvironmentSettings:
         try:
             return self.environments[env]

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from mlferry.steps import gitops
+from mlferry.steps.gitops import runner
 from mlferry.steps.commit import (
     Commit,
     CommitInput,
@@ -324,7 +325,7 @@ def test_a_server_refusing_filters_gets_a_full_clone_and_the_log_says_why(tmp_pa
 
 
 def test_long_transfers_log_git_progress(remote: Path, caplog, monkeypatch) -> None:
-    monkeypatch.setattr(gitops, "PROGRESS_INTERVAL", 0.0)  # every transfer counts as long
+    monkeypatch.setattr(runner, "PROGRESS_INTERVAL", 0.0)  # every transfer counts as long
     with caplog.at_level(logging.INFO, logger="mlferry.steps.gitops"):
         commit_folder(promotion(), str(remote), "main")
     assert any("objects" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
@@ -660,8 +661,8 @@ def test_a_token_pushes_over_http_and_stays_out_of_config_argv_and_logs(
     work = tmp_path / "work"
     argv: list[str] = []
     real_run, real_popen = subprocess.run, subprocess.Popen
-    monkeypatch.setattr(gitops.subprocess, "run", lambda args, **kw: argv.extend(args) or real_run(args, **kw))
-    monkeypatch.setattr(gitops.subprocess, "Popen", lambda args, **kw: argv.extend(args) or real_popen(args, **kw))
+    monkeypatch.setattr(runner.subprocess, "run", lambda args, **kw: argv.extend(args) or real_run(args, **kw))
+    monkeypatch.setattr(runner.subprocess, "Popen", lambda args, **kw: argv.extend(args) or real_popen(args, **kw))
     with caplog.at_level(logging.DEBUG, logger="steps"):
         result = commit_folder(promotion(), url, "main", workdir=work, environ={"MLFERRY_GIT_TOKEN": TOKEN})
     monkeypatch.undo()

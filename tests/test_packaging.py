@@ -42,3 +42,4 @@ def test_the_wheel_has_one_top_level_package(tmp_path):
     assert tops == {"mlferry"}
     assert "mlferry/steps/templates/deployment/deployment.yaml.j2" in names
     assert "mlferry/steps/schemas/kserve-inferenceservice-v1beta1.json" in names
+    assert "mlferry/steps/gitops/publish.py" in names  # a subpackage needs its own packaging lines
