@@ -514,9 +514,7 @@ def _history(args) -> None:
     from mlferry.history import model_history
 
     settings = _operator_view_settings(args)
-    if not settings.gitops_repo:
-        raise SettingsError("no GitOps repo configured: set MLFERRY_GITOPS_REPO or gitops_repo in mlferry.yaml")
-    found = model_history(args.model, args.env, settings.team, settings.gitops_repo, settings.gitops_branch)
+    found = model_history(args.model, args.env, settings.team, settings.require_gitops_repo(), settings.gitops_branch)
     print(json.dumps(found.as_json(), indent=2) if args.json else found.table(), end="\n" if args.json else "")
 
 

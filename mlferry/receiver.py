@@ -466,8 +466,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, runs_root: str 
                             "(`mlferry stack env` has the local stack's)")
     local = LocalArgo.from_environment(config, runs_root, environ)
     settings = local.bundle.settings
-    if not settings.gitops_repo:
-        raise SettingsError("no GitOps repo is configured: set MLFERRY_GITOPS_REPO or gitops_repo in mlferry.yaml")
+    settings.require_gitops_repo()
     receiver = Receiver(local, secret, on_event=on_event)
     try:
         server = _Server((host, port), receiver)
