@@ -21,7 +21,6 @@ from typing import Callable, Mapping
 
 import yaml
 
-from mlferry.steps.settings import load_settings
 from mlferry.engine import executor, loader as workflow_plan
 from mlferry.workflows.bundle import Bundle, load_bundle
 from mlferry.generate import documents, to_yaml
@@ -42,10 +41,8 @@ class LocalArgo:
     def from_environment(cls, config: str | None, runs_root: str | Path,
                          environ: Mapping[str, str] | None = None) -> "LocalArgo":
         environ = dict(os.environ if environ is None else environ)
-        bundle = load_bundle(config) if config else Bundle()
         # Local mode: the team settings come from this shell (env + mlferry.yaml), as the steps see them.
-        bundle = bundle.model_copy(update={"settings": load_settings(config, environ=environ)})
-        return cls(bundle, Path(runs_root), environ)
+        return cls(load_bundle(config, environ=environ), Path(runs_root), environ)
 
     @functools.cached_property
     def _templates(self) -> dict[str, dict]:

@@ -37,9 +37,6 @@ class MlflowApiError(RuntimeError):
         super().__init__(message)
         self.message, self.status, self.error_code = message, status, error_code
 
-    def get_http_status_code(self) -> int:  # the name MlflowException uses; steps.outcome reads it
-        return self.status
-
 
 class TransientMlflowApiError(MlflowApiError, TransientError):
     """A 5xx or 429 that outlasted the client's retries: worth running the step again."""
@@ -125,7 +122,8 @@ def raise_for_error(response: requests.Response) -> None:
         body = {}
     code = body.get("error_code", "") if isinstance(body, dict) else ""
     message = (body.get("message") if isinstance(body, dict) else "") or response.reason or "error"
-    cls = TransientMlflowApiError if response.status_code in RETRY_STATUSES else MlflowApiError
+    status = response.status_code
+    cls = TransientMlflowApiError if status >= 500 or status == 429 else MlflowApiError
     hint = AUTH_HINT if response.status_code in (401, 403) else ""
     raise cls(f"MLflow answered {response.status_code}: {message}{hint}", response.status_code, code)
 
