@@ -34,3 +34,5 @@ def test_the_wheel_has_one_top_level_package(tmp_path):
     assert tops == {"mlferry"}
     assert "mlferry/steps/templates/deployment/deployment.yaml.j2" in names
     assert "mlferry/steps/schemas/kserve-inferenceservice-v1beta1.json" in names
+    # maintainer and test tools stay in the repo: the product ships only the product
+    assert not [n for n in names if n.endswith("/vendor_kserve.py") or n == "mlferry/tools.py"]
