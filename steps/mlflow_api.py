@@ -1,7 +1,7 @@
 """MLflow's REST API, spoken directly: the handful of registry and artifact calls the steps make.
 
-Why not `MlflowClient`: importing mlflow takes 1.3 s and 130 MB in every step process, which
-was most of a promotion's latency (bench/latency.py), for a few GET requests. These are the
+Why not `MlflowClient`: importing mlflow in every step process was most of a promotion's latency
+(bench/latency.py has the figures), for a few GET requests. These are the
 stable REST 2.0 endpoints MlflowClient itself calls (mlflow/protos/model_registry.proto,
 service.proto, mlflow_artifacts.proto), with the same configuration: MLFLOW_TRACKING_URI, a
 token or user and password, TLS settings, and MLFLOW_HTTP_REQUEST_* for timeouts and retries.
