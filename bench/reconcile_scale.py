@@ -116,13 +116,13 @@ def run(tmp: Path, stack, env: dict[str, str], sizes: list[int], reps: int, seed
                 "unchanged": int(plan.outputs.get("unchanged", -1)), "plan_step_seconds": plan.duration}
 
     def mlferry_plan_in_process() -> dict:
-        from mlferry.steps import gitops, registry
+        from mlferry.steps import gitops, layout, registry
         from mlferry.steps.plan import deployed_state, desired_state, plan_changes
 
         with timed() as listing:
             models = registry.list_models(registry.client())
         with timed() as reading:
-            snapshot = gitops.read_snapshot(settings.gitops_repo, settings.gitops_branch, f"teams/{settings.team}/")
+            snapshot = gitops.read_snapshot(settings.gitops_repo, settings.gitops_branch, layout.team_prefix(settings.team))
         with timed() as desiring:
             desired = desired_state(models, settings)
         with timed() as parsing:

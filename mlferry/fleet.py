@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from mlferry.history import FolderEvent, GitOpsHistory, printable, age, format_table
 from mlferry.steps import gitops, plan, registry
-from mlferry.steps.layout import MANIFEST_NAME, gitops_folder, model_prefix, parse_gitops_folder
+from mlferry.steps.layout import MANIFEST_NAME, gitops_folder, model_prefix, parse_gitops_folder, team_prefix
 from mlferry.steps.naming import slugify
 from mlferry.steps.settings import Settings, SettingsError
 from mlferry.steps.store import ObjectStore
@@ -111,7 +111,7 @@ class FleetStatus:
             scope = f" for environment {self.env}" if self.env else ""
             return (intro + format_table(header, [])
                     + f"(nothing to show{scope}: no alias or stage selects a model version, "
-                      f"and teams/{self.team}/ holds no model folder)\n")
+                      f"and {team_prefix(self.team)} holds no model folder)\n")
         details = [f"  {printable(r.model or r.folder, 200)} in {r.env}: {d.message}"
                    for r in self.drifting for d in r.drift]
         count = f"{len(self.rows)} row{'s' * (len(self.rows) != 1)}"
@@ -139,7 +139,7 @@ def fleet_status(settings: Settings, *, env: str = "", environ: Mapping[str, str
                  mlflow=None, store: ObjectStore | None = None) -> FleetStatus:
     repo, branch = settings.require_gitops_repo(), settings.gitops_branch
     mlflow = mlflow or _registry_client()
-    prefix = f"teams/{settings.team}/"
+    prefix = team_prefix(settings.team)
     with ThreadPoolExecutor(max_workers=2) as pool:
         listing = pool.submit(_list_models, mlflow)
         reading = pool.submit(gitops.read_snapshot, repo, branch, prefix, environ=environ)

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Collection, Iterator, Mapping
 
 from mlferry.steps import gitops
-from mlferry.steps.layout import parse_gitops_folder
+from mlferry.steps.layout import parse_gitops_folder, team_prefix
 from mlferry.steps.naming import slugify
 
 DEPLOY, REMOVE, EDIT = "deploy", "remove", "edit"
@@ -181,7 +181,7 @@ class ModelHistory:
 def model_history(model: str, env: str, team: str, remote_url: str, branch: str, *,
                   environ: Mapping[str, str] | None = None) -> ModelHistory:
     """Every change to the model's folder (one environment, or all of them), newest first."""
-    path = f"teams/{team}/{slugify(model)}/" + (f"{env}/" if env else "")
+    path = team_prefix(team) + f"{slugify(model)}/" + (f"{env}/" if env else "")
     with GitOpsHistory.clone(remote_url, branch, environ=environ) as history:
         events = history.events(path)
         head = history.head

@@ -24,7 +24,6 @@ import yaml
 
 from mlferry import engine
 from mlferry.engine import ArgumentError, Cluster, NodeEvent, RunResult, list_runs, load_run, new_run_dir
-from mlferry.steps.settings import load_settings
 from mlferry.workflows.bundle import Bundle, load_bundle
 from mlferry.generate import documents, to_yaml
 from mlferry.workflows.tasks import S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
@@ -40,16 +39,14 @@ class LocalArgo:
     def from_environment(cls, config: str | None, runs_root: str | Path,
                          environ: Mapping[str, str] | None = None) -> "LocalArgo":
         environ = _absolute_local_paths(dict(os.environ if environ is None else environ))
-        bundle = load_bundle(config) if config else Bundle()
         # Local mode: the team settings come from this shell (env + mlferry.yaml), as the steps see them.
-        bundle = bundle.model_copy(update={"settings": load_settings(config, environ=environ)})
         # Absolute: each step process runs in its own folder, where a relative path means nothing.
-        return cls(bundle, Path(runs_root).resolve(), environ)
+        return cls(load_bundle(config, environ=environ), Path(runs_root).resolve(), environ)
 
     @functools.cached_property
     def _templates(self) -> dict[str, dict]:
         # Built once per LocalArgo: a long-lived receiver would otherwise rebuild and validate
-        # every Argo object for each promotion (0.15-0.8 s of its latency).
+        # every Argo object for each promotion.
         found = {}
         for doc in documents(self.bundle):
             if doc["kind"] == "WorkflowTemplate":

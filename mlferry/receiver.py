@@ -1,25 +1,10 @@
 """`mlferry events serve`: MLflow's alias webhooks, received on this machine, promoted by the local executor.
 
-    MLflow ──POST <events.path>──▶ Receiver ── 202 at once
-                                     │ signature on the raw bytes, filter, replay check
-                                     ▼
-                                   queue ──▶ `parallelism` runs at once: LocalArgo.submit(mlferry-promote)
-
-It stands in for the EventSource and the Sensor (sensors/objects.py), with the same code: the
-signature check is steps/signature.py, the filter is steps/event_filter.accept, and the workflow gets
-exactly the parameters the Sensor's trigger would give it (EVENT_PARAMETERS plus the trigger's fixed
-`env` and `trigger=webhook`, no `version`: resolve reads the alias when the run starts, so the latest
-move wins). Its first task, verify-event, checks the event once more.
-
-Beyond the Sensor, the receiver refuses a delivery id it has already accepted within the signature's
-time window (a replay, or MLflow retrying after a lost answer). It runs at most the bundle's
-`parallelism` promotions at once (default 4, as the reconcile fan-out: enough to keep two cores busy
-while a run waits on the registry, the store or git; their commits take the GitOps mutex one at a time),
-and never two for the same model and environment: a promotion still queued for one is replaced by the
-newer event (both would resolve the same alias), and it starts only once the run in progress for that
-model and environment has ended, so the latest move always commits last. MLflow sends each event once
-(plus retries on 429/5xx), so events missed while the receiver is down are caught up by
-`mlferry reconcile`, as in a cluster.
+It stands in for the EventSource and the Sensor with their own code (signature: steps/signature.py;
+filter and parameters: sensors/parameters.py), so a local run gets what a cluster run would. Beyond
+the Sensor it refuses replayed delivery ids and runs at most `parallelism` promotions at once, never
+two for one model and environment (a newer queued event replaces an older one): the latest alias move
+commits last. Events missed while it is down are caught up by `mlferry reconcile`, as in a cluster.
 """
 
 from __future__ import annotations
@@ -41,13 +26,12 @@ from urllib.parse import urlsplit
 
 from mlferry.local import LocalArgo
 from mlferry.promotion import TEMPLATE, PromotionResult, failure_line
-from mlferry.sensors.objects import EVENT_PARAMETERS, header_path, promotion_workflow
+from mlferry.sensors.objects import trigger_parameters
 from mlferry.steps.event_filter import accept, environment_aliases
 from mlferry.steps.settings import SettingsError
 from mlferry.steps.signature import (DELIVERY_ID_HEADER, MAX_AGE_SECONDS, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError,
                              verify)
 from mlferry.steps.verify_event import SECRET_ENV
-from mlferry.workflows.bundle import Bundle
 from mlferry.engine import NodeEvent, RunResult, list_runs
 
 log = logging.getLogger("mlferry.receiver")
@@ -95,47 +79,6 @@ class Delivery:
 
     def describe(self) -> str:
         return f"{self.model} alias {self.alias} {self.action} → {self.env} (delivery {self.delivery_id})"
-
-
-# --- the Sensor's parameters -------------------------------------------------------------------
-
-def sensor_parameters(env: str, headers: Message, body_text: str, payload: Any, bundle: Bundle) -> dict[str, str]:
-    """The parameters the Sensor's trigger for `env` gives the workflow for this request.
-
-    The trigger's fixed values come from the Workflow it submits (sensors.objects.promotion_workflow);
-    each event value is read at the same path the trigger reads (EVENT_PARAMETERS), from the headers as
-    Go canonicalises them and the parsed body. `body` is the body as received: Argo Events hands on a
-    compacted copy, which verify-event also accepts; locally the signed bytes themselves are available.
-    """
-    workflow = promotion_workflow(bundle, env)
-    values = {p["name"]: p.get("value", "") for p in workflow["spec"]["arguments"]["parameters"]}
-    event = {"header": _canonical_headers(headers), "body": payload}
-    for name, (path, default) in EVENT_PARAMETERS.items():
-        found = body_text if path == "body" else _lookup(event, path)
-        values[name] = (default or "") if found is None else found
-    return values
-
-
-def _canonical_headers(headers: Message) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for name in dict.fromkeys(headers.keys()):
-        canonical = header_path(name).split(".", 1)[1].rsplit(".", 1)[0]  # "header.<Name>.0"
-        out[canonical] = [str(v) for v in headers.get_all(name, [])]
-    return out
-
-
-def _lookup(value: Any, path: str) -> str | None:
-    """A gjson-style path (`a.b.0`) into JSON values; objects and arrays come back as JSON text."""
-    for part in path.split("."):
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            return None
-    if value is None:
-        return None
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 # --- state shared by the HTTP threads and the worker ---------------------------------------------
@@ -266,7 +209,8 @@ class Receiver:
             return Reply(HTTPStatus.OK, {"status": "duplicate", "delivery_id": delivery_id},
                          f"duplicate delivery {delivery_id}: already accepted, nothing started")
         delivery = Delivery(delivery_id, decision.action, decision.model, decision.alias, decision.env,
-                            int(timestamp), sensor_parameters(decision.env, headers, body_text, payload, self.bundle))
+                            int(timestamp),
+                            trigger_parameters(self.bundle, decision.env, headers.items(), body_text, payload))
         replaced = self.queue.put(delivery)
         answer = {"status": "accepted", "delivery_id": delivery_id, "model": delivery.model, "env": delivery.env}
         note = f"accepted {delivery.describe()}"

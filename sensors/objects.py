@@ -15,11 +15,10 @@ written in the shape the controller reads (see mlferry/engine/schema.py, which c
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from hera.events.models import (
     ArgoWorkflowTrigger,
-    DataFilter,
     EventDependency,
     EventDependencyFilter,
     EventSourceSpec,
@@ -37,8 +36,8 @@ from hera.events.models.io.k8s.api.core.v1 import SecretKeySelector, ServicePort
 from hera.events.models.io.k8s.apimachinery.pkg.apis.meta.v1 import ObjectMeta
 from hera.workflows import models as wf
 
-from mlferry.steps.event_filter import ACTIONS, ENTITY, environment_aliases
-from mlferry.steps.signature import DELIVERY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from mlferry.sensors.parameters import TRIGGER_PARAMETERS, data_filters, event_values
+from mlferry.steps.event_filter import environment_aliases
 from mlferry.steps.settings import SettingsError
 from mlferry.workflows.bundle import Bundle
 from mlferry.workflows.promote import NAME as PROMOTE_TEMPLATE
@@ -47,12 +46,6 @@ API_VERSION = "argoproj.io/v1alpha1"
 EVENT_SOURCE = "mlferry-mlflow"
 EVENT_NAME = "mlflow"
 SENSOR = "mlferry-promotion"
-
-# Argo Events matches a string filter value as an unanchored Go regexp: any one character,
-# newlines included (?s), found anywhere means "not empty".
-NON_EMPTY = "(?s)."
-_GO_REGEXP_SPECIAL = set(r"\.+*?()|[]{}^$")
-
 
 def event_source(bundle: Bundle) -> dict[str, Any]:
     events = bundle.events
@@ -117,41 +110,6 @@ def _dependency(env: str, aliases: tuple[str, ...]) -> EventDependency:
     )
 
 
-def data_filters(aliases: tuple[str, ...]) -> list[DataFilter]:
-    """steps.event_filter.accept, as Argo Events data filters on the webhook event (`body` is MLflow's JSON)."""
-    return [
-        DataFilter(path="body.entity", type="string", value=[exactly(ENTITY)]),
-        DataFilter(path="body.action", type="string", value=[exactly(a) for a in ACTIONS]),
-        DataFilter(path="body.data.name", type="string", value=[NON_EMPTY]),
-        DataFilter(path="body.data.alias", type="string", value=[exactly(a) for a in aliases]),
-    ]
-
-
-def exactly(text: str) -> str:
-    """A Go regexp matching `text` only: Argo Events matches string filters as unanchored regexps."""
-    return "^" + "".join("\\" + c if c in _GO_REGEXP_SPECIAL else c for c in text) + "$"
-
-
-def header_path(name: str) -> str:
-    """Where the webhook event keeps a request header: Go canonicalises its name, values are a list."""
-    canonical = "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
-    return f"header.{canonical}.0"
-
-
-# Workflow parameter -> (path in the webhook event, default when absent). No default: the
-# filters guarantee the path. Missing headers pass on as "" for verify-event to reject with a
-# clear message, instead of a trigger error in the Sensor's log. No `version`: resolve selects by
-# exactly one of version/alias, and resolving the alias when the run starts lets the latest move win.
-EVENT_PARAMETERS: dict[str, tuple[str, str | None]] = {
-    "model": ("body.data.name", None),
-    "alias": ("body.data.alias", None),
-    "delivery_id": (header_path(DELIVERY_ID_HEADER), ""),
-    "timestamp": (header_path(TIMESTAMP_HEADER), ""),
-    "signature": (header_path(SIGNATURE_HEADER), ""),
-    "body": ("body", None),  # the JSON text of the body, as the event source re-encoded it
-}
-
-
 def _trigger(bundle: Bundle, env: str) -> dict[str, Any]:
     events = bundle.events
     workflow = promotion_workflow(bundle, env)
@@ -162,7 +120,7 @@ def _trigger(bundle: Bundle, env: str) -> dict[str, Any]:
             conditions=dependency_name(env),  # without it a trigger waits for every dependency
             argo_workflow=ArgoWorkflowTrigger(operation="submit", parameters=[
                 _parameter(env, names.index(name), path, default)
-                for name, (path, default) in EVENT_PARAMETERS.items()
+                for name, (path, default) in TRIGGER_PARAMETERS.items()
             ]),
         ),
         rate_limit=RateLimit(unit="Minute", requests_per_unit=events.rate_limit_per_minute),
@@ -185,7 +143,7 @@ def promotion_workflow(bundle: Bundle, env: str) -> dict[str, Any]:
     """The Workflow a trigger submits; the event's values are written into its parameters."""
     fixed = {"env": env, "trigger": "webhook"}
     parameters = [wf.Parameter(name=name, value=fixed.get(name, ""))
-                  for name in [*EVENT_PARAMETERS, *fixed]]
+                  for name in [*TRIGGER_PARAMETERS, *fixed]]
     workflow = wf.Workflow(
         metadata=wf.ObjectMeta(generate_name=f"{PROMOTE_TEMPLATE}-{env}-", namespace=bundle.namespace,
                                labels={**bundle.labels, "mlferry.io/trigger": "webhook"}),
@@ -193,6 +151,15 @@ def promotion_workflow(bundle: Bundle, env: str) -> dict[str, Any]:
                              arguments=wf.Arguments(parameters=parameters)),
     )
     return {"apiVersion": API_VERSION, "kind": "Workflow", **_dump(workflow)}
+
+
+def trigger_parameters(bundle: Bundle, env: str, headers: Iterable[tuple[str, str]], body_text: str,
+                       payload: Any) -> dict[str, str]:
+    """The parameters the trigger for `env` gives the workflow for this request: its fixed values
+    (`env`, `trigger`) and the event's, read at the trigger's paths. The local receiver runs this."""
+    workflow = promotion_workflow(bundle, env)
+    values = {p["name"]: p.get("value", "") for p in workflow["spec"]["arguments"]["parameters"]}
+    return {**values, **event_values(headers, body_text, payload)}
 
 
 # --- shared ------------------------------------------------------------------------------------

@@ -1,14 +1,8 @@
 """The source side of a publication: a model version's artifacts, wherever MLflow keeps them.
 
-``open_source(uri)`` understands the URIs MLflow hands out for a version's files:
-``mlflow-artifacts:`` (proxied through the tracking server), ``s3://``, ``file:`` and plain
-local paths. A source lists its files recursively with their sizes, then fetches one file at
-a time onto local disk, streamed, so memory never grows with the model's size.
-
-Every listed path is checked before anything is copied: it must stay inside the model folder
-once it becomes an object key or a file name on a serving pod. Local folders are walked
-without following links, and a symlink anywhere is refused: it could pull in files from
-outside the model (credentials, other models) that the registry never recorded.
+``open_source(uri)`` reads ``mlflow-artifacts:``, ``s3://``, ``file:`` and local paths, one
+streamed file at a time, so memory never grows with the model. Every path must stay inside the
+model folder, and symlinks are refused: they could publish files the registry never recorded.
 """
 
 from __future__ import annotations

@@ -30,11 +30,21 @@ def model_uri(bucket: str, slug: str, version: str) -> str:
     return f"s3://{bucket}/{model_prefix(slug, version)}"
 
 
+def team_prefix(team: str) -> str:
+    """``teams/<team>/``: everything mlferry writes for a team, with the trailing slash."""
+    _check_label("team", team)
+    return f"teams/{team}/"
+
+
 def gitops_folder(team: str, slug: str, env: str) -> str:
-    for what, value in (("team", team), ("slug", slug)):
-        if not is_dns_label(value):
-            raise ValueError(f"{what} {value!r} is not a DNS-1123 label")
-    return f"teams/{team}/{slug}/{check_environment_name(env)}"
+    prefix = team_prefix(team)
+    _check_label("slug", slug)
+    return f"{prefix}{slug}/{check_environment_name(env)}"
+
+
+def _check_label(what: str, value: str) -> None:
+    if not is_dns_label(value):
+        raise ValueError(f"{what} {value!r} is not a DNS-1123 label")
 
 
 _FOLDER = re.compile(r"^teams/([a-z0-9-]+)/([a-z0-9-]+)/([a-z0-9-]+)$")

@@ -23,6 +23,8 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+from mlferry.steps.naming import is_dns_1035_label, is_dns_label, is_dns_subdomain, is_label_value, is_qualified_key
+
 # The oldest Kubernetes mlferry supports. A strict schema of an older version rejects fields
 # that only newer clusters know, so what passes here applies on every supported cluster.
 KUBERNETES_VERSION = "1.33"
@@ -36,10 +38,6 @@ KSERVE_API = "serving.kserve.io/v1beta1"
 # names; KServe's admission webhook enforces the same for InferenceServices).
 _DNS_1035_KINDS = {"Service", "InferenceService"}
 _KSERVE_PREDICTOR_SUFFIX = "-predictor"
-_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 # The API server's limit on all annotations of one object together (keys and values, bytes).
 _ANNOTATIONS_MAX_BYTES = 256 * 1024
 # Environment variables whose literal value would be a credential in git.
@@ -213,10 +211,10 @@ def _object_name_problems(kind: str, name: str) -> list[str]:
         return [f"metadata.name: {name!r} is longer than {63 - len(_KSERVE_PREDICTOR_SUFFIX)} characters; "
                 f"KServe names the predictor's Service '<name>{_KSERVE_PREDICTOR_SUFFIX}', a DNS label of at most 63"]
     if kind in _DNS_1035_KINDS:
-        if not (len(name) <= 63 and _DNS_1035_LABEL.match(name)):
+        if not is_dns_1035_label(name):
             return [f"metadata.name: {name!r} is not a DNS-1035 label (a {kind} name must start "
                     "with a letter, then lowercase letters, digits or '-', at most 63 characters)"]
-    elif not (len(name) <= 253 and _DNS_1123_SUBDOMAIN.match(name)):
+    elif not is_dns_subdomain(name):
         return [f"metadata.name: {name!r} is not a DNS-1123 subdomain"]
     return []
 
@@ -274,22 +272,6 @@ def _walk(node: Any, path: list[Any] | None = None) -> Iterator[tuple[list[Any],
     for key, value in items:
         yield path, key, value
         yield from _walk(value, path + [key])
-
-
-def is_dns_label(value: str) -> bool:
-    return isinstance(value, str) and len(value) <= 63 and bool(_DNS_1123_LABEL.match(value))
-
-
-def is_label_value(value: str) -> bool:
-    return value == "" or (len(value) <= 63 and bool(_QUALIFIED_NAME.match(value)))
-
-
-def is_qualified_key(key: str) -> bool:
-    """A label or annotation key: an optional DNS subdomain prefix and '/', then a name."""
-    prefix, _, name = key.rpartition("/")
-    if prefix and not (len(prefix) <= 253 and _DNS_1123_SUBDOMAIN.match(prefix)):
-        return False
-    return len(name) <= 63 and bool(_QUALIFIED_NAME.match(name))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """MLflow's REST API, spoken directly: the handful of registry and artifact calls the steps make.
 
-Why not `MlflowClient`: importing mlflow takes 1.3 s and 130 MB in every step process, which
-was most of a promotion's latency (bench/latency.py), for a few GET requests. These are the
+Why not `MlflowClient`: importing mlflow in every step process was most of a promotion's latency
+(bench/latency.py has the figures), for a few GET requests. These are the
 stable REST 2.0 endpoints MlflowClient itself calls (mlflow/protos/model_registry.proto,
 service.proto, mlflow_artifacts.proto), with the same configuration: MLFLOW_TRACKING_URI, a
 token or user and password, TLS settings, and MLFLOW_HTTP_REQUEST_* for timeouts and retries.
@@ -36,9 +36,6 @@ class MlflowApiError(RuntimeError):
     def __init__(self, message: str, status: int, error_code: str = ""):
         super().__init__(message)
         self.message, self.status, self.error_code = message, status, error_code
-
-    def get_http_status_code(self) -> int:  # the name MlflowException uses; steps.outcome reads it
-        return self.status
 
 
 class TransientMlflowApiError(MlflowApiError, TransientError):
@@ -125,7 +122,8 @@ def raise_for_error(response: requests.Response) -> None:
         body = {}
     code = body.get("error_code", "") if isinstance(body, dict) else ""
     message = (body.get("message") if isinstance(body, dict) else "") or response.reason or "error"
-    cls = TransientMlflowApiError if response.status_code in RETRY_STATUSES else MlflowApiError
+    status = response.status_code
+    cls = TransientMlflowApiError if status >= 500 or status == 429 else MlflowApiError
     hint = AUTH_HINT if response.status_code in (401, 403) else ""
     raise cls(f"MLflow answered {response.status_code}: {message}{hint}", response.status_code, code)
 

@@ -1,4 +1,4 @@
-"""Model names → DNS-1123 slugs.
+"""Model names → DNS-1123 slugs, and every Kubernetes name rule mlferry checks (one home for them).
 
 MLflow accepts almost any string as a model name; Kubernetes names, S3 prefixes and GitOps
 folders do not. A slug is the name itself when it already is a short DNS-1123 label, and
@@ -20,17 +20,42 @@ MAX_ENV_LENGTH = 12
 MAX_SLUG_LENGTH = MAX_NAME_LENGTH - 1 - MAX_ENV_LENGTH
 HASH_LENGTH = 10
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Services (and so InferenceServices) need RFC 1035 labels: a letter first.
-_SLUG = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 
 
 def is_dns_label(value: str, max_length: int = 63) -> bool:
-    return len(value) <= max_length and bool(_DNS_LABEL.match(value))
+    """A DNS-1123 label: namespaces, most object names' parts, teams, folders."""
+    return isinstance(value, str) and len(value) <= max_length and bool(_DNS_1123_LABEL.match(value))
+
+
+def is_dns_1035_label(value: str, max_length: int = 63) -> bool:
+    """A DNS-1035 label (a letter first): Service names, and so slugs and environments."""
+    return isinstance(value, str) and len(value) <= max_length and bool(_DNS_1035_LABEL.match(value))
+
+
+def is_dns_subdomain(value: str) -> bool:
+    """A DNS-1123 subdomain: most object names (Secrets, ConfigMaps, …) and label key prefixes."""
+    return isinstance(value, str) and len(value) <= 253 and bool(_DNS_1123_SUBDOMAIN.match(value))
+
+
+def is_label_value(value: str) -> bool:
+    return value == "" or (len(value) <= 63 and bool(_QUALIFIED_NAME.match(value)))
+
+
+def is_qualified_key(key: str) -> bool:
+    """A label or annotation key: an optional DNS subdomain prefix and '/', then a name."""
+    prefix, _, name = key.rpartition("/")
+    if prefix and not is_dns_subdomain(prefix):
+        return False
+    return len(name) <= 63 and bool(_QUALIFIED_NAME.match(name))
 
 
 def is_slug(value: str) -> bool:
-    return len(value) <= MAX_SLUG_LENGTH and bool(_SLUG.match(value))
+    return is_dns_1035_label(value, MAX_SLUG_LENGTH)
 
 
 def slugify(name: str) -> str:
@@ -50,7 +75,7 @@ def slugify(name: str) -> str:
 
 def check_environment_name(env: str) -> str:
     """Environment names become part of Kubernetes names and folder names."""
-    if not (len(env) <= MAX_ENV_LENGTH and _SLUG.match(env)):
+    if not is_dns_1035_label(env, MAX_ENV_LENGTH):
         raise ValueError(
             f"environment name {env!r} must be at most {MAX_ENV_LENGTH} lowercase letters, digits "
             "or '-', starting with a letter"

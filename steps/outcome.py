@@ -27,25 +27,37 @@ class TransientError(RuntimeError):
 def is_transient(err: BaseException) -> bool:
     if isinstance(err, TransientError | ConnectionError | TimeoutError):
         return True
-    name = type(err).__name__
-    if name in {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-                "ConnectionError", "Timeout", "ReadTimeout", "ChunkedEncodingError"}:
+    if isinstance(err, _loaded_types(_NETWORK_ERRORS)) and not isinstance(err, _loaded_types(_TLS_ERRORS)):
         return True
     status = _http_status(err)
     return status is not None and (status >= 500 or status == 429)
+
+
+# The client libraries' network failures, by type (subclasses included). TLS errors are excluded: a
+# refused certificate does not heal by itself.
+_NETWORK_ERRORS = {
+    "requests.exceptions": ("ConnectionError", "Timeout", "ChunkedEncodingError"),
+    "urllib3.exceptions": ("TimeoutError",),  # ConnectTimeoutError, ReadTimeoutError
+    "botocore.exceptions": ("ConnectionError", "ReadTimeoutError", "ConnectionClosedError"),
+}
+_TLS_ERRORS = {"requests.exceptions": ("SSLError",), "botocore.exceptions": ("SSLError",)}
+
+
+def _loaded_types(names: dict[str, tuple[str, ...]]) -> tuple[type, ...]:
+    """The named exception classes of the modules already imported: an error can only be of a class
+    whose module is loaded, and a step that never imports botocore does not pay for it here."""
+    found = []
+    for module_name, classes in names.items():
+        module = sys.modules.get(module_name)
+        found += [getattr(module, name) for name in classes if module is not None and hasattr(module, name)]
+    return tuple(found)
 
 
 def _http_status(err: BaseException) -> int | None:
     response = getattr(err, "response", None)
     if isinstance(response, dict):  # botocore ClientError
         return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    code = getattr(err, "get_http_status_code", None)  # MlflowException
-    if callable(code):
-        try:
-            return int(code())
-        except (TypeError, ValueError):
-            return None
-    return getattr(response, "status_code", None)
+    return getattr(response, "status_code", None)  # requests' HTTPError
 
 
 def as_argo_step(fn: F) -> F:

@@ -18,7 +18,7 @@ import yaml
 from hera.workflows import Input, Output
 
 from mlferry.steps import gitops, registry
-from mlferry.steps.layout import parse_gitops_folder
+from mlferry.steps.layout import parse_gitops_folder, team_prefix
 from mlferry.steps.naming import slugify
 from mlferry.steps.outcome import as_argo_step
 from mlferry.steps.settings import Settings, load_settings
@@ -54,7 +54,7 @@ def plan(inputs: PlanInput) -> Plan:
     settings = load_settings()
     repo = settings.require_gitops_repo()
     models = registry.list_models(registry.client())
-    snapshot = gitops.read_snapshot(repo, settings.gitops_branch, f"teams/{settings.team}/")
+    snapshot = gitops.read_snapshot(repo, settings.gitops_branch, team_prefix(settings.team))
     prune = settings.prune if inputs.prune == "auto" else inputs.prune == "true"
     return plan_changes(desired_state(models, settings), deployed_state(snapshot), prune, snapshot.sha)
 

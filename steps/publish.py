@@ -1,30 +1,10 @@
 """Publish: copy a model version's artifacts to ``s3://<bucket>/models/<slug>/<version>/``.
 
-The contract (DESIGN.md) is that a prefix is complete once ``mlferry-manifest.json`` exists,
-and immutable from then on. So a run
-
-- finds the prefix complete and matching the source: nothing is downloaded or uploaded;
-- finds it complete but different: refuses, never overwrites;
-- finds no manifest (first run, or an earlier run that died): streams every file from the
-  source and hashes it, keeps objects that already hold exactly those bytes, uploads the rest,
-  verifies each upload, deletes strays, and writes the manifest last.
-
-How a copy is verified without reading it back: against what the store says about the bytes
-it stored, never against what we sent. A small file is read once, for its sha256 (for the
-manifest) and its MD5, before its PUT: the PUT carries both (Content-MD5 and
-x-amz-checksum-sha256, which S3 and MinIO check), and its answer's ETag, which S3, MinIO and
-moto compute as the MD5 of the bytes stored, must be that MD5 (no request of its own). A large
-file's upload (s3transfer, in parts, each with its CRC32) starts at once, and the file is read
-beside it for its sha256 and CRC32s; then one HEAD asks the store for the CRC32 it keeps of the
-assembled object, computed from the bytes it stored (of the parts' CRC32s, or of the whole),
-which must be ours. A CRC32 costs a sixth of an MD5, and it means the same under SSE-KMS or
-SSE-C, where ETags are not MD5s. A store that keeps no checksums is checked on its multipart
-ETag (the MD5 of the parts' MD5s), which costs one more read of the file. Before the manifest,
-one listing of the prefix (one request per 1,000 keys) confirms that every object is still
-there with the size and ETag it had when verified.
-
-The manifest holds no timestamps, so two runs racing on the same version (webhook and
-schedule) write identical bytes.
+A prefix is complete once ``mlferry-manifest.json`` exists, and immutable from then on, so any
+run may be repeated or raced (webhook and schedule): a complete matching prefix is left alone, a
+complete different one is refused, an incomplete one is finished and its manifest written last.
+Each upload is verified against the checksums the store reports for the bytes it stored (ETag MD5,
+or CRC32 for multipart uploads), never against what was sent, so the copy is never read back.
 
 No ``from __future__ import annotations`` here: Hera's runner inspects ``publish``'s
 annotations as classes, and postponed annotations would hand it strings.

@@ -7,7 +7,7 @@ because the person reading it is a data scientist who just moved an alias.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -74,33 +74,33 @@ def check_ready(found: Version) -> Version:
     return found
 
 
-def _registered(mlflow: MlflowApi, name: str) -> dict:
+def _get(mlflow: MlflowApi, endpoint: str, key: str, missing: Callable[[], str], **params: str) -> dict:
+    """One registry object; a missing one is a RegistryError saying `missing()`."""
     try:
-        return mlflow.get("registered-models/get", name=name)["registered_model"]
+        return mlflow.get(endpoint, **params)[key]
     except MlflowApiError as err:
         if _missing(err):
-            raise RegistryError(f"model {name!r} is not registered in {mlflow.tracking_uri}") from None
+            raise RegistryError(missing()) from None
         raise
+
+
+def _registered(mlflow: MlflowApi, name: str) -> dict:
+    return _get(mlflow, "registered-models/get", "registered_model",
+                lambda: f"model {name!r} is not registered in {mlflow.tracking_uri}", name=name)
 
 
 def _by_version(mlflow: MlflowApi, name: str, version: str) -> Version:
-    try:
-        return Version.from_json(mlflow.get("model-versions/get", name=name, version=version)["model_version"])
-    except MlflowApiError as err:
-        if _missing(err):
-            raise RegistryError(f"model {name!r} has no version {version!r}") from None
-        raise
+    return Version.from_json(_get(mlflow, "model-versions/get", "model_version",
+                                  lambda: f"model {name!r} has no version {version!r}", name=name, version=version))
 
 
 def _by_alias(mlflow: MlflowApi, name: str, alias: str) -> Version:
-    try:
-        return Version.from_json(mlflow.get("registered-models/alias", name=name, alias=alias)["model_version"])
-    except MlflowApiError as err:
-        if _missing(err):
-            known = sorted(_aliases(_registered(mlflow, name)))
-            raise RegistryError(f"model {name!r} has no alias {alias!r} "
-                                f"(its aliases: {', '.join(known) or 'none'})") from None
-        raise
+    def missing() -> str:
+        known = sorted(_aliases(_registered(mlflow, name)))
+        return f"model {name!r} has no alias {alias!r} (its aliases: {', '.join(known) or 'none'})"
+
+    return Version.from_json(_get(mlflow, "registered-models/alias", "model_version", missing,
+                                  name=name, alias=alias))
 
 
 def _by_stage(mlflow: MlflowApi, name: str, stage: str) -> Version:

@@ -22,8 +22,8 @@ from hera.workflows import Input, Output
 
 from mlferry.steps.outcome import as_argo_step
 from mlferry.steps.layout import check_version, gitops_folder, model_uri
-from mlferry.steps.manifests import KUSTOMIZATION, is_label_value, validate_folder
-from mlferry.steps.naming import kubernetes_name, slugify
+from mlferry.steps.manifests import KUSTOMIZATION, validate_folder
+from mlferry.steps.naming import is_dns_subdomain, is_label_value, kubernetes_name, slugify
 from mlferry.steps.settings import Settings, load_settings
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -37,7 +37,6 @@ SERVING_PORT = 8080
 # The API server caps all annotations of an object at 256 KiB; the description is there for
 # people browsing the cluster, and the registry keeps the full text.
 MAX_DESCRIPTION = 16 * 1024
-_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 class RenderInput(Input):
@@ -133,7 +132,7 @@ def check_slug(model: str, slug: str) -> str:
 
 
 def check_secret_name(secret: str) -> str:
-    if not (len(secret) <= 253 and _SECRET_NAME.match(secret)):
+    if not is_dns_subdomain(secret):
         raise ValueError(f"s3_secret {secret!r} is not a valid Secret name (a DNS-1123 subdomain)")
     return secret
 

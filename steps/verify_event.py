@@ -1,7 +1,7 @@
 """verify-event: the first task of a webhook-triggered promotion; trust the event or stop the run.
 
 Argo Events' webhook source cannot check MLflow's signature, so this step does, before any side
-effect: signature and timestamp window (sensors/signature.py), then the same filter the Sensor
+effect: signature and timestamp window (steps/signature.py), then the same filter the Sensor
 applied (steps/event_filter.py), so an event the Sensor let through by mistake stops here too.
 Without an event (a manual, CLI or reconcile submit) there is nothing to verify and it succeeds.
 The secret comes from MLFERRY_WEBHOOK_SECRET (the bundle's webhook Secret).
@@ -18,11 +18,17 @@ from typing import Any
 from hera.workflows import Input, Output
 
 from mlferry.steps.event_filter import accept
-from mlferry.steps.signature import SignatureError, canonical_body, verify
+from mlferry.steps.signature import (DELIVERY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError,
+                                     canonical_body, verify)
 from mlferry.steps.outcome import as_argo_step
 from mlferry.steps.settings import Settings, load_settings
 
 SECRET_ENV = "MLFERRY_WEBHOOK_SECRET"
+# The workflow parameters that carry a webhook event to this step, each from a request header, and
+# the body. Declared once: the WorkflowTemplate takes them (workflows/promote.py), the Sensor fills them
+# (sensors/parameters.py).
+EVENT_HEADERS = {"delivery_id": DELIVERY_ID_HEADER, "timestamp": TIMESTAMP_HEADER, "signature": SIGNATURE_HEADER}
+EVENT_PARAMETERS = (*EVENT_HEADERS, "body")
 
 
 class VerifyEventInput(Input):

@@ -7,7 +7,7 @@ kinds with the schemas Hera's models give (mlferry.engine.schema), Argo CD and I
 CRD schemas vendored in tests/schemas. Then what the schemas cannot say: the Argo objects are
 `mlferry generate`'s, the RBAC is least privilege, the NetworkPolicies admit exactly the
 intended (namespace, port) pairs, no object carries a credential, and the Dockerfiles build
-what pyproject.toml says. helm itself comes from mlferry.tools.ensure_helm().
+what pyproject.toml says. helm itself comes from tests/helm.py (ensure_helm).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 import mlferry
-from mlferry.tools import ensure_helm
+from tests.helm import ensure_helm
 from mlferry.steps.manifests import parse_documents, validate_manifest
 from mlferry.steps.render import SERVING_PORT
 from mlferry.steps.settings import EnvironmentSettings, Resources, Settings

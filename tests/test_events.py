@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from mlferry.steps import signature
 from mlferry.steps.event_filter import accept
-from mlferry.sensors.objects import EVENT_PARAMETERS, event_source, promotion_workflow, sensor
+from mlferry.sensors.objects import event_source, promotion_workflow, sensor
+from mlferry.sensors.parameters import TRIGGER_PARAMETERS
 from mlferry.steps.signature import SignatureError, canonical_body, verify
 from mlferry.steps.settings import Settings
 from mlferry.steps.verify_event import EventRejected, VerifyEventInput, verified_event
@@ -458,7 +459,7 @@ def test_heras_nested_webhook_context_is_rejected() -> None:
 
 def test_the_submitted_workflow_fits_the_promote_template() -> None:
     from mlferry import engine
-    from mlferry.workflows.promote import EVENT_PARAMETERS as TEMPLATE_EVENT_PARAMETERS
+    from mlferry.steps.verify_event import EVENT_PARAMETERS
     from mlferry.workflows.promote import promote_template
 
     template = promote_template(BUNDLE).to_dict()
@@ -466,7 +467,7 @@ def test_the_submitted_workflow_fits_the_promote_template() -> None:
     for trigger in sensor(BUNDLE)["spec"]["triggers"]:
         workflow = trigger["template"]["argoWorkflow"]["source"]["resource"]
         names = [p["name"] for p in workflow["spec"]["arguments"]["parameters"]]
-        assert set(names) <= declared and {*EVENT_PARAMETERS, *TEMPLATE_EVENT_PARAMETERS} <= set(names)
+        assert set(names) <= declared and {*TRIGGER_PARAMETERS, *EVENT_PARAMETERS} <= set(names)
         engine.load(workflow, workflow_templates=[template])  # the local executor runs it as Argo would
 
 

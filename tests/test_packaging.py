@@ -43,3 +43,5 @@ def test_the_wheel_has_one_top_level_package(tmp_path):
     assert "mlferry/steps/templates/deployment/deployment.yaml.j2" in names
     assert "mlferry/steps/schemas/kserve-inferenceservice-v1beta1.json" in names
     assert "mlferry/steps/gitops/publish.py" in names  # a subpackage needs its own packaging lines
+    # maintainer and test tools stay in the repo: the product ships only the product
+    assert not [n for n in names if n.endswith("/vendor_kserve.py") or n == "mlferry/tools.py"]

