@@ -48,14 +48,14 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=7, help="commits and snapshot reads per remote (median)")
     args = parser.parse_args()
 
-    from mlferry.stack import _init_bare_repo
+    from mlferry.stack import init_bare_repo
 
     report = Report("gitops_history", "GitOps history: one promotion's commit on a big remote vs an empty one")
     with scratch_dir("gitops-history") as tmp:
         tmp = Path(tmp)
         remotes = {"empty": tmp / "empty.git", "big": tmp / "big.git", "flat": tmp / "flat.git",
                    "big-blobless": tmp / "big-blobless.git", "big-nofilter": tmp / "big-nofilter.git"}
-        _init_bare_repo(remotes["empty"], "main")
+        init_bare_repo(remotes["empty"], "main")
         allow_filter(remotes["empty"])  # whatever mlferry.stack does, the baseline allows filters too
         with timed() as building:
             build_remote(remotes["big"], COMMITS)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlferry.stack import Stack, _init_bare_repo
+from mlferry.stack import Stack, init_bare_repo
 
 # CI sets this so that a test whose system binary is missing fails instead of skipping: a laptop
 # may lack openssh-server, CI must never silently stop running those tests.
@@ -55,7 +55,7 @@ def s3(stack):
 def gitops_remote(tmp_path, monkeypatch) -> Path:
     """A fresh bare GitOps remote with one commit, set as this test's MLFERRY_GITOPS_REPO."""
     remote = tmp_path / "gitops.git"
-    _init_bare_repo(remote, "main")
+    init_bare_repo(remote, "main")
     monkeypatch.setenv("MLFERRY_GITOPS_REPO", str(remote))
     monkeypatch.setenv("MLFERRY_GITOPS_BRANCH", "main")
     return remote

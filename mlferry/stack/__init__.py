@@ -9,12 +9,12 @@ State lives in one folder (default ``.mlferry/``, mode 700, its files 600): ``st
 ``up`` started, so that ``down`` stops exactly that, and the ports it used, reused next time),
 ``secrets.env`` (generated credentials), ``logs/``, the sqlite registry ``mlflow.db``, the bare
 GitOps repo ``gitops.git`` and ``s3/``, the S3 objects as of the last ``down`` (see
-mlferry.stackdata). ``down`` keeps all of it, like a docker-compose volume; ``down --purge`` and
+mlferry.stack.data). ``down`` keeps all of it, like a docker-compose volume; ``down --purge`` and
 ``reset`` delete it.
 
 The S3 server checks credentials, as MinIO does: moto accepts any key until told otherwise, so
 the stack spends moto's first unauthenticated requests on one IAM user allowed ``s3:*`` and its
-key (see _provision_s3_key); every later request must be signed with that key.
+key (see mlferry.stack.s3); every later request must be signed with that key.
 """
 
 from __future__ import annotations
@@ -25,52 +25,29 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-from mlferry import stackdata
-
+from mlferry.stack import data
+from mlferry.stack import s3 as s3_server
+from mlferry.stack.data import private_dir, private_umask, write_private
+from mlferry.stack.processes import (Part, StackError, alive, answers, check_port_free, free_port, port_free,
+                                     stop, stop_part, wait_ready)
+from mlferry.stack.s3 import ARTIFACTS_BUCKET, MODELS_BUCKET
 from mlferry.steps.gitops import Git
+
+__all__ = ["ARTIFACTS_BUCKET", "DEFAULT_DIR", "MODELS_BUCKET", "Stack", "StackError", "init_bare_repo"]
 
 DEFAULT_DIR = ".mlferry"
 DEFAULT_PORTS = {"s3": 9050, "mlflow": 5050}
-ARTIFACTS_BUCKET = "mlflow-artifacts"  # MLflow's own artifact store
-MODELS_BUCKET = "mlferry"  # where mlferry publishes; stands in for the team's MinIO bucket
 GITOPS_BRANCH = "main"
 TEAM = "ml"
-READY_TIMEOUT = 90.0
-S3_USER = "mlferry"
 S3_KEY_SEED = "MLFERRY_S3_KEY_SEED"  # in secrets.env: moto makes the same key from it at every start
-S3_SETUP_REQUESTS = 3  # CreateUser, PutUserPolicy, CreateAccessKey: then moto checks every signature
-
-
-class StackError(RuntimeError):
-    """A part of the stack could not start or stop; the message says which and what to do."""
-
-
-@dataclass
-class Part:
-    name: str
-    port: int
-    pid: int = 0
-    cmd: list[str] = field(default_factory=list)
-    log: str = ""
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
 
 @dataclass
@@ -130,8 +107,8 @@ class Stack:
 
         restore_last_save: the S3 server stopped without `down` saving its objects (killed, or
         the machine restarted); start anyway with the objects of the last save."""
-        _private_dir(self.dir)
-        _private_dir(self.logs)
+        private_dir(self.dir)
+        private_dir(self.logs)
         self._tighten_modes()
         creds = self._secrets()
         state = self._state()
@@ -140,7 +117,7 @@ class Stack:
         started = False
         for name in ("s3", "mlflow"):
             part = state.parts.get(name)
-            if part and _alive(part) and _answers(part):
+            if part and alive(part) and answers(part):
                 log(f"{name:7} already running at {part.url} (pid {part.pid})")
                 continue
             if name == "s3":
@@ -165,16 +142,16 @@ class Stack:
         state = self._state()
         mlflow = state.parts.get("mlflow")
         if mlflow:
-            log(f"mlflow  {_stop_part(mlflow)}")
+            log(f"mlflow  {stop_part(mlflow)}")
             del state.parts["mlflow"]
             self._write_state(state)
         s3 = state.parts.get("s3")
         if s3:
-            if _alive(s3) and not purge:
+            if alive(s3) and not purge:
                 self._save_s3(s3, log)
-            elif not _alive(s3) and not purge:
+            elif not alive(s3) and not purge:
                 state.lost = f"the S3 server (pid {s3.pid}) stopped without `mlferry stack down` saving its objects"
-            log(f"s3      {_stop_part(s3)}")
+            log(f"s3      {stop_part(s3)}")
             del state.parts["s3"]
             self._write_state(state)
         if purge:
@@ -192,18 +169,18 @@ class Stack:
             part = state.parts.get(name)
             if part is None:
                 rows.append((name, "stopped", "-"))
-            elif not _alive(part):
+            elif not alive(part):
                 rows.append((name, "dead", f"see {part.log}"))
             else:
-                rows.append((name, "running" if _answers(part) else "starting", part.url))
+                rows.append((name, "running" if answers(part) else "starting", part.url))
         rows.append(("gitops", "ready" if self.gitops_repo.exists() else "absent", str(self.gitops_repo)))
         return rows
 
     def data_summary(self) -> str:
         """Where the data is kept and what the last save holds, for `mlferry stack status`."""
         try:
-            snapshot = stackdata.read(self.s3_data)
-        except stackdata.SnapshotError as err:
+            snapshot = data.read(self.s3_data)
+        except data.SnapshotError as err:
             return f"{self.dir} (s3 save unreadable: {err})"
         if snapshot is None:
             return f"{self.dir} (s3 objects not saved yet: `mlferry stack down` saves them)"
@@ -235,14 +212,14 @@ class Stack:
         }
 
     # -- keeping data ------------------------------------------------------------------------
-    def _check_restorable(self, state: State, restore_last_save: bool) -> stackdata.Snapshot | None:
+    def _check_restorable(self, state: State, restore_last_save: bool) -> data.Snapshot | None:
         """Refuse to start on data that cannot be put back whole, rather than start a registry
         and a GitOps repo that point at objects that are gone. Returns the save to restore."""
         s3 = state.parts.get("s3")
-        if s3 and _alive(s3):
+        if s3 and alive(s3):
             return None  # running: its objects are in memory
         mlflow = state.parts.get("mlflow")
-        if mlflow and _alive(mlflow):
+        if mlflow and alive(mlflow):
             raise StackError(f"the S3 server of {self.dir} is not running but MLflow is; "
                              "run `mlferry stack down` then `mlferry stack up`")
         if s3 and not state.lost:
@@ -250,10 +227,10 @@ class Stack:
             del state.parts["s3"]
             self._write_state(state)
         try:
-            snapshot = stackdata.read(self.s3_data)
+            snapshot = data.read(self.s3_data)
             if snapshot is not None:
-                stackdata.verify(self.s3_data, snapshot)
-        except stackdata.SnapshotError as err:
+                data.verify(self.s3_data, snapshot)
+        except data.SnapshotError as err:
             raise StackError(f"cannot restore the S3 objects of {self.dir}: {err}; run `mlferry stack reset` "
                              "to start empty (it deletes the registry, the S3 objects and the GitOps repo)") from None
         when = f"the last save, {snapshot.saved_at}" if snapshot else "the stack started (nothing was saved)"
@@ -270,7 +247,7 @@ class Stack:
     def _save_s3(self, s3: Part, log) -> None:
         started = time.monotonic()
         try:
-            snapshot = stackdata.save(_s3_client(s3.url, self._secrets()), self.s3_data)
+            snapshot = data.save(s3_server.s3_client(s3.url, self._secrets()), self.s3_data)
         except Exception as err:  # the server keeps running, so nothing is lost yet
             raise StackError(f"could not save the S3 objects to {self.s3_data} ({err}); the S3 server is left "
                              "running: fix the cause and run `mlferry stack down` again, or `mlferry stack down "
@@ -304,7 +281,7 @@ class Stack:
             kept.append(f"registry {models} model{'s' * (models != 1)}")
         except sqlite3.Error:
             pass
-        snapshot = stackdata.read(self.s3_data)
+        snapshot = data.read(self.s3_data)
         if snapshot is not None:
             kept.append(f"s3 {len(snapshot.objects)} object{'s' * (len(snapshot.objects) != 1)} "
                         f"({_size(snapshot.size)})")
@@ -322,7 +299,7 @@ class Stack:
 
     def _write_state(self, state: State) -> None:
         tmp = self.state_file.with_suffix(".tmp")
-        _write_private(tmp, state.to_json())
+        write_private(tmp, state.to_json())
         tmp.replace(self.state_file)
 
     def _tighten_modes(self) -> None:
@@ -350,28 +327,28 @@ class Stack:
 
     def _write_secrets(self, creds: dict[str, str]) -> None:
         tmp = self.secrets_file.with_suffix(".tmp")
-        _write_private(tmp, "".join(f"{k}={v}\n" for k, v in creds.items()))
+        write_private(tmp, "".join(f"{k}={v}\n" for k, v in creds.items()))
         tmp.replace(self.secrets_file)
 
-    def _start_s3(self, creds: dict[str, str], state: State, snapshot: stackdata.Snapshot | None,
+    def _start_s3(self, creds: dict[str, str], state: State, snapshot: data.Snapshot | None,
                   log) -> tuple[Part, dict[str, str]]:
         """Start moto, make the key it accepts, put the saved objects back."""
         part = self._start("s3", creds, state, log)
         try:
-            key_id, secret = _provision_s3_key(part.url, int(creds[S3_KEY_SEED]))
+            key_id, secret = s3_server.provision_s3_key(part.url, int(creds[S3_KEY_SEED]))
             if (creds.get("AWS_ACCESS_KEY_ID"), creds.get("AWS_SECRET_ACCESS_KEY")) != (key_id, secret):
                 if creds.get("AWS_ACCESS_KEY_ID"):
                     log(f"s3      the access key changed ({self.secrets_file} has the new one): shells that "
                         "ran `eval \"$(mlferry stack env)\"` must run it again")
                 creds = {**creds, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
                 self._write_secrets(creds)
-            client = _s3_client(part.url, creds)
-            _check_credentials_enforced(part.url, creds)
+            client = s3_server.s3_client(part.url, creds)
+            s3_server.check_credentials_enforced(part.url, creds)
             if snapshot is not None:
-                stackdata.restore(client, self.s3_data, snapshot)
-            _create_buckets(client)
+                data.restore(client, self.s3_data, snapshot)
+            s3_server.create_buckets(client)
         except BaseException as err:
-            _stop(part)
+            stop(part)
             if isinstance(err, Exception) and not isinstance(err, StackError):
                 raise StackError(f"s3 started but could not be set up ({err}); it is stopped again, "
                                  f"see {part.log}") from err
@@ -381,18 +358,18 @@ class Stack:
     def _choose_port(self, name: str, state: State, log) -> int:
         """The port asked for, else the one used last time, else the default, else a free one."""
         if name in self.requested_ports:
-            port = self.requested_ports[name] or _free_port()
-            _check_port_free(name, port)
+            port = self.requested_ports[name] or free_port()
+            check_port_free(name, port)
             return port
         candidates = {p: why for p, why in ((DEFAULT_PORTS[name], "the default"),
                                             (state.ports.get(name), "used last time")) if p}
         taken = []
         for port, why in reversed(candidates.items()):  # last time's first
-            if _port_free(port):
+            if port_free(port):
                 break
             taken.append(f"{port} ({why})")
         else:
-            port = _free_port()
+            port = free_port()
         if taken:
             log(f"{name:7} port {' and '.join(taken)} taken by another process; using {port}")
         return port
@@ -411,13 +388,13 @@ class Stack:
         finally:
             os.close(out)
         part.pid = proc.pid
-        _wait_ready(part, proc)
+        wait_ready(part, proc)
         return part
 
     def _command(self, part: Part, creds: dict[str, str], state: State) -> tuple[list[str], dict[str, str]]:
         env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1"}
         if part.name == "s3":
-            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(S3_SETUP_REQUESTS)
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(s3_server.SETUP_REQUESTS)
             for name in ("MOTO_ENABLE_RECORDING", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
                 env.pop(name, None)
             return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(part.port)], env
@@ -445,12 +422,12 @@ class Stack:
     def _init_gitops(self, log) -> None:
         if self.gitops_repo.exists():
             return
-        with _private_umask():
-            _init_bare_repo(self.gitops_repo, GITOPS_BRANCH)
+        with private_umask():
+            init_bare_repo(self.gitops_repo, GITOPS_BRANCH)
         log(f"gitops  bare repo at {self.gitops_repo} (branch {GITOPS_BRANCH})")
 
 
-def _init_bare_repo(path: Path, branch: str) -> None:
+def init_bare_repo(path: Path, branch: str) -> None:
     """A bare repo with one commit, standing in for the team's GitOps remote."""
     with tempfile.TemporaryDirectory() as work:
         bare, clone = Git(path, os.environ), Git(Path(work), os.environ)
@@ -463,201 +440,6 @@ def _init_bare_repo(path: Path, branch: str) -> None:
         clone.run(*author, "add", "README.md", action="create the first commit")
         clone.run(*author, "commit", "-q", "-m", "Initial commit", action="create the first commit")
         clone.run(*author, "push", "-q", str(path), branch, action="create the first commit")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _check_port_free(name: str, port: int) -> None:
-    if not _port_free(port):
-        raise StackError(
-            f"cannot start {name}: port {port} on 127.0.0.1 is taken by another process; "
-            f"stop it or choose another port with --{name}-port"
-        )
-
-
-def _health_url(part: Part) -> str:
-    return f"{part.url}/health" if part.name == "mlflow" else f"{part.url}/moto-api/"
-
-
-def _answers(part: Part) -> bool:
-    try:
-        with urllib.request.urlopen(_health_url(part), timeout=2) as resp:
-            return resp.status < 500
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _wait_ready(part: Part, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StackError(f"{part.name} exited with code {proc.returncode} while starting; "
-                             f"last lines of {part.log}:\n{_tail(part.log)}")
-        if _answers(part):
-            return
-        time.sleep(0.3)
-    _stop(part)
-    raise StackError(f"{part.name} did not answer on {part.url} within {READY_TIMEOUT:.0f}s; "
-                     f"last lines of {part.log}:\n{_tail(part.log)}")
-
-
-def _tail(path: str, lines: int = 15) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _alive(part: Part) -> bool:
-    """True when the pid still runs the command we started (guards against pid reuse)."""
-    try:
-        cmdline = Path(f"/proc/{part.pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return [c.decode(errors="replace") for c in cmdline if c] == part.cmd
-
-
-def _stop(part: Part, timeout: float = 10.0) -> None:
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(part.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not _group_alive(part.pid):
-                _reap(part.pid)
-                return
-            time.sleep(0.1)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Any live (non-zombie) process left in the group? Zombies of our own children are reaped."""
-    _reap(pgid)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def _stop_part(part: Part) -> str:
-    if not _alive(part):
-        return "was not running"
-    _stop(part)
-    return f"stopped (pid {part.pid})"
-
-
-def _s3_client(url: str, creds: dict[str, str]) -> Any:
-    import boto3
-
-    return boto3.client("s3", endpoint_url=url, region_name="us-east-1",
-                        aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"])
-
-
-def _provision_s3_key(url: str, seed: int) -> tuple[str, str]:
-    """Make the one identity the S3 server accepts: IAM user `mlferry`, allowed s3:*, and its key.
-
-    moto checks no credentials for its first INITIAL_NO_AUTH_ACTION_COUNT requests (the stack
-    sets S3_SETUP_REQUESTS) and checks every signature after: these three requests spend them.
-    moto cannot import a given key; it makes one from its random generator, which its
-    /moto-api/seed seeds first, so the seed kept in secrets.env gives the same key at every start
-    and shells that exported it keep working. They are plain form POSTs rather than boto3 calls:
-    a boto3 IAM client costs more to build than the three requests take, and unsigned requests
-    are what moto accepts here (the Authorization header only tells it which service is meant).
-    """
-    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/seed?a={seed}", method="POST"), timeout=30).close()
-    policy = json.dumps({"Version": "2012-10-17",
-                         "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]})
-    answers = [_iam(url, Action="CreateUser", UserName=S3_USER),
-               _iam(url, Action="PutUserPolicy", UserName=S3_USER, PolicyName="s3", PolicyDocument=policy),
-               _iam(url, Action="CreateAccessKey", UserName=S3_USER)]
-    key = answers[-1].find(".//{*}AccessKey")
-    if key is None:
-        raise StackError(f"the S3 server at {url} answered CreateAccessKey without a key")
-    return key.findtext("{*}AccessKeyId", ""), key.findtext("{*}SecretAccessKey", "")
-
-
-def _iam(url: str, **params: str) -> ET.Element:
-    body = urllib.parse.urlencode({**params, "Version": "2010-05-08"}).encode()
-    request = urllib.request.Request(url + "/", data=body, method="POST", headers={
-        "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
-        "Authorization": "AWS4-HMAC-SHA256 Credential=setup/20000101/us-east-1/iam/aws4_request, "
-                         "SignedHeaders=host, Signature=unsigned"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return ET.fromstring(answer.read())
-    except urllib.error.HTTPError as err:
-        raise StackError(f"the S3 server at {url} refused IAM {params['Action']} while setting up its "
-                         f"credentials: HTTP {err.code} {err.read()[:300]!r}") from None
-
-
-def _check_credentials_enforced(url: str, creds: dict[str, str]) -> None:
-    """A wrong secret must be refused, or the stack would hide credential mistakes that a real store rejects."""
-    from botocore.exceptions import ClientError
-
-    wrong = _s3_client(url, {**creds, "AWS_SECRET_ACCESS_KEY": "not-" + creds["AWS_SECRET_ACCESS_KEY"]})
-    try:
-        wrong.list_buckets()
-    except ClientError as err:
-        if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 403:
-            return
-        raise
-    raise StackError(f"the S3 server at {url} accepted a wrong secret key: it does not check credentials "
-                     f"(is INITIAL_NO_AUTH_ACTION_COUNT honoured by this moto?)")
-
-
-def _create_buckets(client: Any) -> None:
-    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-    for bucket in (ARTIFACTS_BUCKET, MODELS_BUCKET):
-        if bucket not in existing:
-            client.create_bucket(Bucket=bucket)
-
-
-def _private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.chmod(path, 0o600)  # a file left by an older mlferry keeps its mode through O_TRUNC
-
-
-@contextlib.contextmanager
-def _private_umask():
-    old = os.umask(0o077)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def _size(n: int) -> str:

@@ -18,6 +18,7 @@ so that its ETag and checksum come back as they were.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -94,8 +95,8 @@ def save(client: Any, folder: Path) -> Snapshot:
     not downloaded again. The manifest is replaced last, so an interrupted save leaves the
     previous one whole."""
     objects_dir = folder / "objects"
-    _private_dir(folder)
-    _private_dir(objects_dir)
+    private_dir(folder)
+    private_dir(objects_dir)
     try:
         previous = read(folder)
     except SnapshotError:
@@ -156,11 +157,11 @@ def restore(client: Any, folder: Path, snapshot: Snapshot) -> None:
 
 
 def write(folder: Path, snapshot: Snapshot) -> None:
-    _private_dir(folder)
+    private_dir(folder)
     data = {"format": FORMAT, "saved_at": snapshot.saved_at, "buckets": snapshot.buckets,
             "objects": [asdict(o) for o in snapshot.objects]}
     tmp = folder / (MANIFEST + ".tmp")
-    _write_private(tmp, json.dumps(data, indent=1).encode())
+    write_private(tmp, json.dumps(data, indent=1).encode())
     tmp.replace(folder / MANIFEST)
 
 
@@ -206,14 +207,26 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _private_dir(path: Path) -> None:
+def private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: str | bytes) -> None:
+    """Write and sync a file only its owner may read; an older file's mode is tightened too."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
-        out.write(data)
+        out.write(data.encode() if isinstance(data, str) else data)
         out.flush()
         os.fsync(out.fileno())
+    os.chmod(path, 0o600)  # O_TRUNC keeps the mode of a file left by an older mlferry
+
+
+@contextlib.contextmanager
+def private_umask():
+    """Files made inside (by a server or git) are the owner's only."""
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
