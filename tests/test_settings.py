@@ -103,3 +103,61 @@ def test_the_bundle_reads_the_same_file_and_takes_flags(tmp_path):
     assert (bundle.namespace, bundle.settings.team) == ("fraud-argo", "flag-team")
     assert load_bundle(file, overrides={"runtime": "kserve"}).settings.runtime == "kserve"
 
+
+# -- the reference and the example cannot rot ---------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "docs" / "mlferry.example.yaml"
+REFERENCE = ROOT / "docs" / "configuration.md"
+
+
+def _keys(model, prefix=""):
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        yield prefix + name
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and name != "settings":
+            yield from _keys(annotation, f"{prefix}{name}.")
+
+
+def test_the_example_file_loads_and_holds_every_key_at_its_default():
+    import yaml
+
+    from mlferry.workflows.bundle import Bundle, load_bundle
+
+    settings = load_settings(EXAMPLE, environ={})
+    bundle = load_bundle(EXAMPLE)
+    assert settings == Settings(serving_image=settings.serving_image)
+    assert bundle.model_dump(exclude={"image", "settings"}) == Bundle().model_dump(exclude={"image", "settings"})
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    flat = set()
+
+    def walk(data, prefix=""):
+        for key, value in data.items():
+            flat.add(prefix + key)
+            if isinstance(value, dict) and key != "environments":
+                walk(value, f"{prefix}{key}.")
+
+    walk(raw)
+    missing = {k for k in _keys(Settings)} | {f"bundle.{k}" for k in _keys(Bundle) if k != "settings"}
+    assert missing - flat == set()
+
+
+def test_the_reference_names_every_key_and_every_variable_the_product_reads():
+    import re
+
+    from mlferry.workflows.bundle import Bundle
+
+    text = REFERENCE.read_text()
+    keys = {*_keys(Settings), *(f"bundle.{k}" for k in _keys(Bundle) if k != "settings")}
+    assert {k for k in keys if f"`{k}`" not in text} == set()
+    read = set()
+    for folder in ("steps", "mlferry", "workflows"):
+        for path in (ROOT / folder).rglob("*.py"):
+            read |= {v for v in re.findall(r"MLFERRY_[A-Z0-9_]+", path.read_text()) if not v.endswith("_")}
+    assert read, "no MLFERRY_ variable found: the scan is broken"
+    assert {v for v in read if f"`{v}`" not in text} == set()
+    assert "docs/configuration.md" in (ROOT / "README.md").read_text()
