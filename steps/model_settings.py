@@ -16,6 +16,7 @@ is copied or committed; render applies them. Other tags, `mlferry.*` or not, are
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +38,28 @@ def check_quantity(what: str, value: str) -> str:
     if not QUANTITY.match(value):
         raise ModelTagError(f"{what}={value!r} must be a Kubernetes quantity such as 250m, 0.5, 2, 512Mi or 1Gi")
     return value
+
+
+_SUFFIX = {"": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+           "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def quantity_value(value: str) -> Decimal:
+    """A quantity (already checked by QUANTITY) as a number, to compare a request with its limit."""
+    match = QUANTITY.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity")
+    return Decimal(match.group(1)) * _SUFFIX[match.group(3) or ""]
+
+
+def check_requests_within_limits(resources: Mapping[str, str], sources: Mapping[str, str]) -> None:
+    """Kubernetes refuses a container whose request exceeds its limit: say so now, naming where each
+    value came from (`sources`: key → "registered-model tag mlferry.cpu_request" or "resources.cpu_request")."""
+    for kind in ("cpu", "memory"):
+        request, limit = resources[f"{kind}_request"], resources[f"{kind}_limit"]
+        if quantity_value(request) > quantity_value(limit):
+            raise ModelTagError(f"{sources[kind + '_request']}={request!r} is more than {sources[kind + '_limit']}="
+                                f"{limit!r}: a {kind} request must not exceed its limit")
 
 
 class ModelServing(BaseModel):

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlferry import __version__
+from mlferry.steps.model_settings import QUANTITY
 from mlferry.steps.naming import check_environment_name, is_dns_label
 
 Runtime = Literal["deployment", "kserve"]
@@ -30,11 +31,21 @@ class SettingsError(ValueError):
 
 
 class Resources(BaseModel):
+    """Requests and limits of every model server; a registered model's mlferry.* tags override them."""
+
     model_config = ConfigDict(extra="forbid")
     cpu_request: str = "250m"
     memory_request: str = "512Mi"
     cpu_limit: str = "1"
     memory_limit: str = "1Gi"
+
+    @field_validator("cpu_request", "memory_request", "cpu_limit", "memory_limit")
+    @classmethod
+    def _quantity(cls, value: str, info) -> str:
+        if not QUANTITY.match(value):
+            raise ValueError(f"resources.{info.field_name} {value!r} must be a Kubernetes quantity "
+                             "such as 250m, 0.5, 2, 512Mi or 1Gi")
+        return value
 
 
 class EnvironmentSettings(BaseModel):

@@ -83,3 +83,25 @@ def test_a_bad_tag_fails_the_promotion_before_anything_is_copied_or_committed(re
     assert git_log(gitops_remote, "--format=%H") == before
     listed = s3.list_objects_v2(Bucket="mlferry", Prefix=f"models/{slugify(name)}/")
     assert listed.get("KeyCount", 0) == 0
+
+
+def test_a_request_above_its_limit_names_both_sources():
+    from mlferry.steps.resolve import _model_serving
+
+    settings = load_settings(environ={})
+    with pytest.raises(ModelTagError, match=r"registered-model tag mlferry.cpu_request='4' is more than "
+                                            r"resources.cpu_limit='1': a cpu request must not exceed its limit"):
+        _model_serving({"mlferry.cpu_request": "4"}, settings)
+    with pytest.raises(ModelTagError, match=r"resources.memory_request='512Mi' is more than registered-model tag "
+                                            r"mlferry.memory_limit='256Mi'"):
+        _model_serving({"mlferry.memory_limit": "256Mi"}, settings)
+    assert _model_serving({"mlferry.cpu_request": "1500m", "mlferry.cpu_limit": "2"}, settings).cpu_request == "1500m"
+
+
+def test_team_resources_are_quantities_too(tmp_path):
+    from mlferry.steps.settings import SettingsError
+
+    file = tmp_path / "mlferry.yaml"
+    file.write_text("resources: {memory_limit: 1GB}\n")
+    with pytest.raises(SettingsError, match="resources.memory_limit '1GB' must be a Kubernetes quantity"):
+        load_settings(file, environ={})
