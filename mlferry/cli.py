@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     _events_commands(commands)
     _webhook_commands(commands)
     _operator_view_commands(commands)
+    _config_command(commands)
     return parser
 
 
@@ -164,6 +165,7 @@ def _local_options(sub) -> None:
     sub.add_argument("--config", help="mlferry.yaml (default: $MLFERRY_CONFIG or ./mlferry.yaml)")
     sub.add_argument("--stack-dir", help=STACK_DIR_HELP + "; used when MLFLOW_TRACKING_URI is unset, "
                                           "and runs are kept in STACK_DIR/runs")
+    _setting_flags(sub)
 
 
 def _promote_command(commands) -> None:
@@ -482,6 +484,7 @@ def _operator_view_commands(commands) -> None:
     for sub, func in ((status, _status), (history, _history)):
         sub.add_argument("--config", help="mlferry.yaml (default: $MLFERRY_CONFIG or ./mlferry.yaml)")
         sub.add_argument("--stack-dir", help=STACK_DIR_HELP + "; used when MLFLOW_TRACKING_URI is unset")
+        _setting_flags(sub)
         sub.set_defaults(func=func)
 
 
@@ -516,6 +519,87 @@ def _history(args) -> None:
     settings = _operator_view_settings(args)
     found = model_history(args.model, args.env, settings.team, settings.require_gitops_repo(), settings.gitops_branch)
     print(json.dumps(found.as_json(), indent=2) if args.json else found.table(), end="\n" if args.json else "")
+
+
+
+# -- settings flags and `mlferry config` ---------------------------------------------------------
+# One rule everywhere: flag > environment variable > mlferry.yaml (--config, else $MLFERRY_CONFIG,
+# else ./mlferry.yaml) > default (steps/settings.py; docs/configuration.md).
+
+# The settings a flag can set: field → help.
+SETTING_FLAGS = {
+    "team": "team name: the GitOps folder teams/TEAM and the namespaces TEAM-ENV",
+    "bucket": "S3 bucket the models are copied into",
+    "runtime": "how models are served",
+    "serving_image": "container image that serves the models",
+    "gitops_repo": "GitOps remote (URL or path)",
+    "gitops_branch": "GitOps branch",
+}
+
+
+def _variable_of(field: str) -> str:
+    from mlferry.steps.settings import ENV_VARS
+
+    return next(var for var, name in ENV_VARS.items() if name == field)
+
+
+class _ExportedSetting(argparse.Action):
+    """A settings flag, exported as its MLFERRY_* variable: the settings this process loads, the
+    local run's bundle and every step process it starts (which read their settings the same way)
+    all see it. The flag replaces the shell's variable, and variables win over the file, so the
+    flag wins over both."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        os.environ[_variable_of(self.dest)] = values
+
+
+def _setting_flags(sub, export: bool = True) -> None:
+    for field, text in SETTING_FLAGS.items():
+        extra = {"choices": ["deployment", "kserve"]} if field == "runtime" else {}
+        sub.add_argument("--" + field.replace("_", "-"), dest=field, default=None,
+                         action=_ExportedSetting if export else "store",
+                         help=f"{text} (overrides ${_variable_of(field)} and mlferry.yaml)", **extra)
+
+
+def _config_command(commands) -> None:
+    sub = commands.add_parser(
+        "config", help="the effective settings and where each value came from",
+        description="Each setting, its value and its source, strongest first: a flag, an environment "
+                    "variable, the file (--config, else $MLFERRY_CONFIG, else ./mlferry.yaml), the default. "
+                    "Like `git config --list --show-origin`.")
+    sub.add_argument("--config", help="mlferry.yaml (default: $MLFERRY_CONFIG or ./mlferry.yaml)")
+    sub.add_argument("--stack-dir", help=STACK_DIR_HELP + "; its variables count when MLFLOW_TRACKING_URI "
+                                          "is unset, as for promote")
+    _json_option(sub)
+    _setting_flags(sub, export=False)
+    sub.set_defaults(func=_config)
+
+
+def _config(args) -> None:
+    import json
+
+    from mlferry.steps.settings import load_settings_with_origins
+
+    before = dict(os.environ)
+    use_local_stack_if_unset(args.stack_dir)
+    from_stack = {name for name in os.environ if name not in before}
+    overrides = {field: getattr(args, field) for field in SETTING_FLAGS}
+    settings, origins = load_settings_with_origins(args.config, overrides=overrides)
+    values = settings.model_dump(mode="json")
+    rows = []
+    for field, (source, name) in origins.items():
+        note = f"local stack {args.stack_dir}" if source == "variable" and name in from_stack else ""
+        rows.append({"key": field, "value": values[field], "source": source, "name": name,
+                     **({"note": note} if note else {})})
+    if args.json:
+        print(json.dumps({row.pop("key"): row for row in rows}, indent=2))
+        return
+    for row in rows:
+        origin = f"{row['source']}:{row['name']}" if row["name"] else row["source"]
+        value = row["value"] if isinstance(row["value"], str) else json.dumps(row["value"], separators=(",", ":"))
+        note = f"  (from the {row['note']})" if "note" in row else ""
+        print(f"{origin:<40} {row['key']}={value}{note}")
 
 
 if __name__ == "__main__":

@@ -89,6 +89,11 @@ def _registered(mlflow: MlflowApi, name: str) -> dict:
                 lambda: f"model {name!r} is not registered in {mlflow.tracking_uri}", name=name)
 
 
+def model_tags(mlflow: MlflowApi, name: str) -> dict[str, str]:
+    """The registered model's own tags (not a version's): per-model settings live there."""
+    return _pairs(_registered(mlflow, name).get("tags"))
+
+
 def _by_version(mlflow: MlflowApi, name: str, version: str) -> Version:
     return Version.from_json(_get(mlflow, "model-versions/get", "model_version",
                                   lambda: f"model {name!r} has no version {version!r}", name=name, version=version))

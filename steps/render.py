@@ -23,6 +23,7 @@ from hera.workflows import Input, Output
 from mlferry.steps.outcome import as_argo_step
 from mlferry.steps.layout import check_version, gitops_folder, model_uri
 from mlferry.steps.manifests import KUSTOMIZATION, validate_folder
+from mlferry.steps.model_settings import ModelServing
 from mlferry.steps.naming import is_dns_subdomain, is_label_value, kubernetes_name, slugify
 from mlferry.steps.settings import Settings, load_settings
 
@@ -47,6 +48,7 @@ class RenderInput(Input):
     run_id: str = ""
     source_commit: str = ""
     description: str = ""
+    serving: ModelServing = ModelServing()  # the registered model's mlferry.* tags, checked by resolve
 
 
 class Rendered(Output):
@@ -61,12 +63,13 @@ def render(inputs: RenderInput) -> Rendered:
 
 
 def render_folder(inputs: RenderInput, settings: Settings) -> Rendered:
-    resource_files = runtime_files(settings.runtime)
+    runtime = inputs.serving.runtime or settings.runtime  # the model's tag wins over the team's setting
+    resource_files = runtime_files(runtime)
     values = template_values(inputs, settings, resource_files)
     templates = _templates()
     files = {KUSTOMIZATION: templates.get_template("kustomization.yaml.j2").render(values)}
     for file_name in resource_files:
-        files[file_name] = templates.get_template(f"{settings.runtime}/{file_name}.j2").render(values)
+        files[file_name] = templates.get_template(f"{runtime}/{file_name}.j2").render(values)
     files = {name: files[name] for name in sorted(files)}
     folder = gitops_folder(settings.team, inputs.slug, inputs.env)
     validate_folder(files, folder)
@@ -110,7 +113,7 @@ def template_values(inputs: RenderInput, settings: Settings, resource_files: tup
         "annotations": annotations(inputs),
         "resource_files": list(resource_files),
         "model_uri": uri,
-        "replicas": environment.replicas,
+        "replicas": environment.replicas if inputs.serving.replicas is None else inputs.serving.replicas,
         "image": settings.serving_image,
         "command": serve_command(uri),
         "port": SERVING_PORT,
@@ -119,7 +122,7 @@ def template_values(inputs: RenderInput, settings: Settings, resource_files: tup
         # One ServiceAccount per folder: a shared one would be owned by several Argo CD
         # Applications, and pruning one model would take the credentials from the others.
         "service_account": name,
-        "resources": settings.resources.model_dump(),
+        "resources": {**settings.resources.model_dump(), **inputs.serving.resources()},
     }
 
 

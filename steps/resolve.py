@@ -8,6 +8,7 @@ from typing import Any
 from hera.workflows import Input, Output
 
 from mlferry.steps import registry
+from mlferry.steps.model_settings import TAG_PREFIX, ModelServing, check_requests_within_limits, serving_from_tags
 from mlferry.steps.outcome import as_argo_step
 from mlferry.steps.naming import slugify
 from mlferry.steps.settings import Settings, load_settings
@@ -33,6 +34,7 @@ class ModelVersion(Output):
     flavors: list[str] = []
     signature: dict[str, Any] = {}
     metrics: dict[str, float] = {}
+    serving: ModelServing = ModelServing()  # from the registered model's mlferry.* tags
 
 
 @as_argo_step
@@ -44,6 +46,7 @@ def resolve_version(inputs: ResolveInput, settings: Settings, mlflow) -> ModelVe
     settings.environment(inputs.env)  # an unknown environment fails before any registry call
     found = registry.find_version(mlflow, inputs.model, version=inputs.version,
                                   alias=inputs.alias, stage=inputs.stage)
+    serving = _model_serving(registry.model_tags(mlflow, found.name), settings)  # a bad tag fails here, first
     source_uri = registry.download_uri(mlflow, found.name, found.version)
     mlmodel = registry.read_mlmodel(source_uri)
     metrics, commit = registry.run_facts(mlflow, found.run_id or "")
@@ -59,7 +62,18 @@ def resolve_version(inputs: ResolveInput, settings: Settings, mlflow) -> ModelVe
         flavors=sorted(mlmodel.get("flavors") or {}),
         signature=_signature(mlmodel.get("signature")),
         metrics=metrics,
+        serving=serving,
     )
+
+
+def _model_serving(tags: dict[str, str], settings: Settings) -> ModelServing:
+    """The registered model's serving tags, checked alone and against the team's resources."""
+    serving = serving_from_tags(tags)
+    resources = {**settings.resources.model_dump(), **serving.resources()}
+    sources = {key: f"registered-model tag {TAG_PREFIX}{key}" if key in serving.resources() else f"resources.{key}"
+               for key in resources}
+    check_requests_within_limits(resources, sources)
+    return serving
 
 
 def _signature(raw: Any) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 Per-run values (model, version, environment) travel as workflow parameters; everything that
 is fixed for a team's installation comes from here. Sources, strongest first: explicit
-overrides (CLI flags), ``MLFERRY_*`` environment variables, the YAML in ``MLFERRY_SETTINGS``
-(how the bundle's ConfigMap hands it to a step pod, without a volume) or in the file named by
-``MLFERRY_CONFIG`` (or ``./mlferry.yaml``), then the defaults below. A step pod and a laptop
-read the same names.
+overrides (CLI flags), environment variables (``ENV_VARS``, and ``MLFLOW_S3_ENDPOINT_URL`` for
+``s3_endpoint``), the file (``--config``, else ``$MLFERRY_CONFIG``, else ``./mlferry.yaml``; with
+none of those, the YAML in ``MLFERRY_SETTINGS``, how the bundle's ConfigMap hands it to a step
+pod without a volume), then the defaults below. A step pod and a laptop read the same names.
+docs/configuration.md is the reference; `mlferry config` shows where each value came from.
 Credentials are never fields here: the AWS/MLflow/git clients read them from the environment.
 """
 
@@ -19,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlferry import __version__
+from mlferry.steps.model_settings import QUANTITY
 from mlferry.steps.naming import check_environment_name, is_dns_label
 
 Runtime = Literal["deployment", "kserve"]
@@ -29,11 +31,21 @@ class SettingsError(ValueError):
 
 
 class Resources(BaseModel):
+    """Requests and limits of every model server; a registered model's mlferry.* tags override them."""
+
     model_config = ConfigDict(extra="forbid")
     cpu_request: str = "250m"
     memory_request: str = "512Mi"
     cpu_limit: str = "1"
     memory_limit: str = "1Gi"
+
+    @field_validator("cpu_request", "memory_request", "cpu_limit", "memory_limit")
+    @classmethod
+    def _quantity(cls, value: str, info) -> str:
+        if not QUANTITY.match(value):
+            raise ValueError(f"resources.{info.field_name} {value!r} must be a Kubernetes quantity "
+                             "such as 250m, 0.5, 2, 512Mi or 1Gi")
+        return value
 
 
 class EnvironmentSettings(BaseModel):
@@ -140,24 +152,58 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
+    """The settings, each value from the strongest source that sets it:
+    flag (`overrides`) > environment variable > file > default."""
+    return load_settings_with_origins(path, environ, overrides)[0]
+
+
+# Where a value came from: ("flag", "--team"), ("variable", "MLFERRY_TEAM"),
+# ("file", "/abs/mlferry.yaml"), ("variable", "MLFERRY_SETTINGS") or ("default", "").
+Origin = tuple[str, str]
+
+
+def settings_file(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path | None:
+    """The file the settings come from: `path` (--config), else $MLFERRY_CONFIG, else ./mlferry.yaml if
+    it exists; None when there is none (then MLFERRY_SETTINGS, if set, stands in for it)."""
+    named = path or environ.get("MLFERRY_CONFIG")
+    if named:
+        return Path(named)
+    return Path("mlferry.yaml") if Path("mlferry.yaml").exists() else None
+
+
+def load_settings_with_origins(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[Settings, dict[str, Origin]]:
+    """`load_settings`, and for each top-level key the source its value came from."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    file = Path(path or environ.get("MLFERRY_CONFIG") or "mlferry.yaml")
-    if path or environ.get("MLFERRY_CONFIG") or file.exists():
-        values.update(_read_file(file))
+    origins: dict[str, Origin] = {}
+
+    def take(found: Mapping[str, Any], origin: Origin) -> None:
+        values.update(found)
+        origins.update({key: origin for key in found})
+
+    file = settings_file(path, environ)
+    if file is not None:
+        take(_read_file(file), ("file", str(file.resolve())))
     elif environ.get("MLFERRY_SETTINGS"):
-        values.update(_parse(environ["MLFERRY_SETTINGS"], "MLFERRY_SETTINGS"))
-    if environ.get("MLFLOW_S3_ENDPOINT_URL"):
-        values["s3_endpoint"] = environ["MLFLOW_S3_ENDPOINT_URL"]
-    for var, field in ENV_VARS.items():
-        if environ.get(var):
-            values[field] = environ[var]
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        take(_parse(environ["MLFERRY_SETTINGS"], "MLFERRY_SETTINGS"), ("variable", "MLFERRY_SETTINGS"))
+    for var, field in (("MLFLOW_S3_ENDPOINT_URL", "s3_endpoint"), *ENV_VARS.items()):
+        if environ.get(var):  # an empty variable is unset, as in the shell's ${VAR:-default}
+            take({field: environ[var]}, ("variable", var))
+    for field, value in (overrides or {}).items():
+        if value is not None:
+            take({field: value}, ("flag", "--" + field.replace("_", "-")))
     try:
-        return Settings.model_validate(values)
+        settings = Settings.model_validate(values)
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in err.errors())
         raise SettingsError(f"invalid mlferry settings: {problems}") from None
+    for field in Settings.model_fields:
+        origins.setdefault(field, ("default", ""))
+    return settings, {field: origins[field] for field in Settings.model_fields}
 
 
 def _read_file(file: Path) -> dict[str, Any]:

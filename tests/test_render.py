@@ -448,7 +448,8 @@ def test_hera_runner_writes_the_rendered_folder_as_output_parameters(tmp_path):
     args = [{"name": "model", "value": "Fraud Detector"}, {"name": "version", "value": "7"},
             {"name": "slug", "value": slugify("Fraud Detector")}, {"name": "env", "value": "staging"},
             {"name": "run_id", "value": RUN_ID}, {"name": "source_commit", "value": ""},
-            {"name": "description", "value": "line one\nline: two"}]
+            {"name": "description", "value": "line one\nline: two"},
+            {"name": "serving", "value": json.dumps({"replicas": 2, "memory_limit": "3Gi"})}]  # resolve's output
     (tmp_path / "args.json").write_text(json.dumps(args))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFERRY_", "MLFLOW_"))}
     env.update(PYTHONPATH=str(ROOT), hera__outputs_directory=str(tmp_path / "out"), MLFERRY_TEAM="fraud")
@@ -460,3 +461,6 @@ def test_hera_runner_writes_the_rendered_folder_as_output_parameters(tmp_path):
     assert (outputs / "digest").read_text() == folder_digest(files)
     annotations = yaml.safe_load(files["deployment.yaml"])["metadata"]["annotations"]
     assert annotations["mlferry.io/description"] == "line one\nline: two"
+    deployment = yaml.safe_load(files["deployment.yaml"])["spec"]
+    assert deployment["replicas"] == 2
+    assert deployment["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "3Gi"

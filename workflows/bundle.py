@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlferry import __version__
-from mlferry.steps.settings import Settings, SettingsError, load_settings
+from mlferry.steps.settings import Settings, SettingsError, load_settings, settings_file
 
 
 class SecretNames(BaseModel):
@@ -92,11 +92,14 @@ class Bundle(BaseModel):
         return yaml.safe_dump(data, sort_keys=True)
 
 
-def load_bundle(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Bundle:
+def load_bundle(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Bundle:
     """The bundle from `mlferry.yaml` (its `bundle:` section plus the step settings).
 
     The settings come from the file alone unless `environ` is given: local mode passes its shell's,
-    so that they are what the steps see."""
+    so that they are what the steps see. `overrides` (flags) win over both, as in `load_settings`."""
+    if environ is not None:  # the same file as the settings: --config, $MLFERRY_CONFIG, ./mlferry.yaml
+        path = settings_file(path, environ)
     raw: dict[str, Any] = {}
     if path:
         try:
@@ -105,9 +108,9 @@ def load_bundle(path: str | Path | None = None, environ: Mapping[str, str] | Non
             raise SettingsError(f"bundle config {path} does not exist") from None
     section = dict(raw.get("bundle") or {})
     if environ is not None:
-        settings = load_settings(path, environ=environ)
+        settings = load_settings(path, environ=environ, overrides=overrides)
     else:
-        settings = load_settings(path, environ={}) if path else Settings()
+        settings = load_settings(path, environ={}, overrides=overrides) if path or overrides else Settings()
     try:
         return Bundle.model_validate({**section, "settings": settings})
     except ValidationError as err:

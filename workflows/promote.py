@@ -108,7 +108,7 @@ def promotion_tasks(steps: StepTemplates, selector: dict[str, str], trigger: str
     steps.render(name="render", depends="resolve.Succeeded", arguments={
         **version, "slug": out("resolve", "slug"), "env": out("resolve", "env"),
         "run_id": out("resolve", "run_id"), "source_commit": out("resolve", "source_commit"),
-        "description": out("resolve", "description")})
+        "description": out("resolve", "description"), "serving": out("resolve", "serving")})
     steps.commit(name="commit", depends="publish.Succeeded && render.Succeeded", arguments={
         **version, "env": out("resolve", "env"), "folder": out("render", "folder"),
         "files": out("render", "files"), "run_id": out("resolve", "run_id"), "trigger": trigger})
