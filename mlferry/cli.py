@@ -102,6 +102,8 @@ def _stack_commands(commands) -> None:
     ):
         sub = actions.add_parser(name, help=text)
         sub.add_argument("--dir", help=STACK_DIR_HELP)
+        if name == "status":
+            _json_option(sub)
         if name == "up":
             sub.add_argument("--mlflow-port", type=int, default=None,
                              help="default: the port used last time if free, else 5050; 0 picks a free port")
@@ -135,12 +137,21 @@ def _stack_reset(args) -> None:
 
 
 def _stack_status(args) -> int:
+    import json
+
+    from mlferry.table import pad
+
     stack = _stack(args)
     rows = stack.status()
-    for part, state, where in rows:
-        print(f"{part:8} {state:9} {where}")
-    print(f"{'data':8} {'kept':9} {stack.data_summary()}")
-    return 0 if all(state in ("running", "ready") for _, state, _ in rows) else 3
+    healthy = all(state in ("running", "ready") for _, state, _ in rows)
+    if args.json:
+        print(json.dumps({"dir": str(stack.dir), "healthy": healthy,
+                          "parts": [{"part": part, "state": state, "where": where} for part, state, where in rows],
+                          "data": {"state": "kept", "summary": stack.data_summary()}}, indent=2))
+    else:
+        for part, state, where in [*rows, ("data", "kept", stack.data_summary())]:
+            print(f"{pad(part, 8)} {pad(state, 9)} {where}")
+    return 0 if healthy else 3
 
 
 def _stack_env(args) -> None:
