@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Sequence
 
 ELLIPSIS = "…"
-CELL_MAX = 48  # display columns a cell may take before it is cut
+CELL_MAX = 64  # display columns a cell may take before it is cut (model names: `status` showed 64)
 
 
 @lru_cache(maxsize=4096)
