@@ -103,6 +103,8 @@ def _stack_commands(commands) -> None:
     ):
         sub = actions.add_parser(name, help=text)
         sub.add_argument("--dir", help=STACK_DIR_HELP)
+        if name == "status":
+            _json_option(sub)
         if name == "up":
             sub.add_argument("--mlflow-port", type=int, default=None,
                              help="default: the port used last time if free, else 5050; 0 picks a free port")
@@ -136,12 +138,21 @@ def _stack_reset(args) -> None:
 
 
 def _stack_status(args) -> int:
+    import json
+
+    from mlferry.table import pad
+
     stack = _stack(args)
     rows = stack.status()
-    for part, state, where in rows:
-        print(f"{part:8} {state:9} {where}")
-    print(f"{'data':8} {'kept':9} {stack.data_summary()}")
-    return 0 if all(state in ("running", "ready") for _, state, _ in rows) else 3
+    healthy = all(state in ("running", "ready") for _, state, _ in rows)
+    if args.json:
+        print(json.dumps({"dir": str(stack.dir), "healthy": healthy,
+                          "parts": [{"part": part, "state": state, "where": where} for part, state, where in rows],
+                          "data": {"state": "kept", "summary": stack.data_summary()}}, indent=2))
+    else:
+        for part, state, where in [*rows, ("data", "kept", stack.data_summary())]:
+            print(f"{pad(part, 8)} {pad(state, 9)} {where}")
+    return 0 if healthy else 3
 
 
 def _stack_env(args) -> None:
@@ -305,15 +316,17 @@ def _runs_list(args) -> None:
     import json
 
     from mlferry.engine import list_runs
+    from mlferry.table import pad
 
     runs = list_runs(args.stack_dir / "runs")
     if args.json:
         print(json.dumps([_run_json(run) for run in runs], indent=2))
         return
-    print(f"{'NAME':<36} {'STATUS':<10} {'STARTED':<20} {'DURATION':>8}  PARAMETERS")
+    print(f"{pad('NAME', 36)} {pad('STATUS', 10)} {pad('STARTED', 20)} {'DURATION':>8}  PARAMETERS")
     for run in runs:
         params = " ".join(f"{k}={v}" for k, v in run.parameters.items() if v and k not in _HIDDEN_PARAMETERS)
-        print(f"{run.run_id:<36} {run.phase:<10} {run.started[:19]:<20} {run.duration or 0:>7.1f}s  {params}")
+        print(f"{pad(run.run_id, 36)} {pad(run.phase, 10)} {pad(run.started[:19], 20)} {run.duration or 0:>7.1f}s"
+              f"  {params}")
 
 
 def _run_json(run) -> dict:
@@ -357,10 +370,12 @@ def _print_run(run, logs: bool = False) -> None:
           f"{'  ' + run.message.splitlines()[0] if run.message else ''}\nDuration:  {run.duration or 0:.1f}s")
     for key, value in run.outputs.items():
         print(f"Output:    {key}={value}")
-    print(f"\n{'STEP':<28} {'PHASE':<10} {'DURATION':>8}  MESSAGE")
+    from mlferry.table import pad
+
+    print(f"\n{pad('STEP', 28)} {pad('PHASE', 10)} {'DURATION':>8}  MESSAGE")
     for task in run.tasks:
         message = task.message.splitlines()[-1][:100] if task.message else ""
-        print(f"{task.name:<28} {task.phase:<10} {task.duration or 0:>7.1f}s  {message}")
+        print(f"{pad(task.name, 28)} {pad(task.phase, 10)} {task.duration or 0:>7.1f}s  {message}")
     if logs:
         for task in run.tasks:
             if task.log and Path(task.log).exists():

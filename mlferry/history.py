@@ -21,6 +21,7 @@ from typing import Collection, Iterator, Mapping
 from mlferry.steps import gitops
 from mlferry.steps.layout import parse_gitops_folder, team_prefix
 from mlferry.steps.naming import slugify
+from mlferry.table import fit, format_table  # noqa: F401 - format_table: shared with mlferry.fleet
 
 DEPLOY, REMOVE, EDIT = "deploy", "remove", "edit"
 
@@ -201,12 +202,6 @@ def age(seconds: int) -> str:
 
 
 def printable(text: str, limit: int = 48) -> str:
+    """text with control characters shown as "?", cut to `limit` display columns."""
     flat = "".join(c if c.isprintable() else "?" for c in text)
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
-             for line in [header, *rows]]
-    return "\n".join(lines) + "\n"
+    return fit(flat, limit)

@@ -111,7 +111,7 @@ def readable_failures(failures_json: str) -> str:
 
 
 class JsonLines(logging.Formatter):
-    FIELDS = ("step", "transient", "error_type", "model", "version", "env", "file", "bytes")
+    FIELDS = ("step", "transient", "error_type", "model", "version", "env", "file", "bytes", "total", "rate")
 
     def format(self, record: logging.LogRecord) -> str:
         line = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import logging
+import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,8 @@ MANIFEST_FORMAT = "mlferry.manifest/v1"
 FILES_AT_ONCE = 2  # large files in flight, 4 parts each: more starve the small files' round trips
 SMALL_FILES_AT_ONCE = 32  # small files in flight beside them: many small files are latency-bound
 HASH_CHUNK = 1 * MB
+PROGRESS_FROM = 8 * MB  # a copy of at least this many bytes logs its progress as it goes
+PROGRESS_EVERY = 2.0  # seconds between progress lines, at most
 
 
 class PublishInput(Input):
@@ -219,9 +222,11 @@ def copy_files(source: ModelSource, store: ObjectStore, prefix: str, listing: li
     # slot and the small ones would wait behind them.
     large = sorted((f for f in listing if is_multipart(f.size)), key=lambda f: -f.size)
     small = [f for f in listing if not is_multipart(f.size)]
+    total = sum(f.size for f in listing)
+    progress = UploadProgress(total) if total >= PROGRESS_FROM else None
     with ThreadPoolExecutor(max_workers=files_at_once, thread_name_prefix="publish-large") as large_pool, \
             ThreadPoolExecutor(max_workers=SMALL_FILES_AT_ONCE, thread_name_prefix="publish-small") as small_pool:
-        futures = [pool.submit(copy_file, source, store, prefix, f, stored.get(f.path))
+        futures = [pool.submit(copy_file, source, store, prefix, f, stored.get(f.path), progress)
                    for pool, files in ((large_pool, large), (small_pool, small)) for f in files]
         try:
             copied = [future.result() for future in futures]
@@ -229,22 +234,28 @@ def copy_files(source: ModelSource, store: ObjectStore, prefix: str, listing: li
             for pool in (large_pool, small_pool):  # stop queued files, let running ones end
                 pool.shutdown(wait=True, cancel_futures=True)
             raise
+    if progress is not None:
+        progress.finish()
     return sorted(copied, key=lambda c: c.path)
 
 
 def copy_file(source: ModelSource, store: ObjectStore, prefix: str, file: SourceFile,
-              stored: ListedObject | None) -> Copied:
+              stored: ListedObject | None, progress: "UploadProgress | None" = None) -> Copied:
     key = prefix + file.path
     with source.fetch(file.path) as local:
         if stored is not None and (kept := kept_copy(local, file, stored)):
+            if progress is not None:
+                progress.not_sent(file.size)
             return kept
         started = time.monotonic()
         if is_multipart(file.size):
-            digests, etag = upload_while_hashing(store, local, key, file)
+            digests, etag = upload_while_hashing(store, local, key, file, progress)
         else:
             digests = file_digests(local, None)
             check_read(digests.size, file)
             etag = check_put(store.put_file(local, key, digests.sha256, digests.md5), key, digests)
+            if progress is not None:  # a single PUT is small (< multipart_threshold): counted once sent
+                progress.sent(digests.size)
         seconds = time.monotonic() - started
     log.info("uploaded %s (%s, %.1f MB/s)", file.path, _size(digests.size), _rate(digests.size, seconds))
     return Copied(file.path, digests.size, digests.sha256, etag, uploaded=True)
@@ -260,17 +271,78 @@ def kept_copy(local: Path, file: SourceFile, stored: ListedObject) -> Copied | N
     return Copied(file.path, digests.size, digests.sha256, stored.etag, uploaded=False)
 
 
-def upload_while_hashing(store: ObjectStore, local: Path, key: str,
-                         file: SourceFile) -> tuple[LargeDigests, str]:
+def upload_while_hashing(store: ObjectStore, local: Path, key: str, file: SourceFile,
+                         progress: "UploadProgress | None" = None) -> tuple[LargeDigests, str]:
     """A large file's upload starts at once; its digests are computed beside it, from the page
     cache, and the stored object is checked against them when both are done."""
     part = part_size(file.size)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-hash") as hasher:
         hashing = hasher.submit(large_file_digests, local, part)
-        store.upload_file(local, key)
+        store.upload_file(local, key, on_bytes=progress.sent if progress is not None else None)
         digests = hashing.result()
     check_read(digests.size, file)
     return digests, check_multipart(store.head(key), key, digests, lambda: file_digests(local, part).etag)
+
+
+class UploadProgress:
+    """Bytes sent of a copy's total, logged at most every PROGRESS_EVERY seconds and once at the end.
+
+    It rides on the reads the upload makes anyway: s3transfer calls ``sent`` from its threads
+    with the bytes each read of a part hands to the socket (negative when a retried part is
+    rewound), and a single PUT adds its size once stored. The hot path takes no lock: each
+    thread adds to a counter only it writes, and the one thread that finds a line due takes
+    a non-blocking lock to write it while the others carry on sending.
+    """
+
+    def __init__(self, total: int, every: float = PROGRESS_EVERY, clock: Callable[[], float] = time.monotonic):
+        self.total = total
+        self.every = every
+        self.clock = clock
+        self.started = clock()
+        self._due = self.started + every
+        self._counters: list[list[int]] = []  # one [bytes] per sending thread
+        self._mine = threading.local()
+        self._adding = threading.Lock()  # once per thread, and for not_sent: never per chunk
+        self._reporting = threading.Lock()
+
+    def sent(self, n: int) -> None:
+        counter = getattr(self._mine, "counter", None)
+        if counter is None:
+            counter = self._mine.counter = [0]
+            with self._adding:
+                self._counters.append(counter)
+        counter[0] += n
+        if self.clock() >= self._due and self._reporting.acquire(blocking=False):
+            try:
+                now = self.clock()
+                if now >= self._due:
+                    self._due = now + self.every
+                    self._log("sent", now)
+            finally:
+                self._reporting.release()
+
+    def not_sent(self, n: int) -> None:
+        """A file an earlier run already stored: it leaves the total."""
+        with self._adding:
+            self.total -= n
+
+    @property
+    def bytes_sent(self) -> int:
+        with self._adding:
+            counters = list(self._counters)
+        return sum(c[0] for c in counters)
+
+    def finish(self) -> None:
+        if self.total > 0:
+            self._log("sent", self.clock(), final=True)
+
+    def _log(self, verb: str, now: float, final: bool = False) -> None:
+        sent, seconds = self.bytes_sent, max(now - self.started, 1e-6)
+        rate = sent / seconds
+        share = f" ({100 * sent // self.total}%)" if self.total and not final else ""
+        log.info("%s %s of %s%s in %.1f s, %.1f MB/s", "upload done:" if final else "uploading:",
+                 _size(sent), _size(self.total), share, seconds, rate / MB,
+                 extra={"bytes": sent, "total": self.total, "rate": round(rate)})
 
 
 def check_read(size: int, file: SourceFile) -> None:

@@ -6,6 +6,7 @@ because the person reading it is a data scientist who just moved an alias.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -86,7 +87,30 @@ def _get(mlflow: MlflowApi, endpoint: str, key: str, missing: Callable[[], str],
 
 def _registered(mlflow: MlflowApi, name: str) -> dict:
     return _get(mlflow, "registered-models/get", "registered_model",
-                lambda: f"model {name!r} is not registered in {mlflow.tracking_uri}", name=name)
+                lambda: f"registered model {name!r} not found in {mlflow.tracking_uri}{_did_you_mean(mlflow, name)}",
+                name=name)
+
+
+def _did_you_mean(mlflow: MlflowApi, name: str) -> str:
+    """"; did you mean 'x'?" with up to 3 registered names close to a mistyped one (case
+    ignored), or "" when none is close or the names cannot be listed: the error stands without."""
+    try:
+        names = [m.name for m in list_models(mlflow)]
+    except MlflowApiError:
+        return ""
+    return did_you_mean(name, names)
+
+
+def did_you_mean(name: str, names: list[str], most: int = 3) -> str:
+    by_lower: dict[str, list[str]] = {}
+    for known in names:
+        by_lower.setdefault(known.lower(), []).append(known)
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=most, cutoff=0.6)
+    found = [known for lower in close for known in sorted(by_lower[lower])][:most]
+    if not found:
+        return ""
+    quoted = [repr(known) for known in found]
+    return "; did you mean " + (quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]) + "?"
 
 
 def model_tags(mlflow: MlflowApi, name: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import boto3
@@ -143,11 +143,12 @@ class ObjectStore:
         return PutReceipt(_unquoted(answer.get("ETag", "")), base64.b64decode(echoed).hex() if echoed else "",
                           _encrypted_etag(answer))
 
-    def upload_file(self, path: Path, key: str) -> None:
+    def upload_file(self, path: Path, key: str, on_bytes: Callable[[int], None] | None = None) -> None:
         """Upload a large file in parts (s3transfer, bounded memory), each sent with its CRC32:
-        S3 and MinIO check each part's, and keep a CRC32 of the whole object."""
+        S3 and MinIO check each part's, and keep a CRC32 of the whole object. on_bytes is called
+        from s3transfer's threads with the bytes sent since its last call (negative on a retry)."""
         with self._explained(f"upload {key}"):
-            self.client.upload_file(str(path), self.bucket, key, Config=TRANSFER,
+            self.client.upload_file(str(path), self.bucket, key, Config=TRANSFER, Callback=on_bytes,
                                     ExtraArgs={"ChecksumAlgorithm": "CRC32"})
 
     def get_bytes(self, key: str) -> bytes:

@@ -47,7 +47,7 @@ def test_resolve_names_what_is_missing(registered_model, selector, expected):
 
 
 def test_resolve_unknown_model_and_environment(stack, unique_name):
-    with pytest.raises(registry.RegistryError, match=f"model '{unique_name}' is not registered"):
+    with pytest.raises(registry.RegistryError, match=f"registered model '{unique_name}' not found"):
         resolve(ResolveInput(model=unique_name, version="1", env="production"))
     with pytest.raises(SettingsError, match="unknown environment 'qa'"):
         resolve(ResolveInput(model=unique_name, version="1", env="qa"))

@@ -1,0 +1,60 @@
+"""Text tables for a terminal: every table the CLI prints pads and cuts by display width.
+
+``len()`` counts code points, a terminal counts columns: a CJK character or an emoji takes two
+columns, a combining accent none. One width function, used by every table, keeps the columns
+of `mlferry status`, `mlferry history` and `mlferry runs` straight whatever the model names.
+Cells longer than their column's maximum are cut with an ellipsis; --json keeps them whole.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from functools import lru_cache
+from typing import Sequence
+
+ELLIPSIS = "…"
+CELL_MAX = 64  # display columns a cell may take before it is cut (model names: `status` showed 64)
+
+
+@lru_cache(maxsize=4096)
+def char_width(char: str) -> int:
+    """Columns a terminal gives one code point: 2 for East Asian wide and fullwidth, 0 for
+    combining marks and invisible format characters (zero-width joiner, variation selectors)."""
+    if unicodedata.category(char) in ("Mn", "Me", "Cf") or unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def width(text: str) -> int:
+    """The display width of text on a terminal."""
+    if text.isascii():
+        return len(text)
+    return sum(char_width(c) for c in text)
+
+
+def fit(text: str, limit: int) -> str:
+    """text cut to at most `limit` display columns, an ellipsis marking the cut."""
+    if width(text) <= limit:
+        return text
+    budget, out = limit - 1, []  # one column for the ellipsis
+    for char in text:
+        w = char_width(char)
+        if w > budget:
+            break
+        out.append(char)
+        budget -= w
+    return "".join(out) + ELLIPSIS
+
+
+def pad(text: str, columns: int, *, right: bool = False) -> str:
+    """text padded with spaces to `columns` display columns (left-aligned unless right)."""
+    fill = " " * max(0, columns - width(text))
+    return fill + text if right else text + fill
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], cell_max: int = CELL_MAX) -> str:
+    """Columns two spaces apart, each as wide as its widest cell, cells cut at cell_max columns."""
+    lines = [[fit(str(cell), cell_max) for cell in line] for line in [header, *rows]]
+    widths = [max(width(cell) for cell in column) for column in zip(*lines)]
+    text = ["  ".join(pad(cell, w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    return "\n".join(text) + "\n"
