@@ -75,7 +75,8 @@ def run(plan: Plan, parameters: Mapping[str, str] | None = None, *, run_dir: str
     all) then get the machine.
 
     `retry_budget` (seconds, local only) bounds how long a node keeps retrying after its first attempt
-    started: no retry starts past it, on top of what retryStrategy allows. A laptop does not wait
+    started: no retry starts that would end past it (if it lasts as long as the last attempt), on top
+    of what retryStrategy allows. A laptop does not wait
     minutes for a server that refuses connections; the templates keep their cluster backoff.
 
     Ctrl-C (or SIGTERM, in the main thread) stops the run: its processes are killed, the record says
@@ -277,10 +278,12 @@ class Run:
             outcome = self.attempt(name, t, scope, attempt, deadline, record)
             if outcome.phase == SUCCEEDED or strategy is None or self.stop.is_set():
                 return outcome
-            decision = next_retry(strategy, attempt + 1, outcome, time.monotonic() - clock, first, time.monotonic(),
-                                  self.backoff_scale)
+            took = time.monotonic() - clock
+            decision = next_retry(strategy, attempt + 1, outcome, took, first, time.monotonic(), self.backoff_scale)
             budget_end = first + self.retry_budget if self.retry_budget is not None else None
-            if decision.wait is not None and budget_end is not None and time.monotonic() + decision.wait > budget_end:
+            # A retry that would end past the budget, if it lasts as long as this attempt did, is not started.
+            if decision.wait is not None and budget_end is not None \
+                    and time.monotonic() + decision.wait + took > budget_end:
                 decision = replace(decision, wait=None,
                                    reason=f"retries stopped at the local limit of {self.retry_budget:.0f}s")
             if decision.wait is None:
