@@ -7,6 +7,7 @@ Each command is a thin shell around a module: argument parsing and printing here
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
@@ -166,8 +167,35 @@ def use_local_stack_if_unset(stack_dir: Path) -> None:
         return
     stack = Stack(stack_dir)
     if stack.state_file.exists():
-        for name, value in stack.environment().items():
+        try:
+            found = stack.environment()
+        except StackError as err:
+            said = str(err).removesuffix("; run `mlferry stack up`")
+            raise StackError(f"{said}; {stack_hint(stack_dir)}, or set MLFLOW_TRACKING_URI "
+                             "and the other variables for your own servers") from None
+        for name, value in found.items():
             os.environ.setdefault(name, value)
+
+
+def stack_hint(stack_dir: Path) -> str:
+    """The two commands that start the local stack and export it, with --dir when it is not the default."""
+    default = Path(os.environ.get(STACK_DIR_ENV) or DEFAULT_DIR).expanduser().resolve()
+    where = "" if Path(stack_dir) == default else f" --dir {shlex.quote(str(stack_dir))}"
+    return f"run `mlferry stack up{where}` and `eval \"$(mlferry stack env{where})\"`"
+
+
+@contextlib.contextmanager
+def local_run_hints(stack_dir: Path):
+    """A local run that cannot start for lack of variables says how to get them."""
+    from mlferry.engine import ArgumentError
+
+    try:
+        yield
+    except ArgumentError as err:
+        if not err.unset_variables:
+            raise
+        raise ArgumentError(f"{err}; for the local stack {stack_hint(stack_dir)}, or export them",
+                            err.unset_variables) from None
 
 
 # -- mlferry promote / submit / runs / generate ----------------------------------------------
@@ -201,10 +229,11 @@ def _promote(args) -> None:
 
     use_local_stack_if_unset(args.stack_dir)
     env = args.env or _environment_of(args)
-    result = promote(PromotionRequest(model=args.model, version=args.version or "", alias=args.alias or "",
-                                      stage=args.stage or "", env=env, trigger=args.trigger),
-                     runs_root=args.stack_dir / "runs", config=args.config,
-                     on_event=None if args.json else print_event)
+    with local_run_hints(args.stack_dir):
+        result = promote(PromotionRequest(model=args.model, version=args.version or "", alias=args.alias or "",
+                                          stage=args.stage or "", env=env, trigger=args.trigger),
+                         runs_root=args.stack_dir / "runs", config=args.config,
+                         on_event=None if args.json else print_event)
     print(json.dumps(result.as_json(), indent=2) if args.json else result.summary())
 
 
@@ -226,16 +255,55 @@ def _json_option(sub) -> None:
     sub.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+NAME_WIDTH = 48
+# Argo's own bookkeeping: a `when` that kept a branch out, a task the DAG never needed.
+_QUIET_PHASES = ("Skipped", "Omitted")
+
+
 def print_event(event) -> None:
-    """One line per task state change, like `argo watch`."""
+    """One line per task state change, like `argo watch`; Skipped and Omitted only with -v."""
+    if event.phase in _QUIET_PHASES and not log.isEnabledFor(logging.DEBUG):
+        return
+    name = step_label(event.name)
     if event.phase in ("Running", "Pending") and event.duration is None:
-        line = f"  {event.name:<28} {event.phase}"
+        line = f"  {name:<{NAME_WIDTH}} {event.phase}"
     else:
         took = f"{event.duration:6.1f}s" if event.duration is not None else ""
-        line = f"  {event.name:<28} {event.phase:<10} {took}"
-    if event.message and event.phase not in ("Succeeded", "Omitted"):
-        line += f"  {event.message.splitlines()[-1][:160]}"
+        line = f"  {name:<{NAME_WIDTH}} {event.phase:<10} {took}"
+    message = message_of(event.message) if event.phase not in ("Succeeded", "Omitted") else ""
+    if message:
+        line += f"  {clip(message, 200)}"
     print(line, flush=True)
+
+
+def step_label(name: str, width: int = NAME_WIDTH) -> str:
+    """A node name that fits its column: a fan-out item shows as `promote(0: model vN env).step`,
+    and a long model name loses its middle, never the version, environment or step."""
+    import re
+
+    found = re.match(r"^(.*?)\((\d+):([^()]*)\)(.*)$", name)
+    fields = dict(part.split(":", 1) for part in found.group(3).split(",") if ":" in part) if found else {}
+    if not found or not {"model", "version", "env"} <= fields.keys():
+        return clip(name, width)
+    head, index, tail = found.group(1), found.group(2), found.group(4)
+    rest = f" v{fields['version']} {fields['env']}){tail}"
+    room = max(8, width - len(f"{head}({index}: ") - len(rest))
+    return clip(f"{head}({index}: {clip(fields['model'], room)}{rest}", width)
+
+
+def clip(text: str, width: int) -> str:
+    """At most `width` characters: a long text loses its middle, so its end (the step's name, a
+    retry's count and wait) stays."""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[:keep - keep // 3] + "…" + text[len(text) - keep // 3:]
+
+
+def message_of(text: str) -> str:
+    from mlferry.steps.outcome import message_of as one_line
+
+    return one_line(text or "")
 
 
 def _reconcile_command(commands) -> None:
@@ -251,10 +319,42 @@ def _reconcile(args) -> int:
 
     use_local_stack_if_unset(args.stack_dir)
     local = LocalArgo.from_environment(args.config, args.stack_dir / "runs")
-    run = local.submit("workflowtemplate/mlferry-reconcile", {"prune": args.prune, "trigger": "reconcile"},
-                       on_event=print_event)
-    _print_run(run)
+    with local_run_hints(args.stack_dir):
+        run = local.submit("workflowtemplate/mlferry-reconcile", {"prune": args.prune, "trigger": "reconcile"},
+                           on_event=print_event)
+    print(reconcile_summary(run))
     return 0 if run.phase == "Succeeded" else 1
+
+
+def reconcile_summary(run) -> str:
+    """One line after the live table: what the plan found and how the fan-out ended."""
+    import json
+
+    tasks = {t.name: t for t in run.tasks}
+    plan = tasks.get("plan")
+    outputs = plan.outputs if plan else {}
+    try:
+        wanted = len(json.loads(outputs.get("promotions") or "[]"))
+    except ValueError:
+        wanted = 0
+    commits = [t for t in run.tasks if t.name.startswith("promote(") and t.name.endswith(".commit")]
+    promoted = sum(1 for t in commits if t.phase == "Succeeded" and t.outputs.get("changed") == "true")
+    failed_items = {t.name.split(").", 1)[0] for t in run.tasks if t.name.startswith("promote(") and "." in t.name
+                    and t.type == "Pod" and t.phase in ("Failed", "Error")}
+    prune = tasks.get("prune")
+    pruned = int(outputs.get("removal_count") or 0) if prune and prune.phase == "Succeeded" else 0
+    failed = len(failed_items) + (1 if prune and prune.phase in ("Failed", "Error") else 0) \
+        + (1 if plan and plan.phase in ("Failed", "Error") else 0)
+    unchanged = int(outputs.get("unchanged") or 0) + (wanted - promoted - len(failed_items))
+    held = int(outputs.get("held") or 0)
+    line = (f"reconcile {'done' if run.phase == 'Succeeded' else run.phase.lower()} in {run.duration or 0:.1f}s: "
+            f"{promoted} promoted, {pruned} pruned, {held} held, {unchanged} unchanged, {failed} failed "
+            f"(run {run.run_id})")
+    if run.phase != "Succeeded":
+        from mlferry.promotion import failure_line
+
+        line += f"\n  {step_label(failure_line(run), 200)}"
+    return line
 
 
 def _submit_command(commands) -> None:
@@ -276,7 +376,8 @@ def _submit(args) -> int:
     params = dict(_key_value(p) for p in args.parameter)
     use_local_stack_if_unset(args.stack_dir)
     local = LocalArgo.from_environment(args.config, args.stack_dir / "runs")
-    run = local.submit(args.source or args.file, params, on_event=print_event)
+    with local_run_hints(args.stack_dir):
+        run = local.submit(args.source or args.file, params, on_event=print_event)
     _print_run(run)
     return 0 if run.phase == "Succeeded" else 1
 
@@ -366,21 +467,31 @@ def _runs_logs(args) -> None:
 
 
 def _print_run(run, logs: bool = False) -> None:
-    print(f"\nName:      {run.run_id}\nWorkflow:  {run.workflow}\nStatus:    {run.phase}"
-          f"{'  ' + run.message.splitlines()[0] if run.message else ''}\nDuration:  {run.duration or 0:.1f}s")
+    status = run.phase + (f"  {_run_message(run)}" if run.message else "")
+    print(f"\nName:      {run.run_id}\nWorkflow:  {run.workflow}\nStatus:    {status}"
+          f"\nDuration:  {run.duration or 0:.1f}s")
     for key, value in run.outputs.items():
         print(f"Output:    {key}={value}")
     from mlferry.table import pad
 
-    print(f"\n{pad('STEP', 28)} {pad('PHASE', 10)} {'DURATION':>8}  MESSAGE")
+    print(f"\n{pad('STEP', NAME_WIDTH)} {pad('PHASE', 10)} {'DURATION':>8}  MESSAGE")
     for task in run.tasks:
-        message = task.message.splitlines()[-1][:100] if task.message else ""
-        print(f"{pad(task.name, 28)} {pad(task.phase, 10)} {task.duration or 0:>7.1f}s  {message}")
+        if task.phase in _QUIET_PHASES and not logs and not log.isEnabledFor(logging.DEBUG):
+            continue
+        message = clip(message_of(task.message), 160) if task.message and task.phase != "Succeeded" else ""
+        print(f"{pad(step_label(task.name), NAME_WIDTH)} {pad(task.phase, 10)} {task.duration or 0:>7.1f}s  {message}")
     if logs:
         for task in run.tasks:
             if task.log and Path(task.log).exists():
                 print(f"\n--- {task.name} ({task.log})")
                 print(Path(task.log).read_text(errors="replace").rstrip())
+
+
+def _run_message(run) -> str:
+    """The run's one line: the first failed step and its own error, as `mlferry promote` says it."""
+    from mlferry.promotion import failure_line
+
+    return failure_line(run)
 
 
 def _generate_command(commands) -> None:

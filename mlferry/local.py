@@ -8,6 +8,10 @@ environment variables (AWS_*, MLFERRY_GIT_TOKEN, MLFERRY_WEBHOOK_SECRET, …).
 At most the bundle's `parallelism` runs (default 4) go on at once on this machine, whichever command
 started them (`mlferry promote` in several shells, `events serve`, `reconcile`): the others wait for a
 slot before their first step, as workflows wait for the controller's `parallelism` on a cluster.
+
+A failing step is retried as its retryStrategy says, but for at most MLFERRY_CONNECT_DEADLINE seconds
+(default 30) after its first attempt: on a laptop a server that refuses connections should fail the
+run in half a minute, not after the cluster's minutes of backoff.
 """
 
 import copy
@@ -86,10 +90,13 @@ class LocalArgo:
         try:
             # Each run works in its own folder, as a pod works in its image's WORKDIR, never in
             # the caller's folder or the package's.
-            return engine.run(plan, parameters, run_dir=run_dir, env=dict(self.environ), on_event=on_event,
+            budget = connect_deadline(self.environ)
+            # The steps see the bound too, for their own retry loops (a git push's, see steps/gitops).
+            env = {**self.environ, CONNECT_DEADLINE_ENV: f"{budget:g}"}
+            return engine.run(plan, parameters, run_dir=run_dir, env=env, on_event=on_event,
                               cluster=self.cluster(), cwd=run_dir, lock_dir=self.runs_root.parent / "locks",
                               namespace=self.bundle.namespace, interrupt=interrupt,
-                              max_runs=self.bundle.parallelism)
+                              max_runs=self.bundle.parallelism, retry_budget=budget)
         except ArgumentError:
             shutil.rmtree(run_dir, ignore_errors=True)  # it never ran: no record of a run
             raise
@@ -99,6 +106,24 @@ class LocalArgo:
 
     def run(self, run_id: str) -> RunResult:
         return load_run(self.runs_root, run_id)
+
+
+CONNECT_DEADLINE_ENV = "MLFERRY_CONNECT_DEADLINE"
+DEFAULT_CONNECT_DEADLINE = 30.0
+
+
+def connect_deadline(environ: Mapping[str, str]) -> float:
+    """Seconds a local run keeps retrying a failing step (MLFERRY_CONNECT_DEADLINE, default 30)."""
+    text = environ.get(CONNECT_DEADLINE_ENV, "").strip()
+    if not text:
+        return DEFAULT_CONNECT_DEADLINE
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0:
+        raise ValueError(f"{CONNECT_DEADLINE_ENV}={text!r} is not a number of seconds (e.g. 30)")
+    return seconds
 
 
 def _absolute_local_paths(environ: dict[str, str]) -> dict[str, str]:

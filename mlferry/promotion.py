@@ -98,5 +98,5 @@ def failure_line(run: RunResult) -> str:
     """The failing step's own one-line error, not its whole stderr."""
     failed = [t for t in run.tasks if t.phase in ("Failed", "Error") and t.type == "Pod"]
     if not failed:
-        return run.message or run.phase
+        return readable_failure(run.message) or run.phase
     return f"{failed[0].name}: {readable_failure(failed[0].message) or failed[0].phase}"

@@ -94,9 +94,24 @@ class MlflowApi:
         try:
             return self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.RequestException as err:
-            raise MlflowUnreachable(f"cannot reach the MLflow server at {shown(self.tracking_uri)} "
-                                    f"({type(err).__name__}); check MLFLOW_TRACKING_URI and that the server is up"
-                                    ) from None
+            raise MlflowUnreachable(f"MLflow at {shown(self.tracking_uri)} {_what_happened(err)}; check "
+                                    "MLFLOW_TRACKING_URI and that the server is up") from None
+
+
+def _what_happened(err: BaseException) -> str:
+    """"refused the connection", "did not answer in time"…: the cause, from the exception chain."""
+    seen, cause = set(), err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConnectionRefusedError) or "Connection refused" in str(cause):
+            return "refused the connection"
+        cause = cause.__cause__ or cause.__context__ or next(
+            (a for a in getattr(cause, "args", ()) if isinstance(a, BaseException)), None)
+    if isinstance(err, requests.Timeout):
+        return "did not answer in time"
+    if isinstance(err, requests.exceptions.SSLError):
+        return "failed the TLS handshake"
+    return f"could not be reached ({type(err).__name__})"
 
 
 def tracking_uri(environ: Mapping[str, str]) -> str:

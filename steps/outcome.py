@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 from typing import Callable, TypeVar
 
@@ -84,19 +85,113 @@ def as_argo_step(fn: F) -> F:
     return step  # type: ignore[return-value]
 
 
+# What the local engine and Argo put around a step's own words (engine/pods.py, engine/executor.py).
+_EXIT_PREFIX = re.compile(r"^Error \(exit code (\d+)\)(?::\s*)?")
+_RETRY_PREFIX = re.compile(r"^(retry \d+ of \d+ in [\d.]+ ?s(?: \([^)]*\))?): ")
+_GAVE_UP = re.compile(r"\s*\((?:No more retries left|Max duration limit exceeded|Backoff would exceed max duration "
+                      r"limit|retryStrategy\.expression evaluated to false|retries stopped[^)]*) after (\d+) attempts\)$")
+_TRANSIENT_NOTE = " (transient: Argo retries it)"
+_LEVELS = {"error": 3, "critical": 3, "warning": 2, "info": 1, "debug": 0}
+
+
 def readable_failure(message: str) -> str:
-    """The one line worth showing from a failed task's message (Argo puts its last log lines
-    there): the last error a step logged, JSON or text, without the traceback around it."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "{" in line:
-            try:
-                record = json.loads(line[line.index("{"):])
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("level") == "error":
-                return str(record.get("msg", ""))
-    return lines[-1] if lines else ""
+    """One line for people from a step's message: the error a step logged (JSON log lines or text)
+    without the engine's wrapping, the traceback or the log record around it.
+
+    Never a JSON object and never `null`: a step that said nothing gets "exited with code N". A
+    pending retry keeps its count and wait ("...; retry 2 of 3 in 4 s"), and a step that ran out
+    of retries says after how many attempts it gave up.
+    """
+    text = (message or "").strip()
+    retry = _RETRY_PREFIX.match(text)
+    if retry:
+        text = text[retry.end():]
+    gave_up = _GAVE_UP.search(text)
+    if gave_up:
+        text = text[:gave_up.start()]
+    exit_code = _EXIT_PREFIX.match(text)
+    if exit_code:
+        text = text[exit_code.end():]
+    line = _one_line(text)
+    if not line and exit_code:
+        line = f"exited with code {exit_code.group(1)} without saying why (see `mlferry runs logs`)"
+    if gave_up and line:
+        line += f" (gave up after {gave_up.group(1)} attempts)"
+    if retry and line:
+        line += f"; {retry.group(1)}"
+    return line
+
+
+def _one_line(text: str) -> str:
+    """The most telling line of a log tail: the last error record, else the last plain line."""
+    best, best_level, plain = "", -1, ""
+    for raw in text.splitlines():
+        raw = raw.strip()
+        if not raw:
+            continue
+        record, rest = _json_record(raw)
+        if record is None:
+            if not _noise(raw):
+                plain = raw
+            continue
+        msg = _record_message(record)
+        level = _LEVELS.get(str(record.get("level", "")).lower(), 1)
+        if msg and level >= best_level:
+            best, best_level = msg + (f" {rest}" if rest else ""), level
+    if best_level >= _LEVELS["warning"] or (best and not plain):
+        chosen = best
+    else:
+        chosen = plain or best
+    chosen = " ".join(chosen.replace(_TRANSIENT_NOTE, "").split())
+    return "" if chosen in ("null", "None", "{}", "[]") else chosen
+
+
+def _json_record(line: str) -> tuple[dict | None, str]:
+    """A JSON log record in the line (maybe after a prefix), and any text after it."""
+    at = line.find("{")
+    if at < 0:
+        return (None, "") if line not in ("null", "{}", "[]") else ({}, "")
+    try:
+        record, end = json.JSONDecoder().raw_decode(line[at:])
+    except ValueError:
+        return None, ""
+    if not isinstance(record, dict):
+        return None, ""
+    return record, line[at + end:].strip()
+
+
+def _record_message(record: dict) -> str:
+    for key in ("msg", "message", "error"):
+        value = record.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return ""
+
+
+def _noise(line: str) -> bool:
+    """Traceback frames and separators: not a message."""
+    return (line in ("null", "None") or line.startswith(("Traceback (most recent call last)", "File \"", "---"))
+            or line == "^" * len(line))
+
+
+def message_of(message: str) -> str:
+    """readable_failure, by the name the CLI uses for any node message (not only failures)."""
+    return readable_failure(message)
+
+
+def failure_types(failures_json: str) -> set[str]:
+    """The error types (`error_type` of the JSON log records) in Argo's `{{workflow.failures}}`."""
+    try:
+        failures = json.loads(failures_json or "[]")
+    except ValueError:
+        return set()
+    found = set()
+    for failure in failures if isinstance(failures, list) else []:
+        for line in str((failure or {}).get("message") or "").splitlines():
+            record, _ = _json_record(line.strip())
+            if record and record.get("error_type"):
+                found.add(str(record["error_type"]))
+    return found
 
 
 def readable_failures(failures_json: str) -> str:
@@ -104,7 +199,9 @@ def readable_failures(failures_json: str) -> str:
     try:
         failures = json.loads(failures_json or "[]")
     except ValueError:
-        return failures_json.strip()
+        return readable_failure(failures_json)
+    if not isinstance(failures, list):
+        return readable_failure(str(failures_json))
     lines = [f"{f.get('displayName', '?')}: {readable_failure(f.get('message') or '') or f.get('phase', '')}"
              for f in failures if isinstance(f, dict) and f.get("templateName") not in (None, "")]
     return "; ".join(lines)

@@ -39,6 +39,7 @@ class Plan(Output):
     promotion_count: int = 0
     removal_count: int = 0
     unchanged: int = 0
+    held: int = 0  # folders whose alias is gone, kept because pruning is off
     head: str = ""
 
 
@@ -109,5 +110,7 @@ def plan_changes(desired: dict[tuple[str, str], str], deployed: dict[tuple[str, 
                   if (model, env) not in deployed or deployed[(model, env)].version != version]
     removals = [{"model": d.model, "version": d.version, "env": env, "folder": d.folder}
                 for (model, env), d in sorted(deployed.items()) if prune and (model, env) not in desired]
+    gone = [key for key in sorted(deployed) if key not in desired]
     return Plan(promotions=promotions, removals=removals, promotion_count=len(promotions),
-                removal_count=len(removals), unchanged=len(desired) - len(promotions), head=head)
+                removal_count=len(removals), unchanged=len(desired) - len(promotions),
+                held=0 if prune else len(gone), head=head)

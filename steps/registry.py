@@ -164,14 +164,34 @@ def read_mlmodel(source_uri: str) -> dict[str, Any]:
     """The version's MLmodel file: flavors and signature."""
     from mlferry.steps.artifacts import SourceError, open_source
 
+    source = open_source(source_uri)
     try:
-        with open_source(source_uri).fetch("MLmodel") as path:
+        with source.fetch("MLmodel") as path:
             data = yaml.safe_load(path.read_text()) or {}
     except SourceError as err:
-        raise RegistryError(f"cannot read the MLmodel file at {source_uri}: {err}") from None
+        raise RegistryError(_why_no_mlmodel(source, source_uri) or f"cannot read the MLmodel file at "
+                            f"{source_uri}: {err}") from None
     if not isinstance(data, dict) or "flavors" not in data:
         raise RegistryError(f"{source_uri}/MLmodel has no flavors; is this an MLflow model?")
     return data
+
+
+def _why_no_mlmodel(source: Any, source_uri: str) -> str:
+    """When MLmodel cannot be read, the listing may say why: nothing is there (the artifact proxy
+    answers 500 for a missing file), or no MLmodel among the files. "" when the listing fails too."""
+    from mlferry.steps.artifacts import SourceError
+
+    try:
+        files = [f.path for f in source.files()]
+    except SourceError:
+        return ""
+    if not files:
+        return (f"the version has no artifacts: nothing was logged at {source_uri}; log the model "
+                "(mlflow.<flavor>.log_model) and register the version it creates")
+    if "MLmodel" not in files:
+        return (f"the version's artifacts at {source_uri} have no MLmodel file (it holds {', '.join(files[:5])}"
+                f"{', …' if len(files) > 5 else ''}); register the folder a log_model call wrote")
+    return ""
 
 
 def run_facts(mlflow: MlflowApi, run_id: str) -> tuple[dict[str, float], str]:

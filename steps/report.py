@@ -6,18 +6,21 @@ writes, so reporting can never trigger another promotion.
 
 
 import logging
+import os
 from datetime import datetime, timezone
 from typing import Literal
 
 from hera.workflows import Input, Output
 
 from mlferry.steps import registry
-from mlferry.steps.outcome import as_argo_step, readable_failures
+from mlferry.steps.mlflow_api import MlflowApi, MlflowApiError, MlflowUnreachable
+from mlferry.steps.outcome import as_argo_step, failure_types, readable_failures
 from mlferry.steps.naming import check_environment_name
 
 log = logging.getLogger(__name__)
 Status = Literal["committed", "removed", "failed"]
 MAX_TAG_VALUE = 5000  # MLflow's limit on a tag value
+ONE_QUICK_TRY = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 
 class ReportInput(Input):
@@ -39,20 +42,34 @@ class Report(Output):
 
 @as_argo_step
 def report(inputs: ReportInput) -> Report:
-    mlflow = registry.client()
     if inputs.failures and not inputs.message:
         inputs = inputs.model_copy(update={"message": readable_failures(inputs.failures)})
+    mlflow_down = inputs.status == "failed" and MlflowUnreachable.__name__ in failure_types(inputs.failures)
+    # The run failed because MLflow did not answer: try once, quickly, rather than wait again for the
+    # server that just failed (the caller has waited through the step's retries already).
+    mlflow = MlflowApi.from_env({**os.environ, **ONE_QUICK_TRY}) if mlflow_down else registry.client()
     try:
         version = inputs.version or registry.find_version(mlflow, inputs.model, alias=inputs.alias,
                                                           stage=inputs.stage).version
+        tags = outcome_tags(inputs, datetime.now(timezone.utc))
+        registry.set_version_tags(mlflow, inputs.model, str(version), tags)
     except (registry.RegistryError, ValueError) as err:
         if inputs.status != "failed":
             raise
         # The failure was the registry lookup itself: there is no version to put the tag on.
         log.warning("not tagging the failure on the registry: %s", err)
         return Report()
-    tags = outcome_tags(inputs, datetime.now(timezone.utc))
-    registry.set_version_tags(mlflow, inputs.model, str(version), tags)
+    except MlflowApiError as err:
+        if inputs.status != "failed" or err.status != 404:
+            raise
+        # The version named by the run does not exist (the failure said so): nothing to tag.
+        log.warning("not tagging the failure on the registry: %s", err)
+        return Report()
+    except MlflowUnreachable as err:
+        if not mlflow_down:
+            raise
+        log.warning("not tagging the failure on the registry: %s", err)
+        return Report()
     return Report(tags=tags)
 
 

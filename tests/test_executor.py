@@ -466,7 +466,7 @@ def test_local_mode_reads_secrets_from_the_environment(tmp_path):
     result = execute(doc, tmp_path, env={**os.environ, "MY_TOKEN": "from-env"})
 
     assert result.task("main").outputs["result"] == "from-env"
-    with pytest.raises(ArgumentError, match="set MY_TOKEN"):
+    with pytest.raises(ArgumentError, match="MY_TOKEN is not set"):
         execute(doc, tmp_path, env={"PATH": os.environ["PATH"]})
 
 

@@ -161,7 +161,7 @@ def test_errors_are_one_line_saying_what_to_do(cli, gitops_remote, tmp_path, sta
     with monkeypatch.context() as env:
         env.setenv("MLFLOW_TRACKING_URI", "http://user:hunter2@127.0.0.1:9")  # nothing listens on port 9
         code, _, err = cli("status")
-    assert code == 1 and "cannot reach the MLflow server at http://127.0.0.1:9" in err and "hunter2" not in err
+    assert code == 1 and "MLflow at http://127.0.0.1:9 refused the connection" in err and "hunter2" not in err
     monkeypatch.setenv("MLFERRY_GITOPS_REPO", str(tmp_path / "missing.git"))
     code, _, err = cli("history", "fraud")
     assert code == 1 and len(err.strip().splitlines()) == 1

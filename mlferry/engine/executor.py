@@ -58,7 +58,7 @@ def run(plan: Plan, parameters: Mapping[str, str] | None = None, *, run_dir: str
         cluster: Cluster | None = None, cwd: str | Path | None = None, python: str = sys.executable,
         lock_dir: str | Path | None = None, namespace: str | None = None, backoff_scale: float = 1.0,
         kill_grace: float = 2.0, interrupt: threading.Event | None = None,
-        max_runs: int | None = None) -> RunResult:
+        max_runs: int | None = None, retry_budget: float | None = None) -> RunResult:
     """Run `plan` to its end and return what happened; run.json in `run_dir` says the same.
 
     `run_dir`'s name is the workflow's name (`{{workflow.name}}`); `env` is the environment every
@@ -74,6 +74,11 @@ def run(plan: Plan, parameters: Mapping[str, str] | None = None, *, run_dir: str
     only compete for them; the steps of the runs in progress (a commit holding the GitOps mutex, above
     all) then get the machine.
 
+    `retry_budget` (seconds, local only) bounds how long a node keeps retrying after its first attempt
+    started: no retry starts that would end past it (if it lasts as long as the last attempt), on top
+    of what retryStrategy allows. A laptop does not wait
+    minutes for a server that refuses connections; the templates keep their cluster backoff.
+
     Ctrl-C (or SIGTERM, in the main thread) stops the run: its processes are killed, the record says
     Failed "interrupted", and KeyboardInterrupt is raised. A run in another thread is stopped the same
     way, with the same outcome, by setting `interrupt`.
@@ -88,7 +93,8 @@ def run(plan: Plan, parameters: Mapping[str, str] | None = None, *, run_dir: str
     check_environment(plan, cluster, namespace)
     machine = Machine(base_env, cluster, namespace, Path(cwd or os.getcwd()), python)
     context = Run(plan, values, Path(run_dir), machine, on_event, lock_dir=Path(lock_dir or default_lock_dir()),
-                  backoff_scale=backoff_scale, kill_grace=kill_grace, interrupt=interrupt, max_runs=max_runs)
+                  backoff_scale=backoff_scale, kill_grace=kill_grace, interrupt=interrupt, max_runs=max_runs,
+                  retry_budget=retry_budget)
     with _interrupted_by_sigterm():
         return context.execute()
 
@@ -115,8 +121,10 @@ class Run:
 
     def __init__(self, plan: Plan, values: dict[str, str], run_dir: Path, machine: Machine,
                  on_event: Callable[[NodeEvent], None] | None, *, lock_dir: Path, backoff_scale: float,
-                 kill_grace: float, interrupt: threading.Event | None = None, max_runs: int | None = None):
+                 kill_grace: float, interrupt: threading.Event | None = None, max_runs: int | None = None,
+                 retry_budget: float | None = None):
         self.plan, self.run_dir, self.machine, self.namespace = plan, run_dir, machine, machine.namespace
+        self.retry_budget = retry_budget
         self.interrupt, self.max_runs = interrupt, max_runs
         self.lock_dir, self.backoff_scale, self.kill_grace = lock_dir, backoff_scale, kill_grace
         self.run_id = run_dir.name
@@ -270,15 +278,31 @@ class Run:
             outcome = self.attempt(name, t, scope, attempt, deadline, record)
             if outcome.phase == SUCCEEDED or strategy is None or self.stop.is_set():
                 return outcome
-            decision = next_retry(strategy, attempt + 1, outcome, time.monotonic() - clock, first, time.monotonic(),
-                                  self.backoff_scale)
+            took = time.monotonic() - clock
+            decision = next_retry(strategy, attempt + 1, outcome, took, first, time.monotonic(), self.backoff_scale)
+            budget_end = first + self.retry_budget if self.retry_budget is not None else None
+            # A retry that would end past the budget, if it lasts as long as this attempt did, is not started.
+            if decision.wait is not None and budget_end is not None \
+                    and time.monotonic() + decision.wait + took > budget_end:
+                decision = replace(decision, wait=None,
+                                   reason=f"retries stopped at the local limit of {self.retry_budget:.0f}s")
             if decision.wait is None:
                 suffix = f" ({decision.reason} after {attempt + 1} attempts)" if attempt else ""
                 return replace(outcome, message=outcome.message + suffix)
-            self.records.set_phase(record, PENDING, f"retrying in {decision.wait:.1f}s: {outcome.message}")
+            self.records.set_phase(record, PENDING, self.retry_message(strategy, attempt + 1, decision.wait,
+                                                                       budget_end, outcome.message))
             if self.stop.wait(decision.wait):
                 return outcome
             attempt, deadline = attempt + 1, decision.deadline
+
+    @staticmethod
+    def retry_message(strategy: Mapping[str, Any], retry: int, wait: float, budget_end: float | None,
+                      message: str) -> str:
+        """"retry 2 of 3 in 4s (gives up in 21s): <the attempt's message>": what is retried and how long is left."""
+        limit = strategy.get("limit")
+        count = f"retry {retry} of {limit}" if limit is not None else f"retry {retry}"
+        left = f" (gives up in {max(0.0, budget_end - time.monotonic()):.0f}s)" if budget_end is not None else ""
+        return f"{count} in {wait:.0f}s{left}: {message}"
 
     def attempt(self, name: str, t: Mapping[str, Any], scope: Mapping[str, str], attempt: int,
                 deadline: float | None, record: TaskRecord | None) -> Outcome:

@@ -16,7 +16,14 @@ from mlferry.engine.loader import Plan, WorkflowParameter
 
 
 class ArgumentError(ValueError):
-    """The run cannot start: a parameter, ConfigMap or Secret it needs is missing or invalid."""
+    """The run cannot start: a parameter, ConfigMap or Secret it needs is missing or invalid.
+
+    `unset_variables`: in local mode, the environment variables that would have held them.
+    """
+
+    def __init__(self, message: str, unset_variables: list[str] | None = None):
+        super().__init__(message)
+        self.unset_variables = unset_variables or []
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ def _parameter_value(p: WorkflowParameter, given: Mapping[str, str], cluster: Cl
 def check_environment(plan: Plan, cluster: Cluster, namespace: str) -> None:
     """Every ConfigMap and Secret key the reachable templates read must exist (unless optional)."""
     problems: dict[str, list[str]] = {}  # what is missing -> templates that need it
+    unset: dict[str, str] = {}  # local mode: environment variable -> the object it stands for
     for name in sorted(_reachable(plan)):
         t = plan.templates[name]
         body = t.get("script") or t.get("container") or {}
@@ -109,9 +117,19 @@ def check_environment(plan: Plan, cluster: Cluster, namespace: str) -> None:
                 try:
                     cluster.lookup(kind, ref["name"], ref["key"], namespace)
                 except LookupError as err:
-                    problems.setdefault(str(err), []).append(name)
+                    objects = cluster.config_maps if kind == "ConfigMap" else cluster.secrets
+                    if isinstance(objects, _SameForEveryName):
+                        unset.setdefault(ref["key"], f"{kind} {ref['name']}")
+                    else:
+                        problems.setdefault(str(err), []).append(name)
+    if unset:  # one sentence: which variables to set, each named once
+        keys = list(unset)
+        what = ", ".join(sorted(set(unset.values())))
+        problems[f"{' and '.join(keys)} {'is' if len(keys) == 1 else 'are'} not set (local mode reads {what} "
+                 f"from environment variables)"] = []
     if problems:
-        raise ArgumentError("; ".join(f"{err} (needed by {', '.join(names)})" for err, names in problems.items()))
+        raise ArgumentError("; ".join(f"{err} (needed by {', '.join(names)})" if names else err
+                                      for err, names in problems.items()), list(unset))
 
 
 def secret_keys(node: Any) -> set[str]:

@@ -119,25 +119,39 @@ def publish_folder(
         remote = remote_for(remote_url, environ, scratch)
         root = Path(workdir) if workdir is not None else scratch / "clone"
         git = Git(root, environ, remote)
-        return _with_retries(git, scratch, branch, change, identity, retry, before_push, sleep)
+        return _with_retries(git, scratch, branch, change, identity, retry, before_push, sleep,
+                             _deadline(environ))
+
+
+def _deadline(environ: Mapping[str, str]) -> float | None:
+    """MLFERRY_CONNECT_DEADLINE (seconds, set by local runs): no retry starts past it."""
+    try:
+        seconds = float(environ.get("MLFERRY_CONNECT_DEADLINE") or "")
+    except ValueError:
+        return None
+    return time.monotonic() + seconds
 
 
 def _with_retries(git: Git, scratch: Path, branch: str, change: FolderChange, identity: Identity,
                   retry: RetryPolicy, before_push: Callable[[], None] | None,
-                  sleep: Callable[[float], None]) -> Published:
+                  sleep: Callable[[float], None], deadline: float | None = None) -> Published:
     last: GitOpsError = RemoteUnreachable("no attempt made", hint=UNREACHABLE_HINT)
+    attempt = 0
     for attempt in range(1, retry.attempts + 1):
         try:
             return _attempt(git, scratch, branch, change, identity, before_push)
         except (RemoteUnreachable, RemoteMoved) as error:
             last = error
-        if attempt < retry.attempts:
-            delay = retry.delay(attempt)
-            logger.warning("%s: attempt %d/%d: %s; retrying in %.1fs",
-                           git.display, attempt, retry.attempts, last.reason, delay)
-            sleep(delay)
-    raise GitOpsUnavailable(f"GitOps remote {git.display}: gave up after {retry.attempts} attempts; "
-                            f"last error: {last.reason}; {last.hint}")
+        if attempt >= retry.attempts:
+            break
+        delay = retry.delay(attempt)
+        if deadline is not None and time.monotonic() + delay > deadline:
+            break
+        logger.warning("%s: attempt %d/%d: %s; retrying in %.1fs",
+                       git.display, attempt, retry.attempts, last.reason, delay)
+        sleep(delay)
+    raise GitOpsUnavailable(f"GitOps remote {git.display}: gave up after {attempt} "
+                            f"attempt{'s' if attempt != 1 else ''}; last error: {last.reason}; {last.hint}")
 
 
 def _attempt(git: Git, scratch: Path, branch: str, change: FolderChange, identity: Identity,
