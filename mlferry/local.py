@@ -52,7 +52,7 @@ class LocalArgo:
         # Built once per LocalArgo: a long-lived receiver would otherwise rebuild and validate
         # every Argo object for each promotion.
         found = {}
-        for doc in documents(self.bundle):
+        for doc in documents(self.bundle, validate=False):
             if doc["kind"] == "WorkflowTemplate":
                 found[doc["metadata"]["name"]] = yaml.safe_load(to_yaml(doc))
         return found
