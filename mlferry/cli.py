@@ -16,7 +16,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import MutableMapping, Sequence
 
 from mlferry import __version__
 from mlferry.stack import DEFAULT_DIR, Stack, StackError
@@ -32,6 +32,7 @@ STACK_DIR_HELP = f"local stack folder (default ${STACK_DIR_ENV}, else {DEFAULT_D
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = _absolute_paths(parser.parse_args(argv))
+    export_setting_flags(args, os.environ)
     _setup_logging(args.verbose)
     try:
         code = args.func(args) or 0
@@ -672,23 +673,25 @@ def _variable_of(field: str) -> str:
     return next(var for var, name in ENV_VARS.items() if name == field)
 
 
-class _ExportedSetting(argparse.Action):
-    """A settings flag, exported as its MLFERRY_* variable: the settings this process loads, the
-    local run's bundle and every step process it starts (which read their settings the same way)
-    all see it. The flag replaces the shell's variable, and variables win over the file, so the
-    flag wins over both."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        os.environ[_variable_of(self.dest)] = values
+def export_setting_flags(args: argparse.Namespace, environ: MutableMapping[str, str]) -> None:
+    """The settings flags a command was given, as their MLFERRY_* variables in `environ`: the settings
+    this process loads, the local run's bundle and every step process it starts read them the same
+    way. The flag replaces the shell's variable, and variables win over the file, so the flag wins
+    over both. Done once in `main`, never while parsing, so parsing has no side effect."""
+    if not getattr(args, "export_settings", False):
+        return
+    for field in SETTING_FLAGS:
+        value = getattr(args, field, None)
+        if value is not None:
+            environ[_variable_of(field)] = value
 
 
 def _setting_flags(sub, export: bool = True) -> None:
     for field, text in SETTING_FLAGS.items():
         extra = {"choices": ["deployment", "kserve"]} if field == "runtime" else {}
         sub.add_argument("--" + field.replace("_", "-"), dest=field, default=None,
-                         action=_ExportedSetting if export else "store",
                          help=f"{text} (overrides ${_variable_of(field)} and mlferry.yaml)", **extra)
+    sub.set_defaults(export_settings=export)
 
 
 def _config_command(commands) -> None:

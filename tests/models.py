@@ -28,9 +28,13 @@ def register_model(
     X = np.arange(20, dtype=float).reshape(10, 2)
     y = X @ np.array([0.5, -0.25]) + 1.0
     model = ElasticNet(alpha=0.01).fit(X, y)
-    mlflow.set_experiment(f"tests-{name}"[:200])
+    # Not mlflow.set_experiment: it exports MLFLOW_EXPERIMENT_ID into this process's environment, and
+    # every later subprocess (a fresh stack's user shell included) would inherit an id it lacks.
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(f"tests-{name}"[:200])
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(f"tests-{name}"[:200])
     run_tags = {"mlflow.source.git.commit": git_commit} if git_commit else None
-    with mlflow.start_run(tags=run_tags):
+    with mlflow.start_run(experiment_id=experiment_id, tags=run_tags):
         mlflow.log_metric("rmse", 0.125)
         info = mlflow.sklearn.log_model(
             model, name="model", input_example=X[:2], registered_model_name=name,

@@ -8,9 +8,9 @@ import sys
 import pytest
 import yaml
 
-from mlferry.cli import SETTING_FLAGS, _parser
+from mlferry.cli import _parser, export_setting_flags
 from mlferry.steps.naming import slugify
-from tests.test_promote import ROOT, promote, show
+from tests.test_promote import promote, show
 
 SETTING_VARS = ("MLFERRY_TEAM", "MLFERRY_BUCKET", "MLFERRY_GITOPS_REPO", "MLFERRY_GITOPS_BRANCH", "MLFERRY_RUNTIME",
                 "MLFERRY_SERVING_IMAGE", "MLFERRY_S3_SECRET", "MLFERRY_PRUNE", "MLFERRY_CONFIG",
@@ -64,17 +64,24 @@ def test_a_bad_flag_value_is_one_line(tmp_path):
 @pytest.mark.parametrize("command", [["promote", "m", "--version", "1", "--env", "staging"], ["reconcile"],
                                      ["submit", "--from", "workflowtemplate/mlferry-reconcile"], ["events", "serve"],
                                      ["status"], ["history", "m"]])
-def test_the_commands_take_the_settings_flags_and_export_them(command, monkeypatch):
-    for field in SETTING_FLAGS:
-        monkeypatch.delenv("MLFERRY_" + field.upper(), raising=False)
-    monkeypatch.setenv("MLFERRY_TEAM", "from-shell")
+def test_the_commands_take_the_settings_flags_and_export_them(command):
+    before = dict(os.environ)
     args = _parser().parse_args([*command, "--team", "flag-team", "--bucket", "b", "--runtime", "kserve",
                                  "--serving-image", "img:2", "--gitops-repo", "/r", "--gitops-branch", "br"])
     assert (args.team, args.runtime) == ("flag-team", "kserve")
-    assert {k: os.environ[k] for k in ("MLFERRY_TEAM", "MLFERRY_BUCKET", "MLFERRY_RUNTIME", "MLFERRY_SERVING_IMAGE",
-                                       "MLFERRY_GITOPS_REPO", "MLFERRY_GITOPS_BRANCH")} == {
-        "MLFERRY_TEAM": "flag-team", "MLFERRY_BUCKET": "b", "MLFERRY_RUNTIME": "kserve",
+    assert dict(os.environ) == before  # parsing has no side effect: nothing leaks into this process
+    environ = {"MLFERRY_TEAM": "from-shell", "PATH": "/bin"}
+    export_setting_flags(args, environ)
+    assert environ == {
+        "PATH": "/bin", "MLFERRY_TEAM": "flag-team", "MLFERRY_BUCKET": "b", "MLFERRY_RUNTIME": "kserve",
         "MLFERRY_SERVING_IMAGE": "img:2", "MLFERRY_GITOPS_REPO": "/r", "MLFERRY_GITOPS_BRANCH": "br"}
+
+
+def test_config_reports_flags_without_exporting_them():
+    args = _parser().parse_args(["config", "--team", "flag-team"])
+    environ: dict[str, str] = {}
+    export_setting_flags(args, environ)
+    assert args.team == "flag-team" and environ == {}
 
 
 def test_promote_flags_win_over_variables_and_file_inside_the_steps(registered_model, gitops_remote, tmp_path):

@@ -102,8 +102,13 @@ def test_env_before_up_says_what_to_do(tmp_path):
 # Each first `up` gets free ports, so that no test takes the default ones from a stack already
 # running on this machine; later `up`s reuse them as a user's would.
 
+def fresh_shell() -> dict[str, str]:
+    """A user's shell with nothing exported: none of the test session's MLflow, AWS or mlferry state."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "MLFERRY_"))}
+
+
 def user(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFERRY_STACK_DIR"}
+    env = fresh_shell()
     result = subprocess.run([*MLFERRY, *args], capture_output=True, text=True, timeout=240, cwd=cwd, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"mlferry {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
@@ -123,7 +128,7 @@ def stack_env(cwd: Path) -> dict[str, str]:
 
 def python(cwd: Path, code: str) -> str:
     """Run code as a user's script would, with the stack's environment exported; its last line."""
-    env = {**os.environ, **stack_env(cwd)}
+    env = {**fresh_shell(), **stack_env(cwd)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
                             cwd=cwd, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
