@@ -20,6 +20,7 @@ from typing import MutableMapping, Sequence
 
 from mlferry import __version__
 from mlferry.stack import DEFAULT_DIR, Stack, StackError
+from mlferry.steps.outcome import node_line
 from mlferry.steps.settings import SettingsError
 
 log = logging.getLogger("mlferry")
@@ -274,7 +275,8 @@ def print_event(event) -> None:
     else:
         took = f"{event.duration:6.1f}s" if event.duration is not None else ""
         line = f"  {name:<{NAME_WIDTH}} {event.phase:<10} {took}"
-    message = message_of(event.message) if event.phase not in ("Succeeded", "Omitted") else ""
+    message = (node_line(event.message, event.phase, event.attempt + 1, event.retry)
+               if event.phase not in ("Succeeded", "Omitted") else "")
     if message:
         line += f"  {clip(message, 200)}"
     print(line, flush=True)
@@ -302,12 +304,6 @@ def clip(text: str, width: int) -> str:
         return text
     keep = width - 1
     return text[:keep - keep // 3] + "…" + text[len(text) - keep // 3:]
-
-
-def message_of(text: str) -> str:
-    from mlferry.steps.outcome import message_of as one_line
-
-    return one_line(text or "")
 
 
 def _reconcile_command(commands) -> None:
@@ -482,7 +478,8 @@ def _print_run(run, logs: bool = False) -> None:
     for task in run.tasks:
         if task.phase in _QUIET_PHASES and not logs and not log.isEnabledFor(logging.DEBUG):
             continue
-        message = clip(message_of(task.message), 160) if task.message and task.phase != "Succeeded" else ""
+        message = (clip(node_line(task.message, task.phase, task.attempts), 160)
+                   if task.message and task.phase != "Succeeded" else "")
         print(f"{pad(step_label(task.name), NAME_WIDTH)} {pad(task.phase, 10)} {task.duration or 0:>7.1f}s  {message}")
     if logs:
         for task in run.tasks:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from mlferry.local import LocalArgo
-from mlferry.steps.outcome import readable_failure
+from mlferry.steps.outcome import node_line, readable_failure
 from mlferry.engine import NodeEvent, RunResult
 
 TEMPLATE = "workflowtemplate/mlferry-promote"
@@ -99,4 +99,5 @@ def failure_line(run: RunResult) -> str:
     failed = [t for t in run.tasks if t.phase in ("Failed", "Error") and t.type == "Pod"]
     if not failed:
         return readable_failure(run.message) or run.phase
-    return f"{failed[0].name}: {readable_failure(failed[0].message) or failed[0].phase}"
+    return f"{failed[0].name}: {node_line(failed[0].message, failed[0].phase, failed[0].attempts) or failed[0].phase}"
+

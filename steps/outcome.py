@@ -85,11 +85,8 @@ def as_argo_step(fn: F) -> F:
     return step  # type: ignore[return-value]
 
 
-# What the local engine and Argo put around a step's own words (engine/pods.py, engine/executor.py).
+# What Argo (and the local engine, as Argo does) puts before a failed pod's own words.
 _EXIT_PREFIX = re.compile(r"^Error \(exit code (\d+)\)(?::\s*)?")
-_RETRY_PREFIX = re.compile(r"^(retry \d+ of \d+ in [\d.]+ ?s(?: \([^)]*\))?): ")
-_GAVE_UP = re.compile(r"\s*\((?:No more retries left|Max duration limit exceeded|Backoff would exceed max duration "
-                      r"limit|retryStrategy\.expression evaluated to false|retries stopped[^)]*) after (\d+) attempts\)$")
 _TRANSIENT_NOTE = " (transient: Argo retries it)"
 _LEVELS = {"error": 3, "critical": 3, "warning": 2, "info": 1, "debug": 0}
 
@@ -98,27 +95,26 @@ def readable_failure(message: str) -> str:
     """One line for people from a step's message: the error a step logged (JSON log lines or text)
     without the engine's wrapping, the traceback or the log record around it.
 
-    Never a JSON object and never `null`: a step that said nothing gets "exited with code N". A
-    pending retry keeps its count and wait ("...; retry 2 of 3 in 4 s"), and a step that ran out
-    of retries says after how many attempts it gave up.
+    Never a JSON object and never `null`: a step that said nothing gets "exited with code N".
     """
     text = (message or "").strip()
-    retry = _RETRY_PREFIX.match(text)
-    if retry:
-        text = text[retry.end():]
-    gave_up = _GAVE_UP.search(text)
-    if gave_up:
-        text = text[:gave_up.start()]
     exit_code = _EXIT_PREFIX.match(text)
     if exit_code:
         text = text[exit_code.end():]
     line = _one_line(text)
     if not line and exit_code:
         line = f"exited with code {exit_code.group(1)} without saying why (see `mlferry runs logs`)"
-    if gave_up and line:
-        line += f" (gave up after {gave_up.group(1)} attempts)"
-    if retry and line:
-        line += f"; {retry.group(1)}"
+    return line
+
+
+def node_line(message: str, phase: str, attempts: int, retry: str = "") -> str:
+    """A node's one line for people: its own words, after how many attempts a failed one gave up,
+    and, while it waits between attempts, which retry comes next (the engine keeps each apart)."""
+    line = readable_failure(message)
+    if line and phase in ("Failed", "Error") and attempts > 1:
+        line += f" (gave up after {attempts} attempts)"
+    if line and retry:
+        line += f"; {retry}"
     return line
 
 
@@ -172,11 +168,6 @@ def _noise(line: str) -> bool:
     """Traceback frames and separators: not a message."""
     return (line in ("null", "None") or line.startswith(("Traceback (most recent call last)", "File \"", "---"))
             or line == "^" * len(line))
-
-
-def message_of(message: str) -> str:
-    """readable_failure, by the name the CLI uses for any node message (not only failures)."""
-    return readable_failure(message)
 
 
 def failure_types(failures_json: str) -> set[str]:

@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mlferry.engine import load_run
-from mlferry.steps.outcome import readable_failure, readable_failures
+from mlferry.steps.outcome import node_line, readable_failure, readable_failures
 
 ROOT = Path(__file__).resolve().parent.parent
 DEAD = "http://127.0.0.1:9"  # nothing listens on port 9: connections are refused at once
@@ -45,12 +45,17 @@ def run_id(stderr: str) -> str:
 def test_a_step_message_becomes_one_line_whatever_it_holds():
     tail = ('Error (exit code 75): {"level": "warning", "msg": "remote: attempt 1/5: refused; retrying in 1.0s"}\n'
             '{"level": "error", "msg": "GitOps remote gave up after 5 attempts (transient: Argo retries it)", '
-            '"error_type": "GitOpsUnavailable"} (No more retries left after 4 attempts)')
-    assert readable_failure(tail) == "GitOps remote gave up after 5 attempts (gave up after 4 attempts)"
+            '"error_type": "GitOpsUnavailable"}')
+    assert readable_failure(tail) == "GitOps remote gave up after 5 attempts"
+    # The engine keeps the attempts and the next retry apart from the step's words; one line joins them.
+    assert node_line(tail, "Failed", 4) == "GitOps remote gave up after 5 attempts (gave up after 4 attempts)"
+    assert node_line(tail, "Failed", 1) == "GitOps remote gave up after 5 attempts"
     assert readable_failure("null") == ""
+    assert node_line("null", "Failed", 3) == ""
     assert readable_failure("Error (exit code 1)").startswith("exited with code 1 without saying why")
-    pending = 'retry 2 of 3 in 10s (gives up in 21s): Error (exit code 75): {"level": "error", "msg": "MLflow refused"}'
-    assert readable_failure(pending) == "MLflow refused; retry 2 of 3 in 10s (gives up in 21s)"
+    pending = 'Error (exit code 75): {"level": "error", "msg": "MLflow refused"}'
+    assert node_line(pending, "Pending", 2, "retry 2 of 3 in 10s (gives up in 21s)") == \
+        "MLflow refused; retry 2 of 3 in 10s (gives up in 21s)"
     failures = json.dumps([{"displayName": "resolve", "templateName": "resolve", "phase": "Failed",
                             "message": 'Error (exit code 1): {"level": "error", "msg": "no such model"}'}])
     assert readable_failures(failures) == "resolve: no such model"
@@ -111,10 +116,12 @@ def test_each_retry_says_what_failed_which_retry_it_is_and_how_long_is_left(tmp_
                  on_event=events.append, retry_budget=3)
     assert time.monotonic() - started < 15
     pending = [e for e in events if e.phase == "Pending" and e.message]
-    assert pending and re.match(r"retry 1 of 3 in 1s \(gives up in \d+s\): ", pending[0].message)
-    assert result.phase == "Failed" and result.task("main").attempts < 4  # the budget, not the limit, ended it
-    assert readable_failure(result.task("main").message).startswith("MLflow at http://x refused the connection "
-                                                                     "(gave up after ")
+    assert pending and re.fullmatch(r"retry 1 of 3 in 1s \(gives up in \d+s\)", pending[0].retry)
+    assert "MLflow at http://x refused the connection" in pending[0].message
+    main = result.task("main")
+    assert result.phase == "Failed" and main.attempts < 4  # the budget, not the limit, ended it
+    assert node_line(main.message, main.phase, main.attempts).startswith("MLflow at http://x refused the connection "
+                                                                         "(gave up after ")
 
     import contextlib
     import io

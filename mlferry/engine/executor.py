@@ -18,6 +18,7 @@ call at a time.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -51,6 +52,8 @@ __all__ = ["Run", "run"]
 
 POLL_INTERRUPT = 0.1  # seconds between looks at a run's `interrupt` event
 RUN_SLOTS_KEY = "local/Runs"  # the lock of `max_runs`: outside Argo's `<namespace>/<kind>/<name>` keys
+
+log = logging.getLogger(__name__)
 
 
 def run(plan: Plan, parameters: Mapping[str, str] | None = None, *, run_dir: str | Path,
@@ -287,22 +290,22 @@ class Run:
                 decision = replace(decision, wait=None,
                                    reason=f"retries stopped at the local limit of {self.retry_budget:.0f}s")
             if decision.wait is None:
-                suffix = f" ({decision.reason} after {attempt + 1} attempts)" if attempt else ""
-                return replace(outcome, message=outcome.message + suffix)
-            self.records.set_phase(record, PENDING, self.retry_message(strategy, attempt + 1, decision.wait,
-                                                                       budget_end, outcome.message))
+                if attempt:
+                    log.debug("%s: %s after %d attempts", name, decision.reason, attempt + 1)
+                return outcome  # the last attempt's own words; the record counts the attempts
+            self.records.set_phase(record, PENDING, outcome.message,
+                                   retry=self.retry_note(strategy, attempt + 1, decision.wait, budget_end))
             if self.stop.wait(decision.wait):
                 return outcome
             attempt, deadline = attempt + 1, decision.deadline
 
     @staticmethod
-    def retry_message(strategy: Mapping[str, Any], retry: int, wait: float, budget_end: float | None,
-                      message: str) -> str:
-        """"retry 2 of 3 in 4s (gives up in 21s): <the attempt's message>": what is retried and how long is left."""
+    def retry_note(strategy: Mapping[str, Any], retry: int, wait: float, budget_end: float | None) -> str:
+        """"retry 2 of 3 in 4s (gives up in 21s)": which retry comes next and how long is left."""
         limit = strategy.get("limit")
         count = f"retry {retry} of {limit}" if limit is not None else f"retry {retry}"
         left = f" (gives up in {max(0.0, budget_end - time.monotonic()):.0f}s)" if budget_end is not None else ""
-        return f"{count} in {wait:.0f}s{left}: {message}"
+        return f"{count} in {wait:.0f}s{left}"
 
     def attempt(self, name: str, t: Mapping[str, Any], scope: Mapping[str, str], attempt: int,
                 deadline: float | None, record: TaskRecord | None) -> Outcome:

@@ -61,13 +61,14 @@ class Recorder:
             self.records[name] = record
         return record
 
-    def set_phase(self, record: TaskRecord | None, phase: str, message: str = "") -> None:
+    def set_phase(self, record: TaskRecord | None, phase: str, message: str = "", retry: str = "") -> None:
         if record is None:
             return
         record.phase = phase
         if phase == RUNNING and record.started is None:
             record.started = now()
-        self.emit(NodeEvent(record.name, phase, record.template, message=message, attempt=max(record.attempts - 1, 0)))
+        self.emit(NodeEvent(record.name, phase, record.template, message=message,
+                            attempt=max(record.attempts - 1, 0), retry=retry))
 
     def close(self, record: TaskRecord | None, outcome: Outcome, seconds: float) -> None:
         if record is None:

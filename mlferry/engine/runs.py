@@ -36,6 +36,7 @@ class NodeEvent:
     duration: float | None = None
     message: str = ""
     attempt: int = 0
+    retry: str = ""  # while Pending between attempts: "retry 2 of 3 in 4s (gives up in 21s)"
 
 
 @dataclass
