@@ -21,6 +21,7 @@ from typing import MutableMapping, Sequence
 from mlferry import __version__
 from mlferry.stack import DEFAULT_DIR, Stack, StackError
 from mlferry.steps.outcome import node_line
+from mlferry.table import fit, pad
 from mlferry.steps.settings import SettingsError
 
 log = logging.getLogger("mlferry")
@@ -146,8 +147,6 @@ def _stack_reset(args) -> None:
 def _stack_status(args) -> int:
     import json
 
-    from mlferry.table import pad
-
     stack = _stack(args)
     rows = stack.status()
     healthy = all(state in ("running", "ready") for _, state, _ in rows)
@@ -271,14 +270,14 @@ def print_event(event) -> None:
         return
     name = step_label(event.name)
     if event.phase in ("Running", "Pending") and event.duration is None:
-        line = f"  {name:<{NAME_WIDTH}} {event.phase}"
+        line = f"  {pad(name, NAME_WIDTH)} {event.phase}"
     else:
         took = f"{event.duration:6.1f}s" if event.duration is not None else ""
-        line = f"  {name:<{NAME_WIDTH}} {event.phase:<10} {took}"
+        line = f"  {pad(name, NAME_WIDTH)} {event.phase:<10} {took}"
     message = (node_line(event.message, event.phase, event.attempt + 1, event.retry)
                if event.phase not in ("Succeeded", "Omitted") else "")
     if message:
-        line += f"  {clip(message, 200)}"
+        line += f"  {fit(message, 200, middle=True)}"
     print(line, flush=True)
 
 
@@ -290,20 +289,11 @@ def step_label(name: str, width: int = NAME_WIDTH) -> str:
     found = re.match(r"^(.*?)\((\d+):([^()]*)\)(.*)$", name)
     fields = dict(part.split(":", 1) for part in found.group(3).split(",") if ":" in part) if found else {}
     if not found or not {"model", "version", "env"} <= fields.keys():
-        return clip(name, width)
+        return fit(name, width, middle=True)
     head, index, tail = found.group(1), found.group(2), found.group(4)
     rest = f" v{fields['version']} {fields['env']}){tail}"
     room = max(8, width - len(f"{head}({index}: ") - len(rest))
-    return clip(f"{head}({index}: {clip(fields['model'], room)}{rest}", width)
-
-
-def clip(text: str, width: int) -> str:
-    """At most `width` characters: a long text loses its middle, so its end (the step's name, a
-    retry's count and wait) stays."""
-    if len(text) <= width:
-        return text
-    keep = width - 1
-    return text[:keep - keep // 3] + "…" + text[len(text) - keep // 3:]
+    return fit(f"{head}({index}: {fit(fields['model'], room, middle=True)}{rest}", width, middle=True)
 
 
 def _reconcile_command(commands) -> None:
@@ -417,7 +407,6 @@ def _runs_list(args) -> None:
     import json
 
     from mlferry.engine import list_runs
-    from mlferry.table import pad
 
     runs = list_runs(args.stack_dir / "runs")
     if args.json:
@@ -472,13 +461,12 @@ def _print_run(run, logs: bool = False) -> None:
           f"\nDuration:  {run.duration or 0:.1f}s")
     for key, value in run.outputs.items():
         print(f"Output:    {key}={value}")
-    from mlferry.table import pad
 
     print(f"\n{pad('STEP', NAME_WIDTH)} {pad('PHASE', 10)} {'DURATION':>8}  MESSAGE")
     for task in run.tasks:
         if task.phase in _QUIET_PHASES and not logs and not log.isEnabledFor(logging.DEBUG):
             continue
-        message = (clip(node_line(task.message, task.phase, task.attempts), 160)
+        message = (fit(node_line(task.message, task.phase, task.attempts), 160, middle=True)
                    if task.message and task.phase != "Succeeded" else "")
         print(f"{pad(step_label(task.name), NAME_WIDTH)} {pad(task.phase, 10)} {task.duration or 0:>7.1f}s  {message}")
     if logs:

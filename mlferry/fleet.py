@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 from typing import Iterable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-from mlferry.history import FolderEvent, GitOpsHistory, printable, age
-from mlferry.table import format_table
+from mlferry.history import FolderEvent, GitOpsHistory, age
+from mlferry.table import format_table, printable
 from mlferry.steps import gitops, plan, registry
 from mlferry.steps.layout import MANIFEST_NAME, gitops_folder, model_prefix, parse_gitops_folder, team_prefix
 from mlferry.steps.naming import slugify

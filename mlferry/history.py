@@ -21,7 +21,7 @@ from typing import Collection, Iterator, Mapping
 from mlferry.steps import gitops
 from mlferry.steps.layout import parse_gitops_folder, team_prefix
 from mlferry.steps.naming import slugify
-from mlferry.table import fit, format_table  # noqa: F401 - format_table: shared with mlferry.fleet
+from mlferry.table import format_table, printable
 
 DEPLOY, REMOVE, EDIT = "deploy", "remove", "edit"
 
@@ -200,8 +200,3 @@ def age(seconds: int) -> str:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
 
-
-def printable(text: str, limit: int = 48) -> str:
-    """text with control characters shown as "?", cut to `limit` display columns."""
-    flat = "".join(c if c.isprintable() else "?" for c in text)
-    return fit(flat, limit)

@@ -33,6 +33,7 @@ from mlferry.steps.signature import (DELIVERY_ID_HEADER, MAX_AGE_SECONDS, SIGNAT
                              verify)
 from mlferry.steps.verify_event import SECRET_ENV
 from mlferry.engine import NodeEvent, RunResult, list_runs
+from mlferry.table import printable
 
 log = logging.getLogger("mlferry.receiver")
 
@@ -194,7 +195,7 @@ class Receiver:
         try:
             verify(self.secret, delivery_id, timestamp, body, signature, now=now)
         except SignatureError as err:
-            return Reply.error(HTTPStatus.UNAUTHORIZED, str(err), f"rejected delivery {_printable(delivery_id)}: {err}")
+            return Reply.error(HTTPStatus.UNAUTHORIZED, str(err), f"rejected delivery {(printable(delivery_id, 80) or '-')}: {err}")
         try:
             body_text = body.decode("utf-8")
             payload = json.loads(body_text)
@@ -288,11 +289,6 @@ class Receiver:
     def _run_of(self, delivery: Delivery) -> RunResult | None:
         runs = [r for r in list_runs(self.local.runs_root) if r.parameters.get("delivery_id") == delivery.delivery_id]
         return runs[0] if runs else None
-
-
-def _printable(text: str, limit: int = 80) -> str:
-    """An unverified header value, safe for one log line."""
-    return "".join(c if c.isprintable() else "?" for c in text[:limit]) or "-"
 
 
 def run_line(run: RunResult, delivery: Delivery) -> str:

@@ -32,18 +32,32 @@ def width(text: str) -> int:
     return sum(char_width(c) for c in text)
 
 
-def fit(text: str, limit: int) -> str:
-    """text cut to at most `limit` display columns, an ellipsis marking the cut."""
+def fit(text: str, limit: int, *, middle: bool = False) -> str:
+    """text cut to at most `limit` display columns, an ellipsis marking the cut: at the end, or in
+    the middle so that the end (a step's name, a retry's count and wait) stays."""
     if width(text) <= limit:
         return text
-    budget, out = limit - 1, []  # one column for the ellipsis
+    budget = limit - 1  # one column for the ellipsis
+    tail_budget = budget // 3 if middle else 0
+    head = _columns(text, budget - tail_budget)
+    tail = _columns(text[::-1], tail_budget)[::-1]
+    return head + ELLIPSIS + tail
+
+
+def _columns(text: str, budget: int) -> str:
+    """The longest start of text that fits in `budget` display columns."""
+    out = []
     for char in text:
-        w = char_width(char)
-        if w > budget:
+        budget -= char_width(char)
+        if budget < 0:
             break
         out.append(char)
-        budget -= w
-    return "".join(out) + ELLIPSIS
+    return "".join(out)
+
+
+def printable(text: str, limit: int = 48) -> str:
+    """text with control characters shown as "?", cut to `limit` display columns: safe for one line."""
+    return fit("".join(c if c.isprintable() else "?" for c in text), limit)
 
 
 def pad(text: str, columns: int, *, right: bool = False) -> str:

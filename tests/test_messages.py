@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from mlflow import MlflowClient
 
 from mlferry.engine import load_run
