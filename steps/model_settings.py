@@ -28,6 +28,7 @@ MAX_REPLICAS = 100
 
 # A Kubernetes quantity as people write them: 250m, 0.5, 2, 512Mi, 1Gi, 1G (no exponents).
 QUANTITY = re.compile(r"^([0-9]+(\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+QUANTITY_RULE = "must be a Kubernetes quantity such as 250m, 0.5, 2, 512Mi or 1Gi"
 
 
 class ModelTagError(ValueError):
@@ -36,7 +37,7 @@ class ModelTagError(ValueError):
 
 def check_quantity(what: str, value: str) -> str:
     if not QUANTITY.match(value):
-        raise ModelTagError(f"{what}={value!r} must be a Kubernetes quantity such as 250m, 0.5, 2, 512Mi or 1Gi")
+        raise ModelTagError(f"{what}={value!r} {QUANTITY_RULE}")
     return value
 
 
@@ -74,7 +75,12 @@ class ModelServing(BaseModel):
     runtime: str = ""
 
     def resources(self) -> dict[str, str]:
+        """The requests and limits the tags set."""
         return {key: getattr(self, key) for key in RESOURCE_KEYS if getattr(self, key)}
+
+    def resources_over(self, team: Mapping[str, str]) -> dict[str, str]:
+        """The requests and limits a model server gets: the tags' over the team's."""
+        return {**team, **self.resources()}
 
 
 def serving_from_tags(tags: Mapping[str, str]) -> ModelServing:

@@ -122,7 +122,7 @@ def template_values(inputs: RenderInput, settings: Settings, resource_files: tup
         # One ServiceAccount per folder: a shared one would be owned by several Argo CD
         # Applications, and pruning one model would take the credentials from the others.
         "service_account": name,
-        "resources": {**settings.resources.model_dump(), **inputs.serving.resources()},
+        "resources": inputs.serving.resources_over(settings.resources.model_dump()),
     }
 
 

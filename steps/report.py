@@ -53,24 +53,23 @@ def report(inputs: ReportInput) -> Report:
                                                           stage=inputs.stage).version
         tags = outcome_tags(inputs, datetime.now(timezone.utc))
         registry.set_version_tags(mlflow, inputs.model, str(version), tags)
-    except (registry.RegistryError, ValueError) as err:
-        if inputs.status != "failed":
-            raise
-        # The failure was the registry lookup itself: there is no version to put the tag on.
-        log.warning("not tagging the failure on the registry: %s", err)
-        return Report()
-    except MlflowApiError as err:
-        if inputs.status != "failed" or err.status != 404:
-            raise
-        # The version named by the run does not exist (the failure said so): nothing to tag.
-        log.warning("not tagging the failure on the registry: %s", err)
-        return Report()
-    except MlflowUnreachable as err:
-        if not mlflow_down:
+    except (registry.RegistryError, ValueError, MlflowApiError, MlflowUnreachable) as err:
+        if not (inputs.status == "failed" and _nothing_to_tag(err, mlflow_down)):
             raise
         log.warning("not tagging the failure on the registry: %s", err)
         return Report()
     return Report(tags=tags)
+
+
+def _nothing_to_tag(err: Exception, mlflow_down: bool) -> bool:
+    """A failed run's report may find nothing to tag: the lookup that failed the run fails again
+    (no such model, alias or version: there is no version to put the tag on), or MLflow, whose
+    silence failed the run, still does not answer."""
+    if isinstance(err, MlflowUnreachable):
+        return mlflow_down
+    if isinstance(err, MlflowApiError):
+        return err.status == 404
+    return True  # RegistryError, ValueError
 
 
 def outcome_tags(inputs: ReportInput, now: datetime) -> dict[str, str]:

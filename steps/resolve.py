@@ -69,7 +69,7 @@ def resolve_version(inputs: ResolveInput, settings: Settings, mlflow) -> ModelVe
 def _model_serving(tags: dict[str, str], settings: Settings) -> ModelServing:
     """The registered model's serving tags, checked alone and against the team's resources."""
     serving = serving_from_tags(tags)
-    resources = {**settings.resources.model_dump(), **serving.resources()}
+    resources = serving.resources_over(settings.resources.model_dump())
     sources = {key: f"registered-model tag {TAG_PREFIX}{key}" if key in serving.resources() else f"resources.{key}"
                for key in resources}
     check_requests_within_limits(resources, sources)

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlferry import __version__
-from mlferry.steps.model_settings import QUANTITY
+from mlferry.steps.model_settings import QUANTITY, QUANTITY_RULE
 from mlferry.steps.naming import check_environment_name, is_dns_label
 
 Runtime = Literal["deployment", "kserve"]
@@ -43,8 +43,7 @@ class Resources(BaseModel):
     @classmethod
     def _quantity(cls, value: str, info) -> str:
         if not QUANTITY.match(value):
-            raise ValueError(f"resources.{info.field_name} {value!r} must be a Kubernetes quantity "
-                             "such as 250m, 0.5, 2, 512Mi or 1Gi")
+            raise ValueError(f"resources.{info.field_name} {value!r} {QUANTITY_RULE}")
         return value
 
 
