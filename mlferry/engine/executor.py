@@ -127,6 +127,7 @@ class Run:
                  kill_grace: float, interrupt: threading.Event | None = None, max_runs: int | None = None,
                  retry_budget: float | None = None):
         self.plan, self.run_dir, self.machine, self.namespace = plan, run_dir, machine, machine.namespace
+        self.arguments = values  # the workflow's parameters: the entrypoint's and onExit's arguments
         self.retry_budget = retry_budget
         self.interrupt, self.max_runs = interrupt, max_runs
         self.lock_dir, self.backoff_scale, self.kill_grace = lock_dir, backoff_scale, kill_grace
@@ -228,7 +229,9 @@ class Run:
             locks = self.locks(self.plan.spec.get("synchronization"), self.globals)
             with holding(locks, self.lock_dir, stop=self.stop, waiting=lambda lock: self.records.emit(
                     NodeEvent(self.run_id, PENDING, self.plan.entrypoint, message=f"waiting for lock {lock.key}"))):
-                return self.node("", self.plan.entrypoint, {})
+                # Argo calls the entrypoint with the workflow's arguments (operator.go,
+                # executeTemplate(…, woc.execWf.Spec.Arguments, …)): its inputs take them by name.
+                return self.node("", self.plan.entrypoint, self.arguments)
         except (Interrupted, NodeError) as err:
             return Outcome(FAILED if isinstance(err, Interrupted) else ERROR, self.stop.reason or str(err))
 
@@ -272,7 +275,9 @@ class Run:
         return outcome
 
     def retrying(self, name: str, t: Mapping[str, Any], scope: Mapping[str, str], record: TaskRecord | None) -> Outcome:
-        strategy = substitute_all(dict(t["retryStrategy"]), scope) if t.get("retryStrategy") else None
+        # `retryStrategy: {}` is a strategy too: OnFailure, and no limit (the limit applies only when
+        # set: operator.go, processNodeRetries).
+        strategy = substitute_all(dict(t["retryStrategy"]), scope) if t.get("retryStrategy") is not None else None
         first, attempt, deadline = time.monotonic(), 0, None
         while True:
             if record is not None:

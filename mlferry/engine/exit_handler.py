@@ -21,7 +21,8 @@ def run_exit_handler(run: "Run", outcome: Outcome) -> Outcome:
         return outcome
     run.stop = Stop()  # the workflow's deadline or stop does not stop its exit handler
     run.globals["workflow.status"] = outcome.phase
-    exit_outcome = run.node("onExit", on_exit, {})
+    # The exit hook is called with the workflow's arguments (WorkflowSpec.GetExitHook(args)).
+    exit_outcome = run.node("onExit", on_exit, run.arguments)
     if outcome.phase == SUCCEEDED and exit_outcome.phase != SUCCEEDED:
         return replace(exit_outcome, outputs=outcome.outputs)
     return outcome

@@ -93,9 +93,14 @@ def argo_string(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+# encoding/json escapes these even inside strings (HTMLEscape, and two JavaScript line breaks).
+_GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                             "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def to_json(value: Any) -> str:
-    """JSON as Go's encoder writes it: no spaces, non-ASCII kept."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """JSON as Go's json.Marshal writes it: no spaces, non-ASCII kept, <>& escaped."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).translate(_GO_ESCAPES)
 
 
 def render_value(value: Any) -> str:

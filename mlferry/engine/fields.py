@@ -81,6 +81,65 @@ _NO_LOCAL_EFFECT: dict[str, set[str]] = {
 }
 
 
+# Argo features the executor refuses, and what Argo would do with each: the sentence a refusal
+# gives, so that a user knows what their workflow would have done on a cluster.
+REFUSED: dict[str, dict[str, str]] = {
+    "spec": {
+        "volumes": "mounts these Kubernetes volumes into the pods that name them",
+        "volumeClaimTemplates": "creates a PersistentVolumeClaim per workflow for its pods to share",
+        "hooks": "runs lifecycle hooks when the workflow reaches a phase or an expression turns true",
+        "templateDefaults": "merges these defaults into every template",
+        "retryStrategy": "retries every template with this strategy unless it has its own",
+        "podSpecPatch": "patches every pod's spec with this JSON",
+        "suspend": "holds the workflow until `argo resume`",
+        "shutdown": "stops or terminates the running workflow",
+        "hostNetwork": "runs the pods in the node's network namespace",
+        "dnsConfig": "sets the pods' DNS configuration",
+        "hostAliases": "adds entries to the pods' /etc/hosts",
+    },
+    "template": {
+        "resource": "creates, applies, patches or deletes a Kubernetes object",
+        "suspend": "pauses here until `argo resume` or the duration ends",
+        "http": "sends this HTTP request from its agent pod",
+        "plugin": "calls an executor plugin",
+        "data": "transforms an artifact listing",
+        "containerSet": "runs several containers in one pod",
+        "sidecars": "starts these containers beside the main one",
+        "initContainers": "runs these containers before the main one",
+        "daemon": "keeps the pod running for the steps that follow",
+        "memoize": "reuses cached outputs from a ConfigMap and skips the step when they exist",
+        "podSpecPatch": "patches the pod's spec with this JSON",
+        "volumes": "mounts these Kubernetes volumes into the pod",
+        "timeout": "fails the node when it has not finished within this duration, Pending time included",
+        "failFast": "stops starting new items once one fails",
+        "hostAliases": "adds entries to the pod's /etc/hosts",
+    },
+    "task": {
+        "templateRef": "calls a template of another WorkflowTemplate",
+        "inline": "runs the template written inside the task",
+        "withSequence": "fans the task out over a range of numbers",
+        "hooks": "runs lifecycle hooks when the task reaches a phase",
+        "onExit": "runs this template when the task ends",
+    },
+    "inputs": {"artifacts": "downloads these files from an artifact repository (S3, GCS, git, HTTP, …) into the pod"},
+    "outputs": {"artifacts": "uploads these files to the artifact repository for later steps",
+                "result": "sets the template's result", "exitCode": "sets the template's exit code"},
+    "arguments": {"artifacts": "passes these artifacts to the template's inputs"},
+    "container": {
+        "volumeMounts": "mounts volumes into the container",
+        "workingDir": "starts the command in this folder",
+        "ports": "opens these container ports",
+        "lifecycle": "runs postStart / preStop handlers",
+        "readinessProbe": "probes the container for readiness",
+        "livenessProbe": "restarts the container when the probe fails",
+        "stdin": "keeps stdin open",
+    },
+}
+REFUSED["step"] = {k: v for k, v in REFUSED["task"].items() if k != "onExit"} | {
+    "onExit": "runs this template when the step ends"}
+REFUSED["script"] = REFUSED["container"]
+
+
 def check_fields(obj: Any, path: str, kind: str, problems: list[str]) -> bool:
     """Report fields of `obj` that are neither implemented nor inert; False if obj is no mapping."""
     if not isinstance(obj, dict):
@@ -89,14 +148,38 @@ def check_fields(obj: Any, path: str, kind: str, problems: list[str]) -> bool:
     known = _IMPLEMENTED[kind] | _NO_LOCAL_EFFECT.get(kind, set())
     for key in obj:
         if key not in known:
-            problems.append(unknown_field(join(path, key), key, known))
+            problems.append(unknown_field(join(path, key), key, known, kind))
     return True
 
 
-def unknown_field(path: str, key: str, known: set[str]) -> str:
+def unknown_field(path: str, key: str, known: set[str], kind: str = "") -> str:
+    argo_does = REFUSED.get(kind, {}).get(key)
+    if argo_does:
+        return f"{path}: not supported by the local executor (on a cluster, Argo {argo_does})"
     guess = difflib.get_close_matches(key, sorted(known), n=1)
     hint = f" (did you mean {guess[0]!r}?)" if guess else ""
     return f"{path}: not supported by the local executor: an unknown field, or an Argo feature it does not implement{hint}"
+
+
+def feature_table() -> str:
+    """The README's table of what the local engine runs, accepts and refuses, per kind of object."""
+    rows = ["| Where | Runs as Argo does | Accepted, no local effect | Refused at load |", "|---|---|---|---|"]
+    for kind, where in _TABLE_ROWS:
+        cells = [_codes(_IMPLEMENTED.get(kind, set())), _codes(_NO_LOCAL_EFFECT.get(kind, set())),
+                 _codes(set(REFUSED.get(kind, {})))]
+        rows.append(f"| {where} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+_TABLE_ROWS = [("spec", "workflow `spec`"), ("cron", "CronWorkflow `spec`"), ("template", "template"),
+               ("dag", "`dag`"), ("task", "DAG task"), ("step", "step"), ("container", "`container`"),
+               ("script", "`script`"), ("inputs", "`inputs`"), ("outputs", "`outputs`"),
+               ("arguments", "`arguments`"), ("parameter", "parameter"), ("retryStrategy", "`retryStrategy`"),
+               ("backoff", "`backoff`"), ("synchronization", "`synchronization`"), ("continueOn", "`continueOn`")]
+
+
+def _codes(names: set[str]) -> str:
+    return ", ".join(f"`{n}`" for n in sorted(names)) or "–"
 
 
 def join(path: str, key: str) -> str:

@@ -111,8 +111,15 @@ def _read(source: Mapping[str, Any] | str | Path) -> tuple[dict, str]:
         return copy.deepcopy(dict(source)), f"{source.get('kind', 'document')}/{_doc_name(source)}"
     path = Path(source)
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    if len(docs) != 1 or not isinstance(docs[0], dict):
-        raise PlanError(str(path), [f"expected exactly one YAML document (a mapping), found {len(docs)}"])
+    if len(docs) > 1:
+        found = ", ".join(f"{d.get('kind', '?')}/{_doc_name(d)}" if isinstance(d, dict) else type(d).__name__
+                          for d in docs)
+        raise PlanError(str(path), [f"found {len(docs)} documents ({found}); a local run takes one file per "
+                                    "workflow: put each in its own file and submit the one to run (`argo submit` "
+                                    "would submit each Workflow in turn)"])
+    if not docs or not isinstance(docs[0], dict):
+        raise PlanError(str(path), ["expected one YAML document (a mapping), found "
+                                    + (type(docs[0]).__name__ if docs else "none")])
     return docs[0], str(path)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -78,22 +79,84 @@ def run_pod(pod: Pod, stop: Stop, *, kill_grace: float = 2.0) -> PodResult:
     if pod.script is not None:
         pod.script[0].parent.mkdir(parents=True, exist_ok=True)
         pod.script[0].write_text(pod.script[1])
+        pod.script[0].chmod(0o755)  # executable, so `command: [sh, -c]` can run it (executor.go, StageFiles)
     pod.log.parent.mkdir(parents=True, exist_ok=True)
     with open(pod.log, "a", encoding="utf-8") as log:
         try:
-            proc = subprocess.Popen(pod.argv, cwd=pod.cwd, env=dict(pod.env), stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, start_new_session=True)
-        except OSError as err:
-            log.write(f"failed to start {pod.argv[0]}: {err}\n")
-            return PodResult(ERROR, f"failed to start container: {err}")
+            executable = look_path(pod.argv[0], pod.env.get("PATH", os.defpath))
+            proc = subprocess.Popen(pod.argv, executable=executable, cwd=pod.cwd, env=dict(pod.env),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        except CannotStart as err:
+            return _cannot_start(log, f"failed to find name in PATH: {err}")
+        except OSError as err:  # found, yet the kernel would not run it (no shebang, not a binary…)
+            return _cannot_start(log, f"failed to start command: fork/exec {executable}: {_errno_words(err)}")
         streams = _Streams(proc, log)
         try:
             why_killed = _wait(proc, pod, stop, kill_grace)
         except BaseException:  # e.g. KeyboardInterrupt: never leave the process group behind
             _kill(proc, kill_grace)
             raise
-        streams.join()
+        # The step ends with its main process, as a container does: what it left running in the
+        # background is killed, and its output so far is kept (emissary.go waits on the process,
+        # not on its output).
+        _kill_group(proc.pid)
+        streams.join(timeout=kill_grace)
     return _result(pod, proc.returncode, streams, why_killed)
+
+
+# Argo's emissary exits 64 when the main command cannot start (cmd/argoexec/commands/emissary.go).
+CANNOT_START_EXIT_CODE = 64
+
+
+class CannotStart(OSError):
+    """The command is not an executable file, in the words of Go's exec.LookPath."""
+
+
+def look_path(name: str, path: str) -> str:
+    """The file `name` runs, found as Go's exec.LookPath finds it: a name with a slash is the file
+    itself, any other is searched in the container's PATH (os/exec, lp_unix.go)."""
+    if "/" in name:
+        problem = _not_executable(name)
+        if problem:
+            raise CannotStart(f'exec: "{name}": {problem}')
+        return name
+    for folder in path.split(os.pathsep):
+        candidate = os.path.join(folder or ".", name)
+        if not _not_executable(candidate):
+            return candidate
+    raise CannotStart(f'exec: "{name}": executable file not found in $PATH')
+
+
+def _not_executable(file: str) -> str:
+    """Why `file` cannot be executed (lp_unix.go, findExecutable), or "" when it can."""
+    try:
+        mode = os.stat(file).st_mode
+    except OSError as err:
+        return f"stat {file}: {_errno_words(err)}"
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    if not mode & 0o111:
+        return "permission denied"
+    return ""
+
+
+def _errno_words(err: OSError) -> str:
+    """An errno as Go's syscall.Errno prints it: "no such file or directory", "exec format error"."""
+    words = err.strerror or str(err)
+    return words[:1].lower() + words[1:]
+
+
+def _cannot_start(log: IO[str], message: str) -> PodResult:
+    log.write(message + "\n")
+    # A Failed node, not an Error: the container ran and exited non-zero (invalid_command_test.go).
+    return PodResult(FAILED, message, exit_code=CANNOT_START_EXIT_CODE)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left in the group
 
 
 def _wait(proc: subprocess.Popen, pod: Pod, stop: Stop, kill_grace: float) -> str:
@@ -141,17 +204,22 @@ class _Streams:
         for line in iter(stream.readline, b""):
             text = line.decode("utf-8", errors="replace")
             with self.lock:
-                self.log.write(text if text.endswith("\n") else text + "\n")
-                self.log.flush()
+                try:
+                    self.log.write(text if text.endswith("\n") else text + "\n")
+                    self.log.flush()
+                except ValueError:  # the log is closed: the step ended, a stray holder of the pipe wrote on
+                    break
             if is_stdout:
                 self.stdout.append(line)
             else:
                 self.stderr_tail.append(text.rstrip("\n"))
         stream.close()
 
-    def join(self) -> None:
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for both streams to end; a process that left the group (setsid) may hold one
+        open past the step's end, and is not waited for longer than `timeout`."""
         for t in self.threads:
-            t.join()
+            t.join(timeout)
 
     def result(self) -> str:
         out = b"".join(self.stdout)

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 from mlferry.engine.expressions import argo_string, to_json
 from mlferry.engine.fields import is_leaf
 from mlferry.engine.nodes import Outcome
-from mlferry.engine.runs import TaskRecord
+from mlferry.engine.runs import SUCCEEDED, TaskRecord
 
 TASKS, STEPS = "tasks", "steps"  # the prefixes of a DAG task's and a step's variables
 
@@ -115,12 +115,8 @@ def node_vars(prefix: str, name: str, outcome: Outcome, *, leaf: bool) -> dict[s
     base = f"{prefix}.{name}"
     out = {f"{base}.status": outcome.phase, f"{base}.id": outcome.node_id,
            f"{base}.startedAt": outcome.started, f"{base}.finishedAt": outcome.finished}
-    if outcome.children is not None:  # processAggregateNodeOutputs: JSON lists, in item order
-        out[f"{base}.outputs.parameters"] = to_json([dict(c.outputs) for c in outcome.children if c.outputs])
-        if leaf:
-            out[f"{base}.outputs.result"] = to_json(
-                [_json_or_string(c.result) for c in outcome.children if c.result is not None])
-        return out
+    if outcome.children is not None:
+        return {**out, **aggregated_outputs(base, outcome.children, leaf=leaf)}
     out.update({f"{base}.outputs.parameters.{k}": v for k, v in outcome.outputs.items()})
     if outcome.result is not None:
         out[f"{base}.outputs.result"] = outcome.result
@@ -135,9 +131,40 @@ def node_names(prefix: str, name: str, target: Mapping[str, Any] | None, *, expa
         return list(node_vars(prefix, name, Outcome(""), leaf=False))
     leaf = is_leaf(target)
     declared = [p.get("name") for p in (target.get("outputs") or {}).get("parameters") or [] if isinstance(p, dict)]
-    full = Outcome("", outputs=dict.fromkeys(map(str, declared), ""), result="" if leaf else None,
+    full = Outcome(SUCCEEDED, outputs=dict.fromkeys(map(str, declared), ""), result="" if leaf else None,
                    exit_code=0 if leaf else None)
     return list(node_vars(prefix, name, Outcome("", children=(full,)) if expanded else full, leaf=leaf))
+
+
+def aggregated_outputs(base: str, children: Iterable[Outcome], *, leaf: bool) -> dict[str, str]:
+    """A fanned-out node's outputs (operator.go, processAggregateNodeOutputs): of the items that
+    succeeded, in item order, `outputs.parameters` as a list of maps, each `outputs.parameters.NAME`
+    as the list of that parameter's values (kept as JSON when every value is a JSON map or list,
+    else strings: aggregatedJSONValueList), and a leaf's `outputs.result` as a list."""
+    succeeded = [c for c in children if c.phase == SUCCEEDED]
+    by_name: dict[str, list[str]] = {}
+    for child in succeeded:
+        for name, value in child.outputs.items():
+            by_name.setdefault(name, []).append(value)
+    out = {f"{base}.outputs.parameters": to_json([dict(sorted(c.outputs.items())) for c in succeeded if c.outputs])}
+    out.update({f"{base}.outputs.parameters.{name}": to_json(_json_values(values)) for name, values in by_name.items()})
+    if leaf:
+        out[f"{base}.outputs.result"] = to_json([_json_or_string(c.result) for c in succeeded if c.result is not None])
+    return out
+
+
+def _json_values(values: list[str]) -> list[Any]:
+    """The values parsed when every one is a JSON map or list; else the strings (tryJSONUnmarshal)."""
+    parsed = []
+    for value in values:
+        try:
+            item = json.loads(value)
+        except ValueError:
+            return values
+        if not isinstance(item, (dict, list)):
+            return values
+        parsed.append(item)
+    return parsed
 
 
 def _json_or_string(text: str) -> Any:

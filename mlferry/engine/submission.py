@@ -81,9 +81,26 @@ def workflow_arguments(plan: Plan, given: Mapping[str, str], cluster: Cluster, n
         if p.enum and value not in p.enum:
             problems.append(f"parameter {p.name}: {value!r} is not one of {', '.join(p.enum)}")
         values[p.name] = value
+    problems += _unsupplied_inputs(plan, values)
     if problems:
         raise ArgumentError("; ".join(problems))
     return values
+
+
+def _unsupplied_inputs(plan: Plan, values: Mapping[str, str]) -> list[str]:
+    """The entrypoint and onExit are called with the workflow's arguments; an input they need that
+    no argument supplies fails the submission, in Argo's words (validate.go runs ProcessArgs on
+    the entrypoint with spec.arguments)."""
+    problems = []
+    for role in ("entrypoint", "onExit"):
+        name = plan.spec.get(role)
+        for p in ((plan.templates.get(name) or {}).get("inputs") or {}).get("parameters") or []:
+            given = p["name"] in values or {"value", "default"} & set(p) or (p.get("valueFrom") or {}).get("configMapKeyRef")
+            if not given:
+                problems.append(f"templates.{name}.inputs.parameters.{p['name']} was not supplied "
+                                f"(the {role} template takes its inputs from the workflow's arguments: "
+                                f"declare {p['name']!r} in spec.arguments.parameters or pass -p {p['name']}=…)")
+    return problems
 
 
 def _parameter_value(p: WorkflowParameter, given: Mapping[str, str], cluster: Cluster, namespace: str,
