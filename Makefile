@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(BIN)/python -m mlferry.demo
 
+# Two workers (pytest-xdist), each with its own MLflow and S3 servers; a file's tests stay together.
 test: venv
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # The Argo YAML the chart embeds, regenerated from the Hera definitions (a test fails when stale).
 generate: venv

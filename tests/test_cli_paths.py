@@ -60,8 +60,12 @@ def test_promote_from_another_folder(how, registered_model, gitops_remote, work)
 
 
 def test_submit_and_reconcile_from_another_folder_with_a_relative_gitops_remote(
-        registered_model, gitops_remote, work):
-    name, version = registered_model(alias="staging")
+        registered_model, gitops_remote, work, unique_name):
+    # Reconcile reads the whole registry: the folder's own ./mlferry.yaml (found by default, as a
+    # user's would be) maps staging to an alias only this test sets, so other tests' models stay out.
+    alias = f"stage-{unique_name[-8:]}"
+    (work / "mlferry.yaml").write_text(f"environments:\n  staging: {{aliases: [{alias}]}}\n")
+    name, version = registered_model(alias=alias)
     # The remote named relative to the user's folder, as someone would type it.
     relative_remote = os.path.relpath(gitops_remote, work)
     env = {"MLFERRY_GITOPS_REPO": relative_remote}
