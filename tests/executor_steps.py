@@ -62,3 +62,22 @@ def refuse(reason: str) -> None:
 def add_one(count: int):
     """An inline script (Hera's default constructor): Argo runs its `source`, not the runner."""
     print(count + 1)
+
+
+@script(constructor="runner", image="python:3.11")
+def describe(mode: str, seconds: float = 0.0) -> Annotated[str, Parameter(name="seen")]:
+    """What the process sees of itself (for tests/test_warm_starts.py); `mode` decides how it ends."""
+    import sys
+
+    seen = {"cwd": os.getcwd(), "path0": sys.path[0], "argv0": sys.argv[0], "argv": sys.argv[1:],
+            "env": {k: v for k, v in os.environ.items() if k.startswith("PROBE_")},
+            "ppid": os.getppid(), "pgid": os.getpgid(0), "pid": os.getpid(), "main": __name__,
+            "modules": sorted(m for m in sys.modules if m.startswith("tests.executor_steps"))}
+    print("to stdout")
+    print("to stderr", file=sys.stderr)
+    time.sleep(seconds)
+    if mode == "exit-3":
+        raise SystemExit(3)
+    if mode == "raise":
+        raise ValueError("the step broke")
+    return json.dumps(seen)

@@ -47,6 +47,7 @@ from mlferry.engine.scope import input_vars, run_state_vars, workflow_vars
 from mlferry.engine.step_groups import Steps
 from mlferry.engine.submission import Cluster, check_environment, secret_keys, workflow_arguments
 from mlferry.engine.synchronization import Interrupted, Lock, default_lock_dir, holding, locks_for
+from mlferry.engine.warm import WarmServer, entry_modules, leaf_commands, runner_call, warm_enabled
 
 __all__ = ["Run", "run"]
 
@@ -143,6 +144,7 @@ class Run:
                                      parameters=values, labels=plan.labels, annotations=plan.annotations)
         limit = plan.spec.get("parallelism")
         self.pod_slots = threading.BoundedSemaphore(int(limit)) if limit else None
+        self.warm: WarmServer | None = None  # started by the first Hera runner pod (engine.warm)
 
     def scope(self) -> dict[str, str]:
         """Global variables now: status, duration and failures change as the run goes."""
@@ -152,6 +154,13 @@ class Run:
     def execute(self) -> RunResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.records.save()
+        try:
+            return self._execute()
+        finally:
+            if self.warm is not None:
+                self.warm.close()
+
+    def _execute(self) -> RunResult:
         try:
             with self.interruptible(), self.run_slot():
                 with self.workflow_deadline():
@@ -338,8 +347,18 @@ class Run:
             deadline, why = pod_deadline(t, scope, retry_deadline)
             self.records.set_phase(record, RUNNING)
             result = run_pod(replace(pod, deadline=deadline, deadline_message=why), self.stop,
-                             kill_grace=self.kill_grace)
+                             kill_grace=self.kill_grace, warm=self.warm_server(pod.argv))
         return Outcome(result.phase, result.message, result.outputs, result.result, result.exit_code)
+
+    def warm_server(self, argv: list[str]) -> WarmServer | None:
+        """The run's warm server, started for the first Hera runner call (engine.warm)."""
+        if not runner_call(argv, self.machine.python) or not warm_enabled(self.machine.base_env):
+            return None
+        with self.lock:
+            if self.warm is None:
+                self.warm = WarmServer(self.machine.python, str(self.machine.cwd), self.machine.base_env,
+                                       preload=entry_modules(leaf_commands(self.plan.templates.values())))
+            return self.warm
 
     @contextmanager
     def pod_slot(self) -> Iterator[None]:

@@ -23,6 +23,7 @@ from typing import IO, Any, Mapping
 
 from mlferry.engine.expressions import substitute
 from mlferry.engine.runs import ERROR, FAILED, SUCCEEDED
+from mlferry.engine.warm import WarmProcess, WarmServer
 
 MAX_RESULT_BYTES = 256 * 1024
 MESSAGE_LINES = 5
@@ -75,7 +76,8 @@ def pod_deadline(t: Mapping[str, Any], scope: Mapping[str, str], retry_deadline:
     return min(candidates) if candidates else (None, "")
 
 
-def run_pod(pod: Pod, stop: Stop, *, kill_grace: float = 2.0) -> PodResult:
+def run_pod(pod: Pod, stop: Stop, *, kill_grace: float = 2.0, warm: WarmServer | None = None) -> PodResult:
+    """Run one attempt to its end; `warm` forks a Hera runner call instead of starting it cold."""
     if pod.script is not None:
         pod.script[0].parent.mkdir(parents=True, exist_ok=True)
         pod.script[0].write_text(pod.script[1])
@@ -84,8 +86,7 @@ def run_pod(pod: Pod, stop: Stop, *, kill_grace: float = 2.0) -> PodResult:
     with open(pod.log, "a", encoding="utf-8") as log:
         try:
             executable = look_path(pod.argv[0], pod.env.get("PATH", os.defpath))
-            proc = subprocess.Popen(pod.argv, executable=executable, cwd=pod.cwd, env=dict(pod.env),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            proc = _start(pod, executable, warm)
         except CannotStart as err:
             return _cannot_start(log, f"failed to find name in PATH: {err}")
         except OSError as err:  # found, yet the kernel would not run it (no shebang, not a binary…)
@@ -102,6 +103,16 @@ def run_pod(pod: Pod, stop: Stop, *, kill_grace: float = 2.0) -> PodResult:
         _kill_group(proc.pid)
         streams.join(timeout=kill_grace)
     return _result(pod, proc.returncode, streams, why_killed)
+
+
+def _start(pod: Pod, executable: str, warm: WarmServer | None) -> subprocess.Popen | WarmProcess:
+    if warm is not None and warm.serves(pod.argv, pod.env, str(pod.cwd)):
+        try:
+            return warm.start(pod.argv, pod.env, str(pod.cwd))
+        except OSError:
+            pass  # the server is gone: this pod starts cold, as every pod did before
+    return subprocess.Popen(pod.argv, executable=executable, cwd=pod.cwd, env=dict(pod.env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
 # Argo's emissary exits 64 when the main command cannot start (cmd/argoexec/commands/emissary.go).
@@ -159,7 +170,7 @@ def _kill_group(pgid: int) -> None:
         pass  # nothing left in the group
 
 
-def _wait(proc: subprocess.Popen, pod: Pod, stop: Stop, kill_grace: float) -> str:
+def _wait(proc: subprocess.Popen | WarmProcess, pod: Pod, stop: Stop, kill_grace: float) -> str:
     """Wait for the process; kill its group at the deadline or on stop, and say why."""
     while True:
         try:
@@ -175,7 +186,7 @@ def _wait(proc: subprocess.Popen, pod: Pod, stop: Stop, kill_grace: float) -> st
             return stop.reason
 
 
-def _kill(proc: subprocess.Popen, grace: float) -> None:
+def _kill(proc: subprocess.Popen | WarmProcess, grace: float) -> None:
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
         try:
             os.killpg(proc.pid, sig)
@@ -191,7 +202,7 @@ def _kill(proc: subprocess.Popen, grace: float) -> None:
 class _Streams:
     """Copies stdout and stderr to the log as they come, keeping stdout and stderr's tail."""
 
-    def __init__(self, proc: subprocess.Popen, log: IO[str]):
+    def __init__(self, proc: subprocess.Popen | WarmProcess, log: IO[str]):
         self.log, self.lock = log, threading.Lock()
         self.stdout: list[bytes] = []
         self.stderr_tail: deque[str] = deque(maxlen=50)

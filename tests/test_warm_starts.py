@@ -1,0 +1,115 @@
+"""Warm starts (engine.warm) change how fast a Hera runner task starts, nothing else: the same task
+run forked from the warm server and run as a new process sees the same environment, working
+folder, argv and sys.path, and ends with the same outputs, exit codes, messages and deadlines.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from hera.workflows import DAG, WorkflowTemplate
+
+from mlferry.engine import load, new_run_dir, run
+from tests.executor_steps import describe
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = REPO / "steps"
+
+
+def run_describe(tmp_path: Path, warm: bool, mode: str = "ok", seconds: float = 0.0, deadline: int | None = None):
+    with WorkflowTemplate(name="probe", entrypoint="main") as wt:
+        with DAG(name="main"):
+            describe(arguments={"mode": mode, "seconds": str(seconds)})
+    doc = wt.to_dict()
+    template = next(t for t in doc["spec"]["templates"] if t["name"] == "describe")
+    template["script"]["env"] = [*template["script"].get("env", []), {"name": "PROBE_FROM_TEMPLATE", "value": "yes"}]
+    if deadline is not None:
+        template["activeDeadlineSeconds"] = deadline
+    env = {**os.environ, "PROBE_BASE": "base", "MLFERRY_WARM_STEPS": "1" if warm else "0"}
+    folder = tmp_path / ("warm" if warm else "cold")
+    plan = load(doc)
+    return run(plan, {}, run_dir=new_run_dir(folder / "runs", plan.generate_name), env=env, cwd=REPO,
+               lock_dir=folder / "locks", kill_grace=0.5)
+
+
+def test_a_warm_task_sees_what_a_new_process_sees(tmp_path):
+    results = {warm: run_describe(tmp_path, warm) for warm in (False, True)}
+    seen = {warm: json.loads(r.task("describe").outputs["seen"]) for warm, r in results.items()}
+    cold, warm = seen[False], seen[True]
+
+    assert warm["ppid"] != os.getpid() == cold["ppid"], "the warm task was not forked from the server"
+    for key in ("cwd", "path0", "argv0", "env", "main", "modules"):
+        assert warm[key] == cold[key], key
+    assert warm["argv"][0] == cold["argv"][0] == "-e" and Path(warm["argv"][2]).name == Path(cold["argv"][2]).name
+    assert warm["env"] == {"PROBE_BASE": "base", "PROBE_FROM_TEMPLATE": "yes"}
+    assert warm["pgid"] == warm["pid"] and cold["pgid"] == cold["pid"], "each task leads its own process group"
+    for r in results.values():
+        log = Path(r.task("describe").log).read_text()
+        assert "to stdout" in log and "to stderr" in log
+
+
+@pytest.mark.parametrize("mode, phase, exit_code, words", [
+    ("exit-3", "Failed", "3", "Error (exit code 3)"),
+    ("raise", "Failed", "1", "ValueError: the step broke"),
+])
+def test_a_warm_task_fails_as_a_new_process_fails(tmp_path, mode, phase, exit_code, words):
+    for warm in (False, True):
+        result = run_describe(tmp_path / str(warm), warm, mode)
+        task = result.task("describe")
+        assert (task.phase, task.outputs.get("exitCode")) == (phase, exit_code), (warm, task)
+        assert words in task.message, (warm, task.message)
+
+
+def test_a_warm_task_is_killed_at_its_deadline(tmp_path):
+    for warm in (False, True):
+        started = time.monotonic()
+        result = run_describe(tmp_path / str(warm), warm, "ok", seconds=30, deadline=2)
+        task = result.task("describe")
+        assert task.phase == "Failed" and "deadline exceeded (activeDeadlineSeconds 2)" in task.message, (warm, task)
+        assert time.monotonic() - started < 15, warm
+
+
+def test_the_step_modules_read_no_environment_at_import():
+    """The warm server imports mlferry's step modules before forking; a module that read a variable
+    at import (at module level or in a class body) would keep the server's value in every task."""
+    def import_time(nodes):
+        for node in nodes:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue  # runs when called, in the task
+            if isinstance(node, ast.ClassDef):
+                yield from import_time(node.body)
+                continue
+            yield node
+
+    offenders = []
+    for path in preloaded_files():
+        for node in import_time(ast.parse(path.read_text()).body):
+            for inner in ast.walk(node):
+                name = getattr(inner, "attr", None) or getattr(inner, "id", None)
+                if name in ("environ", "getenv", "environb"):
+                    offenders.append(f"{path.relative_to(REPO)}:{inner.lineno}: {ast.unparse(node)[:80]}")
+    assert not offenders, offenders
+
+
+def preloaded_files() -> list[Path]:
+    """Every mlferry file the server imports when it preloads the promotion's step modules."""
+    import subprocess
+    import sys
+
+    from mlferry.engine.warm import entry_modules, leaf_commands
+    from mlferry.workflows.bundle import Bundle
+    from mlferry.generate import documents
+
+    argvs = [leaf_commands(d["spec"]["templates"]) for d in documents(Bundle(), validate=False)
+             if d.get("kind") == "WorkflowTemplate"]
+    modules = entry_modules([a for group in argvs for a in group])
+    assert "mlferry.steps.commit" in modules
+    code = ("import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules) +
+            "print('\\n'.join(sorted(getattr(m, '__file__', '') or '' for n, m in sys.modules.items() if n.startswith('mlferry'))))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return [Path(f) for f in found if f]
