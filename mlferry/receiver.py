@@ -237,8 +237,11 @@ class Receiver:
         for worker in workers:
             worker.start()
         self._workers = workers
+        # Sleep, not join(timeout): a KeyboardInterrupt that lands inside Thread.join can mark a
+        # running worker as stopped (CPython 3.11, _wait_for_tstate_lock releases the running
+        # thread's lock), and `stop` would then not wait for the run it interrupts.
         while any(worker.is_alive() for worker in workers):
-            workers[0].join(0.5)
+            time.sleep(0.5)
 
     def stop(self) -> None:
         """Stop the runs in progress (each ends Failed "interrupted") and wait for their workers."""

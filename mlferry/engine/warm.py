@@ -204,7 +204,7 @@ def serve(control: socket.socket, preload: Sequence[str]) -> None:
             if key.data == "child":
                 os.read(wake_r, 4096)
             elif not _handle_request(control, children, [control.fileno(), wake_r, wake_w, selector.fileno()]):
-                return
+                os._exit(0)  # the run is over; its children are on their own, and nothing needs a clean shutdown
         _reap(children)
 
 
