@@ -203,12 +203,13 @@ def serve(control: socket.socket, preload: Sequence[str]) -> None:
         for key, _ in selector.select():
             if key.data == "child":
                 os.read(wake_r, 4096)
-            elif not _handle_request(control, children, [control.fileno(), wake_r, wake_w, selector.fileno()]):
+            elif not _handle_request(control, children, [wake_r, wake_w], selector):
                 os._exit(0)  # the run is over; its children are on their own, and nothing needs a clean shutdown
         _reap(children)
 
 
-def _handle_request(control: socket.socket, children: dict[int, socket.socket], own_fds: list[int]) -> bool:
+def _handle_request(control: socket.socket, children: dict[int, socket.socket], own_fds: list[int],
+                    selector: selectors.BaseSelector) -> bool:
     header, fds = _receive(control, 4)
     if not header:
         return False  # the executor closed the socket: the run is over
@@ -225,7 +226,8 @@ def _handle_request(control: socket.socket, children: dict[int, socket.socket], 
     pid = os.fork()
     if pid == 0:
         # The child keeps only its stdio: not the server's sockets, nor its siblings' reply sockets.
-        _child(request, fds[1:], [reply.fileno(), *own_fds, *(c.fileno() for c in children.values())])
+        selector.close()
+        _child(request, fds[1:], own_fds, [reply, control, *children.values()])
     for fd in fds[1:]:
         os.close(fd)
     children[pid] = reply
@@ -260,7 +262,7 @@ def _reap(children: dict[int, socket.socket]) -> None:
             reply.close()
 
 
-def _child(request: dict, stdio: list[int], close: list[int]) -> None:
+def _child(request: dict, stdio: list[int], close: list[int], sockets: list[socket.socket]) -> None:
     """Become the pod's process: never returns; the interpreter exits with the runner's code."""
     try:
         signal.set_wakeup_fd(-1)
@@ -268,7 +270,9 @@ def _child(request: dict, stdio: list[int], close: list[int]) -> None:
         os.setsid()
         for target, fd in enumerate(stdio):
             os.dup2(fd, target)
-        for fd in [*stdio, *close]:
+        # Detached first: a socket object closed later (as the server's frames unwind at exit)
+        # would close whatever file of the step has reused its number by then.
+        for fd in [*stdio, *close, *(s.detach() for s in sockets)]:
             try:
                 os.close(fd)
             except OSError:
