@@ -113,3 +113,24 @@ def preloaded_files() -> list[Path]:
             "print('\\n'.join(sorted(getattr(m, '__file__', '') or '' for n, m in sys.modules.items() if n.startswith('mlferry'))))")
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     return [Path(f) for f in found if f]
+
+
+def test_a_warm_server_that_died_sends_tasks_back_to_a_cold_start():
+    import sys
+
+    from mlferry.engine.warm import WarmServer
+
+    argv = [sys.executable, "-m", "hera.workflows.runner", "-e", "tests.executor_steps:describe", "/dev/null"]
+    server = WarmServer(sys.executable, str(REPO), dict(os.environ))
+    try:
+        assert server.serves(argv, os.environ, str(REPO))
+        assert not server.serves(argv, {**os.environ, "PYTHONPATH": "/elsewhere"}, str(REPO))  # differs: cold
+        server.proc.kill()
+        server.proc.wait()
+        assert not server.serves(argv, os.environ, str(REPO))
+        started = time.monotonic()
+        with pytest.raises(OSError):  # what run_pod catches to start the task cold
+            server.start(argv, dict(os.environ), str(REPO))
+        assert time.monotonic() - started < 5
+    finally:
+        server.close()

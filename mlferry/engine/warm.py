@@ -100,21 +100,24 @@ class WarmServer:
         err_r, err_w = os.pipe()
         stdin = os.open(os.devnull, os.O_RDONLY)
         try:
-            request = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
-            fds = array.array("i", [reply.fileno(), stdin, out_w, err_w])
-            with self.send_lock:
-                self.control.sendmsg([len(request).to_bytes(4, "big") + request],
-                                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-        finally:
-            for fd in (stdin, out_w, err_w):
+            try:
+                request = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
+                fds = array.array("i", [reply.fileno(), stdin, out_w, err_w])
+                with self.send_lock:
+                    self.control.sendmsg([len(request).to_bytes(4, "big") + request],
+                                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            finally:  # before waiting: a server that dies now must leave us reading an end of file
+                for fd in (stdin, out_w, err_w):
+                    os.close(fd)
+                reply.close()
+            answer = _read_json(mine)
+            if "pid" not in answer:
+                raise OSError(errno.ECHILD, "the warm server is gone")
+        except OSError:  # the caller starts the process cold
+            for fd in (out_r, err_r):
                 os.close(fd)
-            reply.close()
-        answer = _read_json(mine)
-        if "pid" not in answer:  # the server is gone: start cold
             mine.close()
-            os.close(out_r)
-            os.close(err_r)
-            raise OSError(errno.ECHILD, answer.get("error", "the warm server did not start the process"))
+            raise
         return WarmProcess(answer["pid"], mine, os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb"), argv)
 
     def close(self) -> None:
