@@ -19,8 +19,9 @@ import functools
 import os
 import re
 import shutil
+import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -28,6 +29,8 @@ import yaml
 
 from mlferry import engine
 from mlferry.engine import ArgumentError, Cluster, NodeEvent, RunResult, list_runs, load_run, new_run_dir
+from mlferry.engine.submission import secret_keys
+from mlferry.engine.warm import WarmServer, entry_modules, leaf_commands, warm_enabled
 from mlferry.workflows.bundle import Bundle, load_bundle
 from mlferry.generate import documents, to_yaml
 from mlferry.workflows.tasks import S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
@@ -38,6 +41,11 @@ class LocalArgo:
     bundle: Bundle
     runs_root: Path
     environ: Mapping[str, str]
+    # A long-lived process (the receiver) keeps one warm server for all its runs (engine.warm):
+    # each run then skips the second its own would take to import Hera. Ended by close().
+    keep_warm: bool = False
+    _warm: WarmServer | None = field(default=None, init=False, repr=False)
+    _warm_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
     def from_environment(cls, config: str | None, runs_root: str | Path,
@@ -96,10 +104,32 @@ class LocalArgo:
             return engine.run(plan, parameters, run_dir=run_dir, env=env, on_event=on_event,
                               cluster=self.cluster(), cwd=run_dir, lock_dir=self.runs_root.parent / "locks",
                               namespace=self.bundle.namespace, interrupt=interrupt,
-                              max_runs=self.bundle.parallelism, retry_budget=budget)
+                              max_runs=self.bundle.parallelism, retry_budget=budget,
+                              warm=self.warm_server(env))
         except ArgumentError:
             shutil.rmtree(run_dir, ignore_errors=True)  # it never ran: no record of a run
             raise
+
+    def warm_server(self, env: Mapping[str, str]) -> WarmServer | None:
+        """The shared warm server, started on first use when `keep_warm`; None otherwise."""
+        if not self.keep_warm or not warm_enabled(env):
+            return None
+        with self._warm_lock:
+            if self._warm is None:
+                templates = self._templates.values()
+                hidden = set().union(*(secret_keys(t["spec"]) for t in templates))
+                self.runs_root.mkdir(parents=True, exist_ok=True)
+                self._warm = WarmServer(sys.executable, str(self.runs_root),
+                                        {k: v for k, v in env.items() if k not in hidden},
+                                        entry_modules(leaf_commands(t for d in templates for t in d["spec"]["templates"])),
+                                        any_cwd=True)
+            return self._warm
+
+    def close(self) -> None:
+        with self._warm_lock:
+            if self._warm is not None:
+                self._warm.close()
+                self._warm = None
 
     def runs(self) -> list[RunResult]:
         return list_runs(self.runs_root)

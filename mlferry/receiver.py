@@ -408,6 +408,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, runs_root: str 
         raise SettingsError(f"{SECRET_ENV} is not set, so no event could be trusted; give it the webhook's secret "
                             "(`mlferry stack env` has the local stack's)")
     local = LocalArgo.from_environment(config, runs_root, environ)
+    local.keep_warm = True  # one warm server for every promotion this receiver runs
     settings = local.bundle.settings
     settings.require_gitops_repo()
     receiver = Receiver(local, secret, on_event=on_event)
@@ -438,6 +439,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, runs_root: str 
         server.server_close()
         for delivery in receiver.queue.drain():
             log.warning("dropped queued %s; `mlferry reconcile` catches up", delivery.describe())
+        local.close()
     log.info("stopped after %d run(s)", receiver.finished)
     return 0
 

@@ -134,3 +134,23 @@ def test_a_warm_server_that_died_sends_tasks_back_to_a_cold_start():
         assert time.monotonic() - started < 5
     finally:
         server.close()
+
+
+def test_a_receivers_runs_share_one_warm_server_without_its_secrets(tmp_path):
+    """`events serve` keeps one warm server for all its promotions (LocalArgo.keep_warm); a run
+    started by one command keeps its own. The shared one holds no Secret value a template reads."""
+    from mlferry.local import LocalArgo
+
+    env = {**os.environ, "MLFERRY_GIT_TOKEN": "hunter2", "MLFERRY_WARM_STEPS": "1"}
+    local = LocalArgo.from_environment(None, tmp_path / "runs", env)
+    assert local.warm_server(env) is None  # by default each run has its own
+    local.keep_warm = True
+    try:
+        first = local.warm_server(env)
+        assert first is not None and local.warm_server(env) is first
+        assert first.any_cwd and "MLFERRY_GIT_TOKEN" not in first.env
+        assert first.proc.poll() is None
+    finally:
+        local.close()
+    assert first.proc.poll() is not None, "close() ends the shared server"
+    assert local.warm_server({**env, "MLFERRY_WARM_STEPS": "0"}) is None

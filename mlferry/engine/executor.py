@@ -62,7 +62,8 @@ def run(plan: Plan, parameters: Mapping[str, str] | None = None, *, run_dir: str
         cluster: Cluster | None = None, cwd: str | Path | None = None, python: str = sys.executable,
         lock_dir: str | Path | None = None, namespace: str | None = None, backoff_scale: float = 1.0,
         kill_grace: float = 2.0, interrupt: threading.Event | None = None,
-        max_runs: int | None = None, retry_budget: float | None = None) -> RunResult:
+        max_runs: int | None = None, retry_budget: float | None = None,
+        warm: WarmServer | None = None) -> RunResult:
     """Run `plan` to its end and return what happened; run.json in `run_dir` says the same.
 
     `run_dir`'s name is the workflow's name (`{{workflow.name}}`); `env` is the environment every
@@ -83,6 +84,9 @@ def run(plan: Plan, parameters: Mapping[str, str] | None = None, *, run_dir: str
     of what retryStrategy allows. A laptop does not wait
     minutes for a server that refuses connections; the templates keep their cluster backoff.
 
+    `warm`: a warm server (engine.warm) that outlives the run, shared by the runs of a long-lived
+    process; without it the run starts its own for its Hera runner steps, and ends it.
+
     Ctrl-C (or SIGTERM, in the main thread) stops the run: its processes are killed, the record says
     Failed "interrupted", and KeyboardInterrupt is raised. A run in another thread is stopped the same
     way, with the same outcome, by setting `interrupt`.
@@ -98,7 +102,7 @@ def run(plan: Plan, parameters: Mapping[str, str] | None = None, *, run_dir: str
     machine = Machine(base_env, cluster, namespace, Path(cwd or os.getcwd()), python)
     context = Run(plan, values, Path(run_dir), machine, on_event, lock_dir=Path(lock_dir or default_lock_dir()),
                   backoff_scale=backoff_scale, kill_grace=kill_grace, interrupt=interrupt, max_runs=max_runs,
-                  retry_budget=retry_budget)
+                  retry_budget=retry_budget, warm=warm)
     with _interrupted_by_sigterm():
         return context.execute()
 
@@ -126,7 +130,7 @@ class Run:
     def __init__(self, plan: Plan, values: dict[str, str], run_dir: Path, machine: Machine,
                  on_event: Callable[[NodeEvent], None] | None, *, lock_dir: Path, backoff_scale: float,
                  kill_grace: float, interrupt: threading.Event | None = None, max_runs: int | None = None,
-                 retry_budget: float | None = None):
+                 retry_budget: float | None = None, warm: WarmServer | None = None):
         self.plan, self.run_dir, self.machine, self.namespace = plan, run_dir, machine, machine.namespace
         self.arguments = values  # the workflow's parameters: the entrypoint's and onExit's arguments
         self.retry_budget = retry_budget
@@ -144,7 +148,8 @@ class Run:
                                      parameters=values, labels=plan.labels, annotations=plan.annotations)
         limit = plan.spec.get("parallelism")
         self.pod_slots = threading.BoundedSemaphore(int(limit)) if limit else None
-        self.warm: WarmServer | None = None  # started by the first Hera runner pod (engine.warm)
+        self.shared_warm = warm  # owned by the caller
+        self.warm: WarmServer | None = None  # this run's own, started by its first Hera runner pod
 
     def scope(self) -> dict[str, str]:
         """Global variables now: status, duration and failures change as the run goes."""
@@ -354,6 +359,8 @@ class Run:
         """The run's warm server, started for the first Hera runner call (engine.warm)."""
         if not runner_call(argv, self.machine.python) or not warm_enabled(self.machine.base_env):
             return None
+        if self.shared_warm is not None:
+            return self.shared_warm
         with self.lock:
             if self.warm is None:
                 self.warm = WarmServer(self.machine.python, str(self.machine.cwd), self.machine.base_env,

@@ -78,10 +78,14 @@ def _interpreter_env(env: Mapping[str, str]) -> dict[str, str]:
 # -- the executor's side -------------------------------------------------------------------------
 
 class WarmServer:
-    """One server per run, started with the run's working folder and base environment."""
+    """A run's server, started in the run's working folder with its base environment; or, with
+    `any_cwd`, a long-lived process's, shared by runs that each work in their own folder (the child
+    moves to the pod's folder and puts it first on sys.path; the modules imported ahead are
+    installed ones, found the same from any folder)."""
 
-    def __init__(self, python: str, cwd: str, env: Mapping[str, str], preload: Sequence[str] = ()):
-        self.python, self.cwd, self.env = python, cwd, dict(env)
+    def __init__(self, python: str, cwd: str, env: Mapping[str, str], preload: Sequence[str] = (), *,
+                 any_cwd: bool = False):
+        self.python, self.cwd, self.env, self.any_cwd = python, cwd, dict(env), any_cwd
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.send_lock = threading.Lock()
         self.proc = subprocess.Popen([python, "-m", __name__, str(theirs.fileno()), *preload], cwd=cwd,
@@ -90,7 +94,7 @@ class WarmServer:
         theirs.close()
 
     def serves(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> bool:
-        return (runner_call(argv, self.python) and cwd == self.cwd and self.proc.poll() is None
+        return (runner_call(argv, self.python) and (self.any_cwd or cwd == self.cwd) and self.proc.poll() is None
                 and _interpreter_env(env) == _interpreter_env(self.env))
 
     def start(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> "WarmProcess":
