@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from mlferry.local import LocalArgo
 from mlferry.promotion import TEMPLATE, PromotionResult, failure_line
 from mlferry.sensors.objects import trigger_parameters
-from mlferry.steps.event_filter import accept, environment_aliases
+from mlferry.steps.event_filter import AmbiguousBody, accept, environment_aliases, parse_body
 from mlferry.steps.settings import SettingsError
 from mlferry.steps.signature import (DELIVERY_ID_HEADER, MAX_AGE_SECONDS, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError,
                              verify)
@@ -198,7 +198,9 @@ class Receiver:
             return Reply.error(HTTPStatus.UNAUTHORIZED, str(err), f"rejected delivery {(printable(delivery_id, 80) or '-')}: {err}")
         try:
             body_text = body.decode("utf-8")
-            payload = json.loads(body_text)
+            payload = parse_body(body_text)
+        except AmbiguousBody as err:
+            return Reply.error(HTTPStatus.BAD_REQUEST, str(err), f"delivery {delivery_id}: {err}")
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             return Reply.error(HTTPStatus.BAD_REQUEST, f"the body is not JSON: {err}",
                                f"delivery {delivery_id}: the body is not JSON: {err}")

@@ -10,6 +10,7 @@ event after its signature. MLflow (>= 3.3) posts `{entity, action, timestamp, da
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,27 @@ from mlferry.steps.settings import Settings
 
 ENTITY = "model_version_alias"
 ACTIONS = ("created", "deleted")
+
+
+class AmbiguousBody(ValueError):
+    """A JSON body that names one key twice in an object: readers disagree on which one counts."""
+
+
+def parse_body(text: str) -> Any:
+    """The webhook body as JSON, refusing any object that repeats a key. Python keeps the last of
+    two equal keys and gjson (the Sensor's parameters) the first, so a signed body re-sent with
+    `"name"` twice could be verified for one model and acted on for another."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise AmbiguousBody(f"the body repeats the key {key!r} in one object; a webhook body with "
+                                "duplicate keys is refused, since readers disagree on which one counts")
+        seen[key] = value
+    return seen
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from hera.workflows import Input, Output
 
-from mlferry.steps.event_filter import accept
+from mlferry.steps.event_filter import AmbiguousBody, accept, parse_body
 from mlferry.steps.signature import (DELIVERY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError,
                                      canonical_body, verify)
 from mlferry.steps.outcome import as_argo_step
@@ -74,7 +74,9 @@ def verified_event(inputs: VerifyEventInput, secret: str, settings: Settings, *,
 
 def _parse(body: str) -> Any:
     try:
-        return json.loads(body)
+        return parse_body(body)
+    except AmbiguousBody as err:
+        raise EventRejected(f"the webhook body is refused: {err}") from None
     except json.JSONDecodeError as err:
         raise EventRejected(f"the webhook body is not JSON: {err}") from None
 

@@ -416,6 +416,20 @@ def test_verify_event_step_fails_a_rejected_event(tmp_path: Path, override: dict
     assert message in done.stderr
 
 
+def test_a_signed_event_re_aimed_with_a_duplicate_key_is_refused(tmp_path: Path) -> None:
+    """The attack: a captured signed `deleted` event for model A, re-sent with `"name": "victim"`
+    placed before A's own name. Python keeps the last key (A, so the signature checks out) and the
+    Sensor's gjson the first (victim). The step refuses any body that repeats a key."""
+    signed = argo_inputs(alias_event("production", action="deleted", name="A"))
+    tampered = signed["body"].replace('"data":{', '"data":{"name":"victim",', 1)
+    assert json.loads(tampered)["data"]["name"] == "A"  # what a lenient parser would have verified
+
+    done, outputs = run_verify_event(tmp_path, {**signed, "body": tampered})
+    assert done.returncode == 1, done.stderr
+    assert "repeats the key 'name'" in done.stderr
+    assert not (outputs / "model").exists()  # nothing downstream gets a model to act on
+
+
 def test_verify_event_step_fails_a_signed_event_that_is_no_promotion(tmp_path: Path) -> None:
     done, _ = run_verify_event(tmp_path, argo_inputs(alias_event("canary")))
     assert done.returncode == 1 and "alias 'canary' selects no environment" in done.stderr

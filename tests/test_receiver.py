@@ -256,6 +256,8 @@ def test_forged_stale_unsigned_and_malformed_requests_start_nothing(registered_m
         "unsigned": (valid_body, {k: v for k, v in valid.items() if k != "X-MLflow-Signature"}, 401),
         "changed on the way": (valid_body.replace(b'"production"', b'"staging"'), valid, 401),
         "malformed": (*signed_request(b'{"entity": "model_version_alias", '), 400),
+        "a duplicate key": (*signed_request(json.dumps(event).replace('"data": {', '"data": {"name": "victim", ', 1)
+                                            .encode()), 400),
         "wrong content type": (*signed_request(event, content_type="text/plain"), 415),
         "oversized": (b" " * (MAX_BODY_BYTES + 1), valid, 413),
     }
