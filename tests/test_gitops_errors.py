@@ -86,3 +86,23 @@ def test_no_gitops_repo_is_one_settings_error() -> None:
     with pytest.raises(SettingsError, match="no GitOps repo configured: set MLFERRY_GITOPS_REPO"):
         Settings().require_gitops_repo()
     assert Settings(gitops_repo="/srv/x.git").require_gitops_repo() == "/srv/x.git"
+
+
+def test_a_branch_the_remote_lacks_is_an_error_never_an_orphan(tmp_path: Path) -> None:
+    """A remote with only `master`, and mlferry told `main`: publishing and reading both say so,
+    naming the remote and its branches, and the remote keeps exactly the branches it had."""
+    from mlferry.stack import init_bare_repo
+
+    remote = tmp_path / "team.git"
+    init_bare_repo(remote, "master")
+    before = gitops.Git(tmp_path, os.environ).run("--git-dir", str(remote), "for-each-ref", action="list")
+
+    with pytest.raises(gitops.BranchMissing) as published:
+        gitops.publish_folder(str(remote), "main", CHANGE, workdir=tmp_path / "work")
+    message = str(published.value)
+    assert "branch 'main' does not exist on" in message and "which has master" in message
+    assert "MLFERRY_GITOPS_BRANCH" in message and "\n" not in message
+    with pytest.raises(gitops.BranchMissing, match="which has master"):
+        gitops.read_snapshot(str(remote), "main", "teams/ml/")
+    after = gitops.Git(tmp_path, os.environ).run("--git-dir", str(remote), "for-each-ref", action="list")
+    assert after == before and "refs/heads/main" not in after

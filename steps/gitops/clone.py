@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from mlferry.steps.gitops.errors import FILTER_REFUSED, GitOpsError, InvalidSetting, matching_line
+from mlferry.steps.gitops.errors import FILTER_REFUSED, BranchMissing, GitOpsError, InvalidSetting, matching_line
 from mlferry.steps.gitops.runner import Git
 
 logger = logging.getLogger(__name__)
@@ -67,10 +67,15 @@ def _remote_head(git: Git, branch: str, scratch: Path) -> str:
     out = git.run("ls-remote", "--heads", git.remote.url, action="list branches", cwd=scratch)
     heads = {ref: sha for sha, ref in (line.split("\t", 1) for line in out.splitlines() if "\t" in line)}
     head = heads.get(f"refs/heads/{branch}", "")
-    if not head and heads:  # likely a misconfigured branch name: say which ones exist
+    if not head and heads:
+        # A misconfigured branch name, most likely. Creating it would start a history holding only
+        # mlferry's folders beside the team's real one (an orphan Argo CD might be pointed at), and
+        # reading it would report nothing deployed: neither is evidence of anything.
         others = ", ".join(sorted(h.removeprefix("refs/heads/") for h in heads))
-        logger.warning("branch %s does not exist on %s (it has %s): creating it", branch, git.display, others)
-    elif not head:
+        raise BranchMissing(f"branch {branch!r} does not exist on {git.display}, which has {others}: set "
+                            "gitops_branch (MLFERRY_GITOPS_BRANCH, --gitops-branch) to the branch Argo CD follows, "
+                            f"or create {branch!r} there from it")
+    if not head:
         logger.info("%s is empty: creating branch %s", git.display, branch)
     return head
 

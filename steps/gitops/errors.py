@@ -48,7 +48,8 @@ class RepoMissing(GitOpsError):
 
 
 class BranchMissing(GitOpsError):
-    """The branch does not exist on the remote (readers treat it as empty history)."""
+    """The branch does not exist on the remote: an error for publishing and for reading a snapshot
+    when the remote has other branches; the history reader treats it as empty history."""
 
 
 class PushRejected(GitOpsError):
