@@ -185,6 +185,17 @@ def failure_types(failures_json: str) -> set[str]:
     return found
 
 
+def failed_steps(failures_json: str) -> set[str]:
+    """The templates of the failed steps in Argo's `{{workflow.failures}}`."""
+    try:
+        failures = json.loads(failures_json or "[]")
+    except ValueError:
+        return set()
+    if not isinstance(failures, list):
+        return set()
+    return {str(f["templateName"]) for f in failures if isinstance(f, dict) and f.get("templateName")}
+
+
 def readable_failures(failures_json: str) -> str:
     """Argo's `{{workflow.failures}}` (a JSON list of failed nodes) as one line per failed step."""
     try:

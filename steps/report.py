@@ -14,7 +14,7 @@ from hera.workflows import Input, Output
 
 from mlferry.steps import registry
 from mlferry.steps.mlflow_api import MlflowApi, MlflowApiError, MlflowUnreachable
-from mlferry.steps.outcome import as_argo_step, failure_types, readable_failures
+from mlferry.steps.outcome import as_argo_step, failed_steps, failure_types, readable_failures
 from mlferry.steps.naming import check_environment_name
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,16 @@ class Report(Output):
     tags: dict[str, str] = {}
 
 
+# The step that checks a webhook event's signature. When it failed, nothing about the event can be
+# trusted, not the model it names nor the words it carries: the report writes nothing.
+VERIFY_STEP = "verify-event"
+
+
 @as_argo_step
 def report(inputs: ReportInput) -> Report:
+    if inputs.status == "failed" and VERIFY_STEP in failed_steps(inputs.failures):
+        log.warning("the webhook event was rejected by %s: nothing is written to the registry", VERIFY_STEP)
+        return Report()
     if inputs.failures and not inputs.message:
         inputs = inputs.model_copy(update={"message": readable_failures(inputs.failures)})
     mlflow_down = inputs.status == "failed" and MlflowUnreachable.__name__ in failure_types(inputs.failures)

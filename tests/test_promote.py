@@ -96,3 +96,25 @@ def test_an_unknown_alias_is_one_clear_line(registered_model, gitops_remote):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"mlferry: error: promotion of {name} to staging failed: resolve: model '{name}' "
                            "has no alias 'staging' (its aliases: production) (details: mlferry runs show ")
+
+
+def test_a_forged_event_writes_nothing_anywhere(registered_model, gitops_remote, s3, tmp_path):
+    """An unsigned POST's parameters, submitted as the Sensor would: verify-event refuses it, and
+    the failure report writes no tag, so the attacker's words never reach the registry."""
+    import time
+
+    name, version = registered_model(alias="production")
+    body = json.dumps({"entity": "model_version_alias", "action": "created", "timestamp": "2026-01-01T00:00:00",
+                       "data": {"name": name, "alias": "production", "version": version}})
+    params = {"model": name, "alias": "production", "env": "production", "trigger": "webhook",
+              "delivery_id": "pipeline hacked, see http://evil.example", "timestamp": str(int(time.time())),
+              "signature": "v1," + "A" * 44, "body": body}
+    done = subprocess.run([sys.executable, "-m", "mlferry.cli", "submit", "--from", "workflowtemplate/mlferry-promote",
+                           "--stack-dir", str(tmp_path), *[a for k, v in params.items() for a in ("-p", f"{k}={v}")]],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "verify-event" in done.stdout and "rejected" in done.stdout
+    tags = MlflowClient().get_model_version(name, version).tags
+    assert not [k for k in tags if k.startswith("mlferry.")], tags
+    assert git_log(gitops_remote, "--format=%s", "main").splitlines() == ["Initial commit"]
+    assert s3.list_objects_v2(Bucket="mlferry", Prefix=f"models/{slugify(name)}/").get("KeyCount") == 0
