@@ -30,7 +30,7 @@ import yaml
 from mlferry import engine
 from mlferry.engine import ArgumentError, Cluster, NodeEvent, RunResult, list_runs, load_run, new_run_dir
 from mlferry.engine.submission import secret_keys
-from mlferry.engine.warm import WarmServer, entry_modules, leaf_commands, warm_enabled
+from mlferry.engine.warm import WarmServer, entry_modules, warm_enabled
 from mlferry.workflows.bundle import Bundle, load_bundle
 from mlferry.generate import documents, to_yaml
 from mlferry.workflows.tasks import S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
@@ -121,7 +121,7 @@ class LocalArgo:
                 self.runs_root.mkdir(parents=True, exist_ok=True)
                 self._warm = WarmServer(sys.executable, str(self.runs_root),
                                         {k: v for k, v in env.items() if k not in hidden},
-                                        entry_modules(leaf_commands(t for d in templates for t in d["spec"]["templates"])),
+                                        entry_modules(t for d in templates for t in d["spec"]["templates"]),
                                         any_cwd=True)
             return self._warm
 

@@ -170,15 +170,20 @@ def _noise(line: str) -> bool:
             or line == "^" * len(line))
 
 
-def failure_types(failures_json: str) -> set[str]:
-    """The error types (`error_type` of the JSON log records) in Argo's `{{workflow.failures}}`."""
+def _failed_nodes(failures_json: str) -> list[dict] | None:
+    """Argo's `{{workflow.failures}}` as its list of failed nodes; None when it is not such a list."""
     try:
         failures = json.loads(failures_json or "[]")
     except ValueError:
-        return set()
+        return None
+    return [f for f in failures if isinstance(f, dict)] if isinstance(failures, list) else None
+
+
+def failure_types(failures_json: str) -> set[str]:
+    """The error types (`error_type` of the JSON log records) in Argo's `{{workflow.failures}}`."""
     found = set()
-    for failure in failures if isinstance(failures, list) else []:
-        for line in str((failure or {}).get("message") or "").splitlines():
+    for failure in _failed_nodes(failures_json) or []:
+        for line in str(failure.get("message") or "").splitlines():
             record, _ = _json_record(line.strip())
             if record and record.get("error_type"):
                 found.add(str(record["error_type"]))
@@ -187,25 +192,16 @@ def failure_types(failures_json: str) -> set[str]:
 
 def failed_steps(failures_json: str) -> set[str]:
     """The templates of the failed steps in Argo's `{{workflow.failures}}`."""
-    try:
-        failures = json.loads(failures_json or "[]")
-    except ValueError:
-        return set()
-    if not isinstance(failures, list):
-        return set()
-    return {str(f["templateName"]) for f in failures if isinstance(f, dict) and f.get("templateName")}
+    return {str(f["templateName"]) for f in _failed_nodes(failures_json) or [] if f.get("templateName")}
 
 
 def readable_failures(failures_json: str) -> str:
     """Argo's `{{workflow.failures}}` (a JSON list of failed nodes) as one line per failed step."""
-    try:
-        failures = json.loads(failures_json or "[]")
-    except ValueError:
-        return readable_failure(failures_json)
-    if not isinstance(failures, list):
+    failures = _failed_nodes(failures_json)
+    if failures is None:
         return readable_failure(str(failures_json))
     lines = [f"{f.get('displayName', '?')}: {readable_failure(f.get('message') or '') or f.get('phase', '')}"
-             for f in failures if isinstance(f, dict) and f.get("templateName") not in (None, "")]
+             for f in failures if f.get("templateName")]
     return "; ".join(lines)
 
 

@@ -101,13 +101,12 @@ def preloaded_files() -> list[Path]:
     import subprocess
     import sys
 
-    from mlferry.engine.warm import entry_modules, leaf_commands
+    from mlferry.engine.warm import entry_modules
     from mlferry.workflows.bundle import Bundle
     from mlferry.generate import documents
 
-    argvs = [leaf_commands(d["spec"]["templates"]) for d in documents(Bundle(), validate=False)
-             if d.get("kind") == "WorkflowTemplate"]
-    modules = entry_modules([a for group in argvs for a in group])
+    modules = entry_modules(t for d in documents(Bundle(), validate=False) if d.get("kind") == "WorkflowTemplate"
+                            for t in d["spec"]["templates"])
     assert "mlferry.steps.commit" in modules
     code = ("import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules) +
             "print('\\n'.join(sorted(getattr(m, '__file__', '') or '' for n, m in sys.modules.items() if n.startswith('mlferry'))))")

@@ -47,7 +47,7 @@ from mlferry.engine.scope import input_vars, run_state_vars, workflow_vars
 from mlferry.engine.step_groups import Steps
 from mlferry.engine.submission import Cluster, check_environment, secret_keys, workflow_arguments
 from mlferry.engine.synchronization import Interrupted, Lock, default_lock_dir, holding, locks_for
-from mlferry.engine.warm import WarmServer, entry_modules, leaf_commands, runner_call, warm_enabled
+from mlferry.engine.warm import WarmServer, entry_modules, runner_call, warm_enabled
 
 __all__ = ["Run", "run"]
 
@@ -364,7 +364,7 @@ class Run:
         with self.lock:
             if self.warm is None:
                 self.warm = WarmServer(self.machine.python, str(self.machine.cwd), self.machine.base_env,
-                                       preload=entry_modules(leaf_commands(self.plan.templates.values())))
+                                       preload=entry_modules(self.plan.templates.values()))
             return self.warm
 
     @contextmanager

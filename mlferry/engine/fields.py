@@ -118,8 +118,8 @@ REFUSED: dict[str, dict[str, str]] = {
         "templateRef": "calls a template of another WorkflowTemplate",
         "inline": "runs the template written inside the task",
         "withSequence": "fans the task out over a range of numbers",
-        "hooks": "runs lifecycle hooks when the task reaches a phase",
-        "onExit": "runs this template when the task ends",
+        "hooks": "runs lifecycle hooks when the task or step reaches a phase",
+        "onExit": "runs this template when the task or step ends",
     },
     "inputs": {"artifacts": "downloads these files from an artifact repository (S3, GCS, git, HTTP, …) into the pod"},
     "outputs": {"artifacts": "uploads these files to the artifact repository for later steps",
@@ -135,8 +135,7 @@ REFUSED: dict[str, dict[str, str]] = {
         "stdin": "keeps stdin open",
     },
 }
-REFUSED["step"] = {k: v for k, v in REFUSED["task"].items() if k != "onExit"} | {
-    "onExit": "runs this template when the step ends"}
+REFUSED["step"] = REFUSED["task"]
 REFUSED["script"] = REFUSED["container"]
 
 

@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from mlferry.engine.submission import Cluster
 
 
+def has_own_value(p: Mapping[str, Any]) -> bool:
+    """An input parameter that needs no argument: a value, a default, or a ConfigMap key."""
+    return bool({"value", "default"} & set(p)) or "configMapKeyRef" in (p.get("valueFrom") or {})
+
+
 def template_inputs(t: Mapping[str, Any], arguments: Mapping[str, str], globals_: Mapping[str, str],
                     cluster: "Cluster", namespace: str) -> list[dict[str, Any]]:
     """Each input parameter as Argo marshals it into {{inputs.parameters}}, its value resolved."""

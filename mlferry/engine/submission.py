@@ -13,6 +13,7 @@ from typing import Any, Iterator, Mapping
 
 from mlferry.engine.expressions import tags
 from mlferry.engine.loader import Plan, WorkflowParameter
+from mlferry.engine.parameters import has_own_value
 
 
 class ArgumentError(ValueError):
@@ -95,8 +96,7 @@ def _unsupplied_inputs(plan: Plan, values: Mapping[str, str]) -> list[str]:
     for role in ("entrypoint", "onExit"):
         name = plan.spec.get(role)
         for p in ((plan.templates.get(name) or {}).get("inputs") or {}).get("parameters") or []:
-            given = p["name"] in values or {"value", "default"} & set(p) or (p.get("valueFrom") or {}).get("configMapKeyRef")
-            if not given:
+            if p["name"] not in values and not has_own_value(p):
                 problems.append(f"templates.{name}.inputs.parameters.{p['name']} was not supplied "
                                 f"(the {role} template takes its inputs from the workflow's arguments: "
                                 f"declare {p['name']!r} in spec.arguments.parameters or pass -p {p['name']}=…)")

@@ -22,6 +22,7 @@ from mlferry.engine.expressions import (
     parse_depends,
     tags,
 )
+from mlferry.engine.parameters import has_own_value
 from mlferry.engine.fields import LEAF_TYPES, RETRY_POLICIES, TEMPLATE_TYPES, check_fields, join, list_items
 from mlferry.engine.retries import parse_duration
 from mlferry.engine.scope import (
@@ -407,7 +408,7 @@ class Checker:
             if name and name not in declared:
                 self.problems.append(f"{path}: template {target['name']!r} has no input parameter {name!r}")
         for name, p in declared.items():
-            if name not in given and not ({"value", "default"} & set(p) or "configMapKeyRef" in (p.get("valueFrom") or {})):
+            if name not in given and not has_own_value(p):
                 self.problems.append(f"{path}: input parameter {name!r} of template {target['name']!r} "
                                      "is required and not supplied")
 

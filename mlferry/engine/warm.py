@@ -32,7 +32,7 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import IO, Mapping, Sequence
+from typing import IO, Any, Iterable, Mapping, Sequence
 
 RUNNER = "hera.workflows.runner"
 PRELOADED_PREFIX = "mlferry."  # entry modules imported before forking: ours, which read no environment at import
@@ -49,25 +49,18 @@ def runner_call(argv: Sequence[str], python: str) -> bool:
     return len(argv) >= 3 and argv[0] == python and list(argv[1:3]) == ["-m", RUNNER]
 
 
-def entry_modules(argvs: Sequence[Sequence[str]]) -> list[str]:
-    """The `-e module:function` modules of runner calls that the server may import ahead."""
+def entry_modules(templates: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The `-e module:function` modules of the templates' runner calls that a server may import ahead."""
     found = []
-    for argv in argvs:
+    for t in templates:
+        body = t.get("script") or t.get("container") or {}
+        argv = [str(a) for a in [*(body.get("command") or []), *(body.get("args") or [])]]
         for flag, value in zip(argv, argv[1:]):
             if flag in ("-e", "--entrypoint") and ":" in value:
                 module = value.split(":", 1)[0]
                 if module.startswith(PRELOADED_PREFIX) and module not in found:
                     found.append(module)
     return found
-
-
-def leaf_commands(templates) -> list[list[str]]:
-    """The command and args of each script or container template, as written."""
-    out = []
-    for t in templates:
-        body = t.get("script") or t.get("container") or {}
-        out.append([str(a) for a in [*(body.get("command") or []), *(body.get("args") or [])]])
-    return out
 
 
 def _interpreter_env(env: Mapping[str, str]) -> dict[str, str]:
