@@ -116,19 +116,19 @@ def run(tmp: Path, stack, env: dict[str, str], sizes: list[int], reps: int, seed
                 "unchanged": int(plan.outputs.get("unchanged", -1)), "plan_step_seconds": plan.duration}
 
     def mlferry_plan_in_process() -> dict:
-        from mlferry.steps import gitops, layout, registry
-        from mlferry.steps.plan import deployed_state, desired_state, plan_changes
+        from mlferry.steps import gitops, layout, registry, rule
+        from mlferry.steps.plan import deployed_state, plan_changes
 
         with timed() as listing:
             models = registry.list_models(registry.client())
         with timed() as reading:
             snapshot = gitops.read_snapshot(settings.gitops_repo, settings.gitops_branch, layout.team_prefix(settings.team))
         with timed() as desiring:
-            desired = desired_state(models, settings)
+            desired = rule.selections(models, settings)
         with timed() as parsing:
             deployed = deployed_state(snapshot)  # reads the version annotations back from the YAML
         with timed() as planning:
-            plan = plan_changes(desired, deployed, settings.prune, snapshot.sha)
+            plan = plan_changes(desired, deployed, settings, settings.prune, snapshot.sha)
         return {"promotions": plan.promotion_count, "removals": plan.removal_count, "unchanged": plan.unchanged,
                 "list_models_seconds": listing["seconds"], "read_snapshot_seconds": reading["seconds"],
                 "desired_state_seconds": desiring["seconds"], "deployed_state_seconds": parsing["seconds"],

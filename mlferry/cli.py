@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _stack_commands(commands)
     _promote_command(commands)
+    _hold_commands(commands)
     _reconcile_command(commands)
     _submit_command(commands)
     _runs_commands(commands)
@@ -221,24 +222,44 @@ def _promote_command(commands) -> None:
     sub.add_argument("--env", help="target environment, e.g. production "
                                    "(default: the one environment the alias or stage belongs to)")
     sub.add_argument("--trigger", default="manual", help="why (recorded in the commit)")
+    sub.add_argument("--force", action="store_true",
+                     help="deploy an alias of another environment to --env anyway, held there")
+    sub.add_argument("--reason", default="", help="why, when the promotion is a hold (recorded in git and tags)")
+    _dry_run_option(sub)
     _json_option(sub)
     _local_options(sub)
     sub.set_defaults(func=_promote)
 
 
-def _promote(args) -> None:
-    import json
-
-    from mlferry.promotion import PromotionRequest, promote
+def _promote(args) -> int:
+    from mlferry.promotion import PromotionRequest
 
     use_local_stack_if_unset(args.stack_dir)
     env = args.env or _environment_of(args)
+    request = PromotionRequest(model=args.model, version=args.version or "", alias=args.alias or "",
+                               stage=args.stage or "", env=env, trigger=args.trigger, hold=args.reason,
+                               force=args.force)
+    return _run_promotion(args, request)
+
+
+def _run_promotion(args, request) -> int:
+    """`promote`, `hold`, `release`: one run of mlferry-promote (or, with --dry-run, its plan)."""
+    import json
+
+    from mlferry.promotion import promote
+
+    if getattr(args, "dry_run", False):
+        from mlferry.plans import preview_promotion
+        from mlferry.steps.settings import load_settings
+
+        preview = preview_promotion(load_settings(args.config), request)
+        print(preview.line)
+        return preview.exit_code
     with local_run_hints(args.stack_dir):
-        result = promote(PromotionRequest(model=args.model, version=args.version or "", alias=args.alias or "",
-                                          stage=args.stage or "", env=env, trigger=args.trigger),
-                         runs_root=args.stack_dir / "runs", config=args.config,
-                         on_event=None if args.json else print_event)
-    print(json.dumps(result.as_json(), indent=2) if args.json else result.summary())
+        result = promote(request, runs_root=args.stack_dir / "runs", config=args.config,
+                         on_event=None if getattr(args, "json", False) else print_event)
+    print(json.dumps(result.as_json(), indent=2) if getattr(args, "json", False) else result.summary())
+    return 0
 
 
 def _environment_of(args) -> str:
@@ -296,18 +317,81 @@ def step_label(name: str, width: int = NAME_WIDTH) -> str:
     return fit(f"{head}({index}: {fit(fields['model'], room, middle=True)}{rest}", width, middle=True)
 
 
+def _hold_commands(commands) -> None:
+    hold = commands.add_parser("hold", help="keep an environment at a version: webhooks and reconcile leave it "
+                                            "until `mlferry release`")
+    hold.add_argument("model", help="registered model name")
+    hold.add_argument("--env", required=True, help="the environment to hold")
+    hold.add_argument("--version", default="", help="the version to hold (default: the one git holds now)")
+    hold.add_argument("--reason", required=True, help="why (recorded in git, on the objects and in the tags)")
+    release = commands.add_parser("release", help="end an environment's hold: deploy what the rule selects")
+    release.add_argument("model", help="registered model name")
+    release.add_argument("--env", required=True, help="the held environment")
+    for sub, func in ((hold, _hold), (release, _release)):
+        _dry_run_option(sub)
+        _json_option(sub)
+        _local_options(sub)
+        sub.set_defaults(func=func)
+
+
+def _hold(args) -> int:
+    from mlferry.promotion import PromotionRequest
+
+    use_local_stack_if_unset(args.stack_dir)
+    version = args.version or _deployed_version(args)
+    return _run_promotion(args, PromotionRequest(model=args.model, env=args.env, version=version,
+                                                 hold=args.reason, trigger="hold"))
+
+
+def _deployed_version(args) -> str:
+    """The version the environment's folder holds now: what `hold` keeps without --version."""
+    from mlferry.steps.commit import current_owner
+    from mlferry.steps.layout import gitops_folder
+    from mlferry.steps.naming import slugify
+    from mlferry.steps.settings import load_settings
+
+    settings = load_settings(args.config)
+    settings.environment(args.env)
+    _, there = current_owner(settings.require_gitops_repo(), settings.gitops_branch,
+                             gitops_folder(settings.team, slugify(args.model), args.env))
+    if there is None or there.model != args.model:
+        raise SettingsError(f"{args.model!r} has no folder in {args.env} to hold: give the version (--version)")
+    return there.version
+
+
+def _release(args) -> int:
+    from mlferry.promotion import PromotionRequest
+
+    use_local_stack_if_unset(args.stack_dir)
+    return _run_promotion(args, PromotionRequest(model=args.model, env=args.env, release=True, trigger="release"))
+
+
 def _reconcile_command(commands) -> None:
     sub = commands.add_parser("reconcile", help="make the GitOps repo match the registry's aliases and stages")
-    sub.add_argument("--prune", choices=["auto", "true", "false"], default="auto",
-                     help="remove folders whose alias is gone (auto: the settings decide)")
+    sub.add_argument("--prune", choices=["auto", "true", "false", "force"], default="auto",
+                     help="remove folders nothing selects any more (auto: the settings decide; force: even "
+                          "more than prune_max_share of them)")
+    _dry_run_option(sub)
     _local_options(sub)
     sub.set_defaults(func=_reconcile)
+
+
+def _dry_run_option(sub) -> None:
+    sub.add_argument("--dry-run", action="store_true",
+                     help="print the plan and change nothing; exit 0: nothing to do, 2: changes pending")
 
 
 def _reconcile(args) -> int:
     from mlferry.local import LocalArgo
 
     use_local_stack_if_unset(args.stack_dir)
+    if args.dry_run:
+        from mlferry.plans import preview_reconcile
+        from mlferry.steps.settings import load_settings
+
+        text, code = preview_reconcile(load_settings(args.config), args.prune)
+        print(text, end="")
+        return code
     local = LocalArgo.from_environment(args.config, args.stack_dir / "runs")
     with local_run_hints(args.stack_dir):
         run = local.submit("workflowtemplate/mlferry-reconcile", {"prune": args.prune, "trigger": "reconcile"},
@@ -317,34 +401,30 @@ def _reconcile(args) -> int:
 
 
 def reconcile_summary(run) -> str:
-    """One line after the live table: what the plan found and how the fan-out ended."""
-    import json
+    """What the plan found and how the fan-out ended, after the live table of a reconcile run."""
+    from mlferry.plans import plan_lines, plan_lists
 
     tasks = {t.name: t for t in run.tasks}
     plan = tasks.get("plan")
-    outputs = plan.outputs if plan else {}
-    try:
-        wanted = len(json.loads(outputs.get("promotions") or "[]"))
-    except ValueError:
-        wanted = 0
+    lists = plan_lists(plan.outputs if plan else {})
     commits = [t for t in run.tasks if t.name.startswith("promote(") and t.name.endswith(".commit")]
     promoted = sum(1 for t in commits if t.phase == "Succeeded" and t.outputs.get("changed") == "true")
     failed_items = {t.name.split(").", 1)[0] for t in run.tasks if t.name.startswith("promote(") and "." in t.name
                     and t.type == "Pod" and t.phase in ("Failed", "Error")}
     prune = tasks.get("prune")
-    pruned = int(outputs.get("removal_count") or 0) if prune and prune.phase == "Succeeded" else 0
-    failed = len(failed_items) + (1 if prune and prune.phase in ("Failed", "Error") else 0) \
-        + (1 if plan and plan.phase in ("Failed", "Error") else 0)
-    unchanged = int(outputs.get("unchanged") or 0) + (wanted - promoted - len(failed_items))
-    held = int(outputs.get("held") or 0)
+    pruned = len(lists["removals"]) if prune and prune.phase == "Succeeded" else 0
+    failed = len(failed_items) + sum(1 for t in (prune, plan) if t and t.phase in ("Failed", "Error"))
+    unchanged = int((plan.outputs if plan else {}).get("unchanged") or 0) \
+        + (len(lists["promotions"]) - promoted - len(failed_items))
     line = (f"reconcile {'done' if run.phase == 'Succeeded' else run.phase.lower()} in {run.duration or 0:.1f}s: "
-            f"{promoted} promoted, {pruned} pruned, {held} held, {unchanged} unchanged, {failed} failed "
-            f"(run {run.run_id})")
+            f"{promoted} promoted, {pruned} pruned, {len(lists['held'])} held, {len(lists['kept'])} kept, "
+            f"{unchanged} unchanged, {failed} failed (run {run.run_id})")
+    details = plan_lines({k: v for k, v in lists.items() if k != "promotions"})
     if run.phase != "Succeeded":
         from mlferry.promotion import failure_line
 
-        line += f"\n  {step_label(failure_line(run), 200)}"
-    return line
+        details.append(f"  {step_label(failure_line(run), 200)}")
+    return "\n".join([line, *details])
 
 
 def _submit_command(commands) -> None:

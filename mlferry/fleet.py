@@ -5,7 +5,7 @@ One row per (model, environment) that the registry selects (an alias or a legacy
 that has a folder in the GitOps repo. Requests stay proportional to what is shown:
 
 - registry: one paged listing (aliases and latest-per-stage come with each model), the same
-  one `reconcile` reads, and the same rule (:func:`steps.plan.desired_state`) picks the version;
+  one `reconcile` reads, and the same rule (:func:`steps.rule.select`) picks the version;
 - GitOps repo: one shallow read of ``teams/<team>/`` for the folders and their annotations
   (:func:`steps.gitops.read_snapshot`, as `reconcile` does), and one blobless clone with one
   streamed `git log` for each folder's latest commit (:mod:`mlferry.history`), run in parallel;
@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from mlferry.history import FolderEvent, GitOpsHistory, age
 from mlferry.table import format_table, printable
-from mlferry.steps import gitops, plan, registry
+from mlferry.steps import gitops, plan, registry, rule
 from mlferry.steps.layout import MANIFEST_NAME, gitops_folder, model_prefix, parse_gitops_folder, team_prefix
 from mlferry.steps.naming import slugify
 from mlferry.steps.settings import Settings, SettingsError
@@ -37,6 +37,7 @@ NOT_PUBLISHED = "not-published"  # git's version has no complete copy in the obj
 NO_ALIAS = "no-alias"  # a folder in git that no alias or stage selects any more
 UNREADABLE = "unreadable-folder"  # a folder under teams/<team>/ without mlferry's annotations
 CONFLICTING_ALIASES = "conflicting-aliases"  # two aliases for one environment, two versions
+HELD = "held"  # a hold keeps the folder at another version than the rule selects
 
 
 class FleetError(RuntimeError):
@@ -58,6 +59,7 @@ class Row:
     selected_by: tuple[tuple[str, str], ...] = ()  # (("alias", "production"),) or (("stage", "Production"),)
     git_version: str = ""  # "" when git has no folder (or it names no version)
     in_git: bool = False
+    hold: str = ""  # the folder's hold (steps/rule.py), "" when it follows the rule
     published: bool | None = None  # None: nothing in git to check
     last: FolderEvent | None = None
     drift: tuple[Drift, ...] = ()
@@ -72,7 +74,7 @@ class Row:
             "registry": ({"version": self.registry_version,
                           "selected_by": [{"kind": kind, "name": name} for kind, name in self.selected_by]}
                          if self.registry_version else None),
-            "git": {"version": self.git_version} if self.in_git else None,
+            "git": {"version": self.git_version, "hold": self.hold or None} if self.in_git else None,
             "published": self.published,
             "last_commit": self.last.as_json(now) if self.last else None,
             "drift": [{"code": d.code, "message": d.message} for d in self.drift],
@@ -125,6 +127,7 @@ def _cells(row: Row, now: datetime) -> list[str]:
     selectors = " ".join(f"@{name}" if kind == "alias" else f"stage {name}" for kind, name in row.selected_by)
     registry_cell = f"v{row.registry_version} {selectors}" if row.registry_version else "-"
     git_cell = (f"v{row.git_version}" if row.git_version else "?") if row.in_git else "-"
+    git_cell += " held" if row.hold else ""
     published = {True: "yes", False: "NO", None: "-"}[row.published]
     last = f"{row.last.commit[:10]} {row.last.kind}" if row.last else "-"
     when = age(row.last.age_seconds(now)) if row.last else "-"
@@ -231,18 +234,17 @@ def _manifest_key(row: Row) -> str:
 def compare(models: Iterable[registry.RegisteredModelView], snapshot: gitops.Snapshot,
             settings: Settings) -> list[Row]:
     """One row per (model, env) the registry selects or git holds, drift flagged (no I/O)."""
-    models = list(models)
-    views = {m.name: m for m in models}
-    desired = plan.desired_state(models, settings)
+    selected = rule.selections(list(models), settings)
     deployed = plan.deployed_state(snapshot)
     rows = []
-    for model, env in sorted(set(desired) | set(deployed)):
-        wanted, there = desired.get((model, env), ""), deployed.get((model, env))
-        selected, ignored = _selection(views.get(model), env, wanted, settings) if wanted else ((), ())
+    for model, env in sorted(set(selected) | set(deployed)):
+        chosen, there = selected.get((model, env), rule.Selection()), deployed.get((model, env))
         row = Row(model=model, env=env,
                   folder=there.folder if there else gitops_folder(settings.team, slugify(model), env),
-                  registry_version=wanted, selected_by=selected,
-                  git_version=there.version if there else "", in_git=there is not None)
+                  registry_version=chosen.version, selected_by=chosen.by,
+                  git_version=there.version if there else "", in_git=there is not None,
+                  hold=there.hold if there else "")
+        ignored = tuple((name, version) for (_, name), version in zip(chosen.ignored, chosen.ignored_versions))
         rows.append(dataclasses.replace(row, drift=_drift(row, ignored, settings)))
     owned = {d.folder for d in deployed.values()}
     for folder in sorted(snapshot.folders(depth=4)):
@@ -258,25 +260,16 @@ def compare(models: Iterable[registry.RegisteredModelView], snapshot: gitops.Sna
     return rows
 
 
-def _selection(view: registry.RegisteredModelView | None, env: str, version: str,
-               settings: Settings) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
-    """(what selects ``version`` for env, aliases for env that point elsewhere and lose)."""
-    if view is None:
-        return (), ()
-    aliases = sorted(a for a in view.aliases if settings.environment_for_alias(a) == env)
-    chosen = tuple(("alias", a) for a in aliases if view.aliases[a] == version)
-    ignored = tuple((a, view.aliases[a]) for a in aliases if view.aliases[a] != version)
-    if chosen:
-        return chosen, ignored
-    stages = sorted(s for s, v in view.stages.items() if settings.environment_for_stage(s) == env and v == version)
-    return tuple(("stage", s) for s in stages), ()
-
-
 def _drift(row: Row, ignored: tuple[tuple[str, str], ...], settings: Settings) -> tuple[Drift, ...]:
     found = []
     promote = (f"mlferry promote {shlex.quote(row.model)} --version {row.registry_version} --env {row.env}"
                if row.registry_version else "")
-    if row.registry_version and not row.in_git:
+    if row.hold:
+        wanted = f"the rule selects v{row.registry_version}" if row.registry_version else "nothing selects a version"
+        if row.registry_version != row.git_version:
+            found.append(Drift(HELD, f"held at v{row.git_version} ({row.hold}); {wanted}; "
+                                     f"`mlferry release {shlex.quote(row.model)} --env {row.env}` ends the hold"))
+    elif row.registry_version and not row.in_git:
         found.append(Drift(NOT_DEPLOYED, f"the registry selects v{row.registry_version} but git has no folder; "
                                          f"the next reconcile deploys it, or run `{promote}`"))
     elif row.registry_version and row.git_version != row.registry_version:

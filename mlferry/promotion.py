@@ -27,10 +27,14 @@ class PromotionRequest:
     alias: str = ""
     stage: str = ""
     trigger: str = "manual"
+    hold: str = ""  # a reason: deploy the version and hold it there
+    release: bool = False  # end the environment's hold
+    force: bool = False  # deploy another environment's alias here (as a hold)
 
     def parameters(self) -> dict[str, str]:
         return {"model": self.model, "version": self.version, "alias": self.alias, "stage": self.stage,
-                "env": self.env, "trigger": self.trigger}
+                "env": self.env, "trigger": self.trigger, "hold": self.hold,
+                "release": str(self.release).lower(), "force": str(self.force).lower()}
 
 
 @dataclass(frozen=True)
@@ -74,10 +78,21 @@ class PromotionResult:
 
     def summary(self) -> str:
         name, version, env = (self.output("resolve", k) for k in ("name", "version", "env"))
+        took = f"in {self.run.duration or 0:.1f}s (run {self.run.run_id})"
+        if self.output("resolve", "action") == "retire":
+            done = (f"removed {name} from {env}" if self.output("retire", "changed") == "true"
+                    else f"nothing to remove: {name} has no folder in {env} (or it is held)")
+            return f"{done} {took}: {self.output('resolve', 'why')}"
+        blocked = self.output("commit", "blocked")
+        if blocked:
+            return (f"held: {env} stays at v{self.output('commit', 'previous')} of {name} ({blocked}); v{version} "
+                    f"was not deployed; `mlferry release {name} --env {env}` ends the hold {took}")
         out = lambda key: self.output("publish", key)  # noqa: E731
         change = f"commit {self.commit[:12]}" if self.changed else f"nothing to change (head {self.commit[:12]})"
+        hold = self.output("resolve", "hold")
         return "\n".join([
-            f"promoted {name} v{version} to {env} in {self.run.duration or 0:.1f}s (run {self.run.run_id})",
+            f"promoted {name} v{version} to {env} {took}: {self.output('resolve', 'why')}",
+            *([f"  held       until `mlferry release {name} --env {env}`: {hold}"] if hold else []),
             f"  artifacts  {self.uri}  ({out('uploaded')} uploaded, {out('skipped')} already there, "
             f"{out('files')} files, {out('bytes_uploaded')} bytes sent)",
             f"  gitops     {self.output('commit', 'repo')} {self.output('commit', 'branch')}:{self.folder}/  {change}",

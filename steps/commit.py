@@ -34,7 +34,7 @@ from hera.workflows import Input, Output
 from mlferry.steps.outcome import as_argo_step
 from mlferry.steps import gitops
 from mlferry.steps.layout import check_version, parse_gitops_folder
-from mlferry.steps.trailers import trailer_value
+from mlferry.steps.trailers import one_line, trailer_value
 from mlferry.steps.naming import slugify
 from mlferry.steps.settings import load_settings
 
@@ -53,6 +53,8 @@ class CommitInput(Input):
     run_id: str = ""
     trigger: str = "manual"
     remove: bool = False
+    hold: str = ""  # this promotion records a hold (the rendered files carry it)
+    release: bool = False  # this promotion ends the folder's hold
 
 
 class Commit(Output):
@@ -61,6 +63,8 @@ class Commit(Output):
     folder: str
     branch: str
     repo: str
+    previous: str = ""  # the version the folder held before ("" when it did not exist)
+    blocked: str = ""  # the hold that kept this version out (nothing was committed), else ""
 
 
 class CommitRefused(ValueError):
@@ -76,7 +80,43 @@ def commit(inputs: CommitInput) -> Commit:
     if team != settings.team:
         raise CommitRefused(f"folder {inputs.folder!r} belongs to team {team!r}, not to this installation's "
                             f"team {settings.team!r}")
-    return commit_folder(inputs, repo, settings.gitops_branch)
+    # Read under the GitOps mutex (workflows/tasks.py), so no other mlferry writer moves the folder
+    # between this read and the push.
+    head, there = current_owner(repo, settings.gitops_branch, inputs.folder)
+    blocked = check_owner(inputs, there)
+    previous = there.version if there else ""
+    if blocked:
+        logger.warning("%s is held at v%s (%s): v%s is not committed; `mlferry release` ends the hold",
+                       inputs.folder, previous, blocked, inputs.version)
+        return Commit(sha=head, changed=False, folder=inputs.folder, branch=settings.gitops_branch,
+                      repo=gitops.display_url(repo), previous=previous, blocked=blocked)
+    done = commit_folder(inputs, repo, settings.gitops_branch)
+    return done.model_copy(update={"previous": previous})
+
+
+def current_owner(repo: str, branch: str, folder: str):
+    """(branch head, what the folder holds there: model, version, hold; None when it is absent)."""
+    from mlferry.steps.plan import folder_owner
+
+    snapshot = gitops.read_snapshot(repo, branch, folder + "/")
+    files = snapshot.folders(depth=4).get(folder, {})
+    return snapshot.sha, folder_owner(files) if files else None
+
+
+def check_owner(inputs: CommitInput, there) -> str:
+    """Refuse another model's folder; the hold that keeps this run out, or "" when it may write.
+
+    Two registered names can share a folder name (`Wine` and `wine-3889e6c049`): the first to be
+    deployed owns it, and the other is refused, by name, instead of taking the folder over.
+    """
+    if there is None:
+        return ""
+    if there.model != inputs.model:
+        raise CommitRefused(f"folder {inputs.folder!r} belongs to model {there.model!r}; model {inputs.model!r} "
+                            "maps to the same folder name, so it is not deployed: rename one of them")
+    if there.hold and not (inputs.hold or inputs.release):
+        return there.hold
+    return ""
 
 
 def commit_folder(
@@ -168,5 +208,4 @@ def commit_message(inputs: CommitInput) -> str:
 
 def _subject_text(text: str) -> str:
     """A readable one-line rendering of a user string for the subject and body."""
-    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    return flat if len(flat) <= SUBJECT_MODEL_LENGTH else flat[: SUBJECT_MODEL_LENGTH - 1] + "…"
+    return one_line(text, SUBJECT_MODEL_LENGTH)

@@ -69,6 +69,9 @@ class MlflowApi:
     def post(self, endpoint: str, body: dict) -> dict:
         return self._json("POST", f"{self.tracking_uri}{API}/{endpoint}", json=body)
 
+    def delete(self, endpoint: str, body: dict) -> dict:
+        return self._json("DELETE", f"{self.tracking_uri}{API}/{endpoint}", json=body)
+
     def _json(self, method: str, url: str, **kwargs) -> dict:
         response = self._send(method, url, **kwargs)
         raise_for_error(response)

@@ -12,13 +12,13 @@ each promotion it does start re-checks the copy anyway.
 # No `from __future__ import annotations`: Hera reads the Input/Output annotations as classes.
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import yaml
 from hera.workflows import Input, Output
 
-from mlferry.steps import gitops, registry
-from mlferry.steps.layout import parse_gitops_folder, team_prefix
+from mlferry.steps import gitops, registry, rule
+from mlferry.steps.layout import gitops_folder, parse_gitops_folder, team_prefix
 from mlferry.steps.naming import slugify
 from mlferry.steps.outcome import as_argo_step
 from mlferry.steps.settings import Settings, load_settings
@@ -27,19 +27,22 @@ from mlferry.steps.settings import Settings, load_settings
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MODEL_ANNOTATION = "mlferry.io/model-name"
 VERSION_ANNOTATION = "mlferry.io/version"
+HOLD_ANNOTATION = "mlferry.io/hold"
 
 
 class PlanInput(Input):
-    prune: str = "auto"  # "auto": the settings decide; "true" / "false" override
+    prune: str = "auto"  # "auto": the settings decide; "true" / "false" override; "force": past the guard
 
 
 class Plan(Output):
-    promotions: list[dict[str, str]] = []  # [{model, version, env}]
-    removals: list[dict[str, str]] = []  # [{model, version, env, folder}]
+    promotions: list[dict[str, str]] = []  # [{model, version, env, was}]
+    removals: list[dict[str, str]] = []  # [{model, version, env, folder, why}]: positive evidence only
+    held: list[dict[str, str]] = []  # [{model, version, env, reason, wanted}]: a hold keeps the folder
+    kept: list[dict[str, str]] = []  # [{model, version, env, folder, why}]: nothing selects it, not removed
+    conflicts: list[dict[str, str]] = []  # [{model, owner, env, folder}]: another model owns the folder
     promotion_count: int = 0
     removal_count: int = 0
     unchanged: int = 0
-    held: int = 0  # folders whose alias is gone, kept because pruning is off
     head: str = ""
 
 
@@ -48,31 +51,38 @@ class Deployed:
     model: str
     version: str
     folder: str
+    hold: str = ""  # the hold's reason; "" when the folder follows the rule
+
+
+class PruneRefused(ValueError):
+    """The plan would remove more folders than one run may: nothing is removed or promoted."""
 
 
 @as_argo_step
 def plan(inputs: PlanInput) -> Plan:
     settings = load_settings()
     repo = settings.require_gitops_repo()
-    models = registry.list_models(registry.client())
+    mlflow = registry.client()
     snapshot = gitops.read_snapshot(repo, settings.gitops_branch, team_prefix(settings.team))
-    prune = settings.prune if inputs.prune == "auto" else inputs.prune == "true"
-    return plan_changes(desired_state(models, settings), deployed_state(snapshot), prune, snapshot.sha)
+    return reconcile_plan(mlflow, snapshot, settings, inputs.prune)
 
 
-def desired_state(models: Iterable[registry.RegisteredModelView], settings: Settings) -> dict[tuple[str, str], str]:
-    """(model, env) → version. An alias wins over a legacy stage for the same environment."""
-    desired: dict[tuple[str, str], str] = {}
-    for model in models:
-        for stage, version in model.stages.items():
-            env = settings.environment_for_stage(stage)
-            if env:
-                desired[(model.name, env)] = version
-        for alias, version in sorted(model.aliases.items()):
-            env = settings.environment_for_alias(alias)
-            if env:
-                desired[(model.name, env)] = version
-    return desired
+def reconcile_plan(mlflow, snapshot: gitops.Snapshot, settings: Settings, prune: str = "auto") -> Plan:
+    """The plan, with every removal confirmed by its own registry answer and the share guarded."""
+    views = registry.list_models(mlflow)
+    pruning = settings.prune if prune == "auto" else prune in ("true", "force")
+    deployed = deployed_state(snapshot)
+    draft = plan_changes(rule.selections(views, settings), deployed, settings, pruning, snapshot.sha)
+    confirmed = confirm_removals(draft, lambda name: _view_or_missing(mlflow, name), settings)
+    return guard_prune(confirmed, len(deployed), settings.prune_max_share, force=prune == "force")
+
+
+def _view_or_missing(mlflow, name: str) -> registry.RegisteredModelView | None:
+    """The model's own registry answer; None when that answer is "no such model"."""
+    try:
+        return registry.model_view(mlflow, name)
+    except registry.ModelMissing:
+        return None
 
 
 def deployed_state(snapshot: gitops.Snapshot) -> dict[tuple[str, str], Deployed]:
@@ -86,8 +96,17 @@ def deployed_state(snapshot: gitops.Snapshot) -> dict[tuple[str, str], Deployed]
         found = _annotations(files.values())
         model = found.get(MODEL_ANNOTATION, "")
         if model and slugify(model) == slug:
-            deployed[(model, env)] = Deployed(model, found.get(VERSION_ANNOTATION, ""), folder)
+            deployed[(model, env)] = Deployed(model, found.get(VERSION_ANNOTATION, ""), folder,
+                                              found.get(HOLD_ANNOTATION, ""))
     return deployed
+
+
+def folder_owner(files: dict[str, str]) -> Deployed | None:
+    """Who a folder's files say it belongs to (model, version, hold), or None for no annotation."""
+    found = _annotations(files.values())
+    if MODEL_ANNOTATION not in found:
+        return None
+    return Deployed(found[MODEL_ANNOTATION], found.get(VERSION_ANNOTATION, ""), "", found.get(HOLD_ANNOTATION, ""))
 
 
 def _annotations(texts: Iterable[str]) -> dict[str, str]:
@@ -103,14 +122,81 @@ def _annotations(texts: Iterable[str]) -> dict[str, str]:
     return {}
 
 
-def plan_changes(desired: dict[tuple[str, str], str], deployed: dict[tuple[str, str], Deployed],
-                 prune: bool, head: str = "") -> Plan:
-    promotions = [{"model": model, "version": version, "env": env}
-                  for (model, env), version in sorted(desired.items())
-                  if (model, env) not in deployed or deployed[(model, env)].version != version]
-    removals = [{"model": d.model, "version": d.version, "env": env, "folder": d.folder}
-                for (model, env), d in sorted(deployed.items()) if prune and (model, env) not in desired]
-    gone = [key for key in sorted(deployed) if key not in desired]
-    return Plan(promotions=promotions, removals=removals, promotion_count=len(promotions),
-                removal_count=len(removals), unchanged=len(desired) - len(promotions),
-                held=0 if prune else len(gone), head=head)
+def plan_changes(selected: dict[tuple[str, str], rule.Selection], deployed: dict[tuple[str, str], Deployed],
+                 settings: Settings, prune: bool, head: str = "") -> Plan:
+    """What to do about every (model, env) the registry selects or git holds (no I/O).
+
+    Removals here are candidates: :func:`confirm_removals` asks the registry about each model.
+    """
+    owners = {(slugify(d.model), env): d.model for (_, env), d in deployed.items()}
+    promotions, held, conflicts, unchanged = [], [], [], 0
+    for (model, env), chosen in sorted(selected.items()):
+        there = deployed.get((model, env))
+        owner = owners.setdefault((slugify(model), env), model)
+        if owner != model:
+            conflicts.append({"model": model, "owner": owner, "env": env,
+                              "folder": gitops_folder(settings.team, slugify(model), env)})
+        elif there and there.hold:
+            held.append(_held(there, env, chosen.version))
+        elif there and there.version == chosen.version:
+            unchanged += 1
+        else:
+            promotions.append({"model": model, "version": chosen.version, "env": env,
+                               "was": there.version if there else ""})
+    removals, kept = [], []
+    for (model, env), there in sorted(deployed.items()):
+        if (model, env) in selected:
+            continue
+        if there.hold:
+            held.append(_held(there, env, ""))
+        elif env not in settings.environments:
+            kept.append(_folder(there, env, f"environment {env!r} is not in this configuration; "
+                                            "check --config (removing is left to a run that knows it)"))
+        elif not prune:
+            kept.append(_folder(there, env, "nothing selects a version and prune is off"))
+        else:
+            removals.append(_folder(there, env, "no alias or stage selects a version"))
+    return Plan(promotions=promotions, removals=removals, held=held, kept=kept, conflicts=conflicts,
+                promotion_count=len(promotions), removal_count=len(removals), unchanged=unchanged, head=head)
+
+
+def _held(there: Deployed, env: str, wanted: str) -> dict[str, str]:
+    return {"model": there.model, "version": there.version, "env": env, "reason": there.hold, "wanted": wanted}
+
+
+def _folder(there: Deployed, env: str, why: str) -> dict[str, str]:
+    return {"model": there.model, "version": there.version, "env": env, "folder": there.folder, "why": why}
+
+
+def confirm_removals(draft: Plan, ask: Callable[[str], registry.RegisteredModelView | None],
+                     settings: Settings) -> Plan:
+    """Keep a removal only on positive evidence: the model's own, successful registry answer says
+    that no alias or stage selects a version for the environment, or that the model is gone.
+    An answer that selects one after all (the listing was stale or missed the model) turns the
+    removal into a promotion; a failed answer raises, and nothing is removed."""
+    answers = {name: ask(name) for name in sorted({r["model"] for r in draft.removals})}
+    removals, promotions = [], list(draft.promotions)
+    for removal in draft.removals:
+        view = answers[removal["model"]]
+        chosen = rule.select(view, removal["env"], settings) if view else rule.Selection()
+        if chosen.selected:
+            promotions.append({"model": removal["model"], "version": chosen.version, "env": removal["env"],
+                               "was": removal["version"]})
+        else:
+            why = "the registry has no such model any more" if view is None else removal["why"]
+            removals.append({**removal, "why": why})
+    return draft.model_copy(update={"removals": removals, "removal_count": len(removals),
+                                    "promotions": promotions, "promotion_count": len(promotions)})
+
+
+def guard_prune(plan: Plan, folders: int, max_share: float, force: bool = False) -> Plan:
+    """Refuse a plan that removes more than `max_share` of the folders, or all of them."""
+    count = plan.removal_count
+    if force or not count or (count <= max_share * folders and count < folders):
+        return plan
+    share = "every one" if count >= folders else f"more than {max_share:.0%}"
+    names = ", ".join(f"{r['model']} from {r['env']}" for r in plan.removals[:5])
+    raise PruneRefused(
+        f"refusing to remove {count} of the {folders} model folders in one run ({share}: {names}"
+        f"{', …' if count > 5 else ''}); when the registry really dropped them, run reconcile with "
+        "prune=force (mlferry reconcile --prune force), else check MLFLOW_TRACKING_URI and its credentials")

@@ -22,6 +22,10 @@ class RegistryError(LookupError):
     """The registry has no such model, version, alias or stage, or the version is not usable."""
 
 
+class ModelMissing(RegistryError):
+    """The registry answered, successfully, that no registered model has this name."""
+
+
 @dataclass(frozen=True)
 class Version:
     """A model version, as the registry's REST API describes it."""
@@ -75,20 +79,27 @@ def check_ready(found: Version) -> Version:
     return found
 
 
-def _get(mlflow: MlflowApi, endpoint: str, key: str, missing: Callable[[], str], **params: str) -> dict:
-    """One registry object; a missing one is a RegistryError saying `missing()`."""
+def _get(mlflow: MlflowApi, endpoint: str, key: str, missing: Callable[[], str], *,
+         error: type[RegistryError] = RegistryError, **params: str) -> dict:
+    """One registry object; a missing one is an `error` saying `missing()`."""
     try:
         return mlflow.get(endpoint, **params)[key]
     except MlflowApiError as err:
         if _missing(err):
-            raise RegistryError(missing()) from None
+            raise error(missing()) from None
         raise
 
 
 def _registered(mlflow: MlflowApi, name: str) -> dict:
     return _get(mlflow, "registered-models/get", "registered_model",
                 lambda: f"registered model {name!r} not found in {mlflow.tracking_uri}{_did_you_mean(mlflow, name)}",
-                name=name)
+                error=ModelMissing, name=name)
+
+
+def model_view(mlflow: MlflowApi, name: str) -> RegisteredModelView:
+    """One model's aliases and latest version per stage, from one answer about that very model:
+    the evidence the rule needs before a folder may go (ModelMissing: the registry says it has none)."""
+    return _view(_registered(mlflow, name))
 
 
 def _did_you_mean(mlflow: MlflowApi, name: str) -> str:
@@ -211,6 +222,16 @@ def run_facts(mlflow: MlflowApi, run_id: str) -> tuple[dict[str, float], str]:
 def set_version_tags(mlflow: MlflowApi, name: str, version: str, tags: dict[str, str]) -> None:
     for key, value in tags.items():
         mlflow.post("model-versions/set-tag", {"name": name, "version": version, "key": key, "value": value})
+
+
+def delete_version_tags(mlflow: MlflowApi, name: str, version: str, keys: list[str]) -> None:
+    """Remove tags that would no longer be true; one that is not there is fine."""
+    for key in keys:
+        try:
+            mlflow.delete("model-versions/delete-tag", {"name": name, "version": version, "key": key})
+        except MlflowApiError as err:
+            if not _missing(err):
+                raise
 
 
 def _pairs(entries: Any) -> dict[str, str]:

@@ -49,6 +49,7 @@ class RenderInput(Input):
     source_commit: str = ""
     description: str = ""
     serving: ModelServing = ModelServing()  # the registered model's mlferry.* tags, checked by resolve
+    hold: str = ""  # why this version is held here (steps/rule.py); "" when it follows the rule
 
 
 class Rendered(Output):
@@ -168,7 +169,9 @@ def labels(inputs: RenderInput) -> dict[str, str]:
 
 
 def annotations(inputs: RenderInput) -> dict[str, str]:
-    return {
+    """What people browsing git or the cluster read; the model name also says who owns the folder,
+    and a hold (when there is one) keeps the folder at this version until released."""
+    found = {
         "mlferry.io/description": inputs.description[:MAX_DESCRIPTION],
         "mlferry.io/environment": inputs.env,
         "mlferry.io/model-name": inputs.model,
@@ -176,6 +179,9 @@ def annotations(inputs: RenderInput) -> dict[str, str]:
         "mlferry.io/source-commit": inputs.source_commit,
         "mlferry.io/version": inputs.version,
     }
+    if inputs.hold:
+        found["mlferry.io/hold"] = inputs.hold
+    return dict(sorted(found.items()))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,6 +77,10 @@ class Settings(BaseModel):
     s3_endpoint: str = ""  # what serving pods use to reach the object store
     s3_secret: str = "mlferry-s3"  # Secret (in each serving namespace) with AWS_* keys
     prune: bool = True
+    # The most of the team's folders one reconcile may remove; more is refused unless forced
+    # (`--prune force`), and removing every folder always is: a registry that suddenly answers
+    # "no models" (a failover to an empty database, a token that lost READ) must not undeploy all.
+    prune_max_share: float = Field(default=0.5, gt=0, le=1)
     resources: Resources = Field(default_factory=Resources)
     environments: dict[str, EnvironmentSettings] = Field(default_factory=_default_environments)
 
@@ -143,6 +147,7 @@ ENV_VARS = {
     "MLFERRY_SERVING_IMAGE": "serving_image",
     "MLFERRY_S3_SECRET": "s3_secret",
     "MLFERRY_PRUNE": "prune",
+    "MLFERRY_PRUNE_MAX_SHARE": "prune_max_share",
 }
 
 

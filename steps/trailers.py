@@ -18,3 +18,9 @@ def trailer_value(text: str) -> str:
 
 def parse_trailer_value(value: str) -> str:
     return json.loads(value) if value.startswith('"') else value
+
+
+def one_line(text: str, most: int = 300) -> str:
+    """A reason as one printable line (it becomes an annotation, a tag and a commit trailer)."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return flat if len(flat) <= most else flat[: most - 1] + "…"

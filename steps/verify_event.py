@@ -32,6 +32,10 @@ EVENT_PARAMETERS = (*EVENT_HEADERS, "body")
 
 
 class VerifyEventInput(Input):
+    # What the run was asked for (the workflow's parameters; from a Sensor, read out of the body).
+    model: str = ""
+    alias: str = ""
+    env: str = ""
     delivery_id: str = ""
     timestamp: str = ""
     signature: str = ""
@@ -39,9 +43,12 @@ class VerifyEventInput(Input):
 
 
 class VerifiedEvent(Output):
+    """What the later steps act on: the signed event's own words, or, without an event, the
+    parameters as given (a manual or reconcile run, whose submitter could set anything anyway)."""
+
     verified: bool = False  # False: no event was passed, nothing to verify
     delivery_id: str = ""
-    action: str = ""  # created | deleted
+    action: str = ""  # created | deleted; "" without an event
     model: str = ""
     alias: str = ""
     version: str = ""  # empty on `deleted`
@@ -55,7 +62,7 @@ class EventRejected(ValueError):
 @as_argo_step
 def verify_event(inputs: VerifyEventInput) -> VerifiedEvent:
     if not inputs.body:
-        return VerifiedEvent()
+        return VerifiedEvent(model=inputs.model, alias=inputs.alias, env=inputs.env)
     return verified_event(inputs, os.environ.get(SECRET_ENV, ""), load_settings(), now=time.time())
 
 
@@ -68,8 +75,20 @@ def verified_event(inputs: VerifyEventInput, secret: str, settings: Settings, *,
     decision = accept(payload, settings)
     if not decision.accepted:
         raise EventRejected(f"webhook event {inputs.delivery_id} is signed but not a promotion: {decision.reason}")
+    _check_parameters(inputs, decision)
     return VerifiedEvent(verified=True, delivery_id=inputs.delivery_id, action=decision.action,
                          model=decision.model, alias=decision.alias, version=decision.version, env=decision.env)
+
+
+def _check_parameters(inputs: VerifyEventInput, decision) -> None:
+    """The run's parameters, when given, must say what the signed event says: they title the run
+    in the Argo UI and name the version the exit handler tags, so a forged pairing of a genuine
+    body with another model's name stops here."""
+    for name in ("model", "alias", "env"):
+        given, signed = getattr(inputs, name), getattr(decision, name)
+        if given and given != signed:
+            raise EventRejected(f"webhook event {inputs.delivery_id}: the run's parameter {name}={given!r} "
+                                f"is not the signed event's {signed!r}")
 
 
 def _parse(body: str) -> Any:

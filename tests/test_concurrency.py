@@ -130,7 +130,7 @@ def test_thirty_promotions_started_together_all_land_once(stack, gitops_remote, 
     assert sorted(landed) == sorted(name for name, _ in models)
     for name, version in models:
         assert_deployed(gitops_remote, name, version)
-        assert status_tags(name, version)[f"mlferry.{ENV}.status"] == "committed"
+        assert status_tags(name, version)[f"mlferry.{ENV}.status"] == "deployed"
     assert sum("nothing to change" in r.stdout for r in results) == 1
 
     # The commit steps held the GitOps mutex one at a time, and the machine ran a bounded number of runs.
@@ -165,7 +165,7 @@ def test_thirty_aliases_set_together_through_the_receiver_all_land_once(stack, g
 
     def all_tagged() -> bool:
         expected = [*[m for m in models if m != moved], (moved[0], newer)]
-        return all(status_tags(*m).get(f"mlferry.{ENV}.status") == "committed" for m in expected)
+        return all(status_tags(*m).get(f"mlferry.{ENV}.status") == "deployed" for m in expected)
 
     eventually(lambda: len(set(committed_models(gitops_remote))) >= MODELS and all_tagged(),
                f"not every one of the {MODELS} models was committed and tagged", DEADLINE,

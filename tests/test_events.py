@@ -370,6 +370,8 @@ def test_unsigned_mlflow_delivery_is_rejected(sent_by_mlflow) -> None:
 
 def run_verify_event(tmp_path: Path, inputs: dict[str, str], secret: str = SECRET) -> tuple[subprocess.CompletedProcess, Path]:
     args = tmp_path / "args.json"
+    # Argo passes every input the template declares; the run's own parameters default to "".
+    inputs = {"model": "", "alias": "", "env": "", **inputs}
     args.write_text(json.dumps([{"name": k, "value": v} for k, v in inputs.items()]))
     outputs = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFERRY_")}

@@ -51,7 +51,7 @@ def test_promote_by_alias_then_again_changes_nothing(registered_model, gitops_re
     # The registry knows where it went.
     tags = MlflowClient().get_model_version(name, version).tags
     head = git_log(gitops_remote, "-1", "--format=%H").strip()
-    assert tags["mlferry.production.status"] == "committed"
+    assert tags["mlferry.production.status"] == "deployed"
     assert tags["mlferry.production.commit"] == head
     assert tags["mlferry.production.uri"] == f"s3://mlferry/models/{slug}/{version}/"
 

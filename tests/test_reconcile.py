@@ -10,7 +10,8 @@ from mlflow import MlflowClient
 
 from mlferry.steps.gitops import Snapshot
 from mlferry.steps.naming import slugify
-from mlferry.steps.plan import Deployed, deployed_state, desired_state, plan_changes
+from mlferry.steps import rule
+from mlferry.steps.plan import Deployed, deployed_state, plan_changes
 from mlferry.steps.registry import RegisteredModelView
 from mlferry.steps.settings import load_settings
 from tests.conftest import git_log
@@ -67,7 +68,7 @@ def test_reconcile_promotes_what_git_lacks_and_prunes_a_removed_alias(registered
     assert f"teams/ml/{slugify(b)}/staging" not in folders(gitops_remote)
     assert f"teams/ml/{slugify(a)}/production" in folders(gitops_remote)
     new = git_log(gitops_remote, "--format=%s%n%b", f"{commits.split()[0]}..main")
-    assert f"remove {b} from staging" in new and "Trigger: reconcile" in new
+    assert f"remove {b} v{vb} from staging" in new and "Trigger: reconcile" in new
 
 
 def test_prune_false_keeps_folders(registered_model, gitops_remote, tmp_path, aliases):
@@ -82,19 +83,22 @@ def test_prune_false_keeps_folders(registered_model, gitops_remote, tmp_path, al
 def test_an_alias_wins_over_a_stage_and_unconfigured_aliases_are_ignored():
     settings = load_settings(environ={})
     models = [RegisteredModelView("m", {"production": "3", "canary": "4"}, {"Production": "2", "Staging": "1"})]
-    assert desired_state(models, settings) == {("m", "production"): "3", ("m", "staging"): "1"}
+    found = rule.selections(models, settings)
+    assert {key: chosen.version for key, chosen in found.items()} == {("m", "production"): "3", ("m", "staging"): "1"}
 
 
 def test_the_plan_promotes_changes_only_and_prunes_only_when_asked():
-    desired = {("a", "production"): "2", ("b", "staging"): "1"}
+    settings = load_settings(environ={})
+    desired = {("a", "production"): rule.Selection("2"), ("b", "staging"): rule.Selection("1")}
     deployed = {("a", "production"): Deployed("a", "1", "teams/ml/a/production"),
                 ("b", "staging"): Deployed("b", "1", "teams/ml/b/staging"),
                 ("gone", "staging"): Deployed("gone", "5", "teams/ml/gone/staging")}
-    plan = plan_changes(desired, deployed, prune=True)
-    assert plan.promotions == [{"model": "a", "version": "2", "env": "production"}]
-    assert plan.removals == [{"model": "gone", "version": "5", "env": "staging", "folder": "teams/ml/gone/staging"}]
+    plan = plan_changes(desired, deployed, settings, prune=True)
+    assert plan.promotions == [{"model": "a", "version": "2", "env": "production", "was": "1"}]
+    assert plan.removals == [{"model": "gone", "version": "5", "env": "staging", "folder": "teams/ml/gone/staging",
+                              "why": "no alias or stage selects a version"}]
     assert plan.unchanged == 1
-    assert plan_changes(desired, deployed, prune=False).removals == []
+    assert plan_changes(desired, deployed, settings, prune=False).removals == []
 
 
 def test_deployed_state_reads_what_render_wrote_and_ignores_foreign_folders():

@@ -54,7 +54,7 @@ def test_resolve_unknown_model_and_environment(stack, unique_name):
 
 
 def test_resolve_needs_exactly_one_selector(stack, unique_name):
-    with pytest.raises(ValueError, match="exactly one of version, alias or stage"):
+    with pytest.raises(ValueError, match="at most one of version, alias or stage"):
         resolve(ResolveInput(model=unique_name, version="1", alias="production", env="production"))
 
 
@@ -73,7 +73,7 @@ def test_report_writes_outcome_tags_and_clears_old_errors(registered_model):
     report(ReportInput(model=name, version=version, env="staging", commit="abc123",
                        uri="s3://mlferry/models/x/1/"))
     tags = MlflowClient().get_model_version(name, version).tags
-    assert tags["mlferry.staging.status"] == "committed"
+    assert tags["mlferry.staging.status"] == "deployed"
     assert tags["mlferry.staging.commit"] == "abc123"
     assert tags["mlferry.staging.uri"] == "s3://mlferry/models/x/1/"
     assert tags["mlferry.staging.error"] == ""

@@ -1,9 +1,13 @@
-"""WorkflowTemplate `mlferry-promote`: one model version into one environment.
+"""WorkflowTemplate `mlferry-promote`: make one environment of one model serve what the rule says.
 
-    verify-event ─┬─ resolve ──┬── publish ──┬── commit ── report     (alias set, or no event)
-                  │            └── render  ──┘   (mutex per GitOps repo and branch)
-                  └─ retire                                            (alias deleted, prune on)
+    verify-event ── resolve ─┬─ publish ──┬── commit ── report    (the rule selects a version)
+                             ├─ render  ──┘   (mutex per GitOps repo and branch)
+                             └─ retire                          (nothing selects one: the registry says so)
     on exit, when the run failed: report-failure (tags the version with the error)
+
+verify-event passes on only what it verified (or, without an event, the parameters as given);
+resolve applies the rule (steps/rule.py), so an event is only a hint to look again. An explicit
+`version` other than the rule's is deployed as a hold, which webhooks and reconcile respect.
 
 Submitted by the Sensor on an alias webhook, by the reconcile fan-out, by `mlferry promote`
 (through the local executor) and by hand:
@@ -55,6 +59,11 @@ def promote_template(bundle: Bundle) -> WorkflowTemplate:
             Parameter(name="stage", value="", description="legacy registry stage that selects the version"),
             Parameter(name="env", enum=sorted(bundle.settings.environments), description="target environment"),
             Parameter(name="trigger", value="manual", description="why: manual, webhook, reconcile"),
+            Parameter(name="hold", value="", description="a reason: deploy the version and hold it there"),
+            Parameter(name="release", value="false", enum=["false", "true"],
+                      description="end the environment's hold: deploy what the rule selects"),
+            Parameter(name="force", value="false", enum=["false", "true"],
+                      description="deploy another environment's alias here (recorded as a hold)"),
             *[Parameter(name=name, value="", description="MLflow webhook event, checked by verify-event")
               for name in EVENT_PARAMETERS],
         ],
@@ -95,25 +104,29 @@ class StepTemplates:
         )
 
 
-def promotion_tasks(steps: StepTemplates, selector: dict[str, str], trigger: str, when: str | None = None):
+def promotion_tasks(steps: StepTemplates, request: dict[str, str], trigger: str):
     """resolve → publish ∥ render → commit → report, inside the current DAG.
 
     `depends` says `.Succeeded` explicitly: a bare task name would also accept a Skipped task
-    (Argo's rule), and resolve is skipped when the event deleted the alias.
+    (Argo's rule), and publish and render are skipped when resolve decides to retire.
     """
-    found = steps.resolve(name="resolve", arguments=selector, when=when)
+    found = steps.resolve(name="resolve", arguments={**request, "trigger": trigger})
+    promoting = f"'{out('resolve', 'action')}' == 'promote'"
     version = {"model": out("resolve", "name"), "version": out("resolve", "version")}
-    steps.publish(name="publish", depends="resolve.Succeeded", arguments={
+    steps.publish(name="publish", depends="resolve.Succeeded", when=promoting, arguments={
         **version, "slug": out("resolve", "slug"), "source_uri": out("resolve", "source_uri")})
-    steps.render(name="render", depends="resolve.Succeeded", arguments={
+    steps.render(name="render", depends="resolve.Succeeded", when=promoting, arguments={
         **version, "slug": out("resolve", "slug"), "env": out("resolve", "env"),
         "run_id": out("resolve", "run_id"), "source_commit": out("resolve", "source_commit"),
-        "description": out("resolve", "description"), "serving": out("resolve", "serving")})
+        "description": out("resolve", "description"), "serving": out("resolve", "serving"),
+        "hold": out("resolve", "hold")})
     steps.commit(name="commit", depends="publish.Succeeded && render.Succeeded", arguments={
         **version, "env": out("resolve", "env"), "folder": out("render", "folder"),
-        "files": out("render", "files"), "run_id": out("resolve", "run_id"), "trigger": trigger})
+        "files": out("render", "files"), "run_id": out("resolve", "run_id"), "trigger": trigger,
+        "hold": out("resolve", "hold"), "release": out("resolve", "release")})
     steps.report(name="report", depends="commit.Succeeded", arguments={
-        **version, "env": out("resolve", "env"), "status": "committed",
+        **version, "env": out("resolve", "env"), "hold": out("resolve", "hold"),
+        "blocked": out("commit", "blocked"), "previous": out("commit", "previous"),
         "commit": out("commit", "sha"), "uri": out("publish", "uri")})
     return found
 
@@ -124,7 +137,9 @@ def promotion_outputs() -> list[ModelParameter]:
         return ModelParameter(name=name, value_from=ValueFrom(parameter=out(task, parameter), default=""))
 
     return [output("commit", "commit", "sha"), output("changed", "commit", "changed"),
-            output("folder", "commit", "folder"), output("uri", "publish", "uri")]
+            output("folder", "commit", "folder"), output("uri", "publish", "uri"),
+            output("blocked", "commit", "blocked"), output("previous", "commit", "previous"),
+            output("retired", "retire", "changed")]
 
 
 def _promote_dag(bundle: Bundle) -> Script:
@@ -134,14 +149,19 @@ def _promote_dag(bundle: Bundle) -> Script:
     retire_t = step_script(bundle, "retire", retire,
                            synchronization=gitops_lock(bundle))
     steps = StepTemplates.of(bundle)
-    action = f"'{out('verify-event', 'action')}'"  # only created, deleted or "" (checked by verify-event)
     with DAG(name=ENTRYPOINT, outputs=promotion_outputs()):
-        verified = verify_t(name="verify-event", arguments={k: wf(k) for k in EVENT_PARAMETERS})
-        found = promotion_tasks(steps, {k: wf(k) for k in ("model", "version", "alias", "stage", "env")},
-                                wf("trigger"), when=f"{action} != 'deleted'")
-        retired = retire_t(name="retire", when=f"{action} == 'deleted'",
-                           arguments={"model": wf("model"), "env": wf("env"), "trigger": wf("trigger")})
-        verified >> [found, retired]
+        verified = verify_t(name="verify-event", arguments={
+            **{k: wf(k) for k in ("model", "alias", "env")}, **{k: wf(k) for k in EVENT_PARAMETERS}})
+        # Only what verify-event vouches for drives the run: the model, alias and environment of the
+        # signed event (or the parameters, when no event started it), and whether one did.
+        request = {"model": out("verify-event", "model"), "env": out("verify-event", "env"),
+                   "alias": out("verify-event", "alias"), "event": out("verify-event", "action"),
+                   **{k: wf(k) for k in ("version", "stage", "hold", "release", "force")}}
+        found = promotion_tasks(steps, request, wf("trigger"))
+        retire_t(name="retire", depends="resolve.Succeeded", when=f"'{out('resolve', 'action')}' == 'retire'",
+                 arguments={"model": out("resolve", "name"), "env": out("resolve", "env"),
+                            "release": out("resolve", "release"), "trigger": wf("trigger")})
+        verified >> found
     return steps.report
 
 

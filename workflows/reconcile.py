@@ -1,7 +1,7 @@
 """WorkflowTemplate and CronWorkflow `mlferry-reconcile`: make git match the registry.
 
     plan ──┬── promote-one × N   (withParam, at most `parallelism` at once)
-           └── prune             (one commit removing every folder whose alias is gone)
+           └── prune             (one commit removing every folder the registry confirms nothing selects)
 
 The schedule catches what webhooks cannot: deliveries MLflow dropped, changes made while the
 receiver was down, and legacy stage transitions, which send no webhook. Each promote-one is the
@@ -30,8 +30,9 @@ def reconcile_template(bundle: Bundle) -> WorkflowTemplate:
                      "prune folders whose alias is gone (mlferry)."},
         entrypoint=ENTRYPOINT,
         arguments=[
-            Parameter(name="prune", value="auto", enum=["auto", "true", "false"],
-                      description="remove folders whose alias is gone; auto: the settings decide"),
+            Parameter(name="prune", value="auto", enum=["auto", "true", "false", "force"],
+                      description="remove folders nothing selects; auto: the settings decide; "
+                                  "force: even past the share guard (prune_max_share)"),
             Parameter(name="trigger", value="reconcile", description="why: reconcile, schedule"),
         ],
     ) as template:
@@ -41,8 +42,8 @@ def reconcile_template(bundle: Bundle) -> WorkflowTemplate:
         steps = StepTemplates.of(bundle)
         with DAG(name="promote-one", inputs=[Parameter(name=n) for n in ("model", "version", "env", "trigger")]) \
                 as promote_one:
-            promotion_tasks(steps, {"model": inp("model"), "version": inp("version"), "env": inp("env")},
-                            inp("trigger"))
+            # No version: the rule decides again at resolve time; the plan's version only names the item.
+            promotion_tasks(steps, {"model": inp("model"), "env": inp("env")}, inp("trigger"))
         with DAG(name=ENTRYPOINT, parallelism=bundle.parallelism):
             plan_t(name="plan", arguments={"prune": wf("prune")})
             Task(name="promote", template=promote_one, depends="plan.Succeeded",
