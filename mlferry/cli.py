@@ -324,6 +324,16 @@ def _hold_commands(commands) -> None:
     hold.add_argument("--env", required=True, help="the environment to hold")
     hold.add_argument("--version", default="", help="the version to hold (default: the one git holds now)")
     hold.add_argument("--reason", required=True, help="why (recorded in git, on the objects and in the tags)")
+    back = commands.add_parser("rollback", help="move an environment's alias back to an earlier version, "
+                                                "and deploy it")
+    back.add_argument("model", help="registered model name")
+    back.add_argument("--env", required=True, help="the environment to roll back")
+    back.add_argument("--to", default="", help="the version to restore (default: the one deployed before "
+                                               "the current one, from the GitOps history)")
+    back.add_argument("--reason", default="", help="why (recorded in the registry's tags)")
+    _json_option(back)
+    _local_options(back)
+    back.set_defaults(func=_rollback)
     release = commands.add_parser("release", help="end an environment's hold: deploy what the rule selects")
     release.add_argument("model", help="registered model name")
     release.add_argument("--env", required=True, help="the held environment")
@@ -357,6 +367,19 @@ def _deployed_version(args) -> str:
     if there is None or there.model != args.model:
         raise SettingsError(f"{args.model!r} has no folder in {args.env} to hold: give the version (--version)")
     return there.version
+
+
+def _rollback(args) -> int:
+    import json
+
+    from mlferry.promotion import rollback
+
+    use_local_stack_if_unset(args.stack_dir)
+    with local_run_hints(args.stack_dir):
+        result = rollback(args.model, args.env, to=args.to, reason=args.reason, runs_root=args.stack_dir / "runs",
+                          config=args.config, on_event=None if args.json else print_event)
+    print(json.dumps(result.as_json(), indent=2) if args.json else result.summary())
+    return 0
 
 
 def _release(args) -> int:

@@ -83,8 +83,9 @@ def preview_promotion(settings, request) -> PromotionPreview:
 
     mlflow = registry.client()
     settings.environment(request.env)
-    asked = ResolveInput(**{k: v for k, v in request.parameters().items() if k in ResolveInput.model_fields},
-                         release=request.release, force=request.force)
+    asked = ResolveInput(model=request.model, env=request.env, version=request.version, alias=request.alias,
+                         stage=request.stage, hold=request.hold, release=request.release, force=request.force,
+                         trigger=request.trigger)
     decision = decide(asked, registry.model_view(mlflow, request.model), settings)
     folder = gitops_folder(settings.team, slugify(request.model), request.env)
     _, there = current_owner(settings.require_gitops_repo(), settings.gitops_branch, folder)

@@ -13,6 +13,7 @@ from mlferry.steps.outcome import node_line, readable_failure
 from mlferry.engine import NodeEvent, RunResult
 
 TEMPLATE = "workflowtemplate/mlferry-promote"
+ROLLBACK_TEMPLATE = "workflowtemplate/mlferry-rollback"
 
 
 class PromotionFailed(RuntimeError):
@@ -83,6 +84,10 @@ class PromotionResult:
             done = (f"removed {name} from {env}" if self.output("retire", "changed") == "true"
                     else f"nothing to remove: {name} has no folder in {env} (or it is held)")
             return f"{done} {took}: {self.output('resolve', 'why')}"
+        moved = self.output("rollback", "alias")
+        if moved:
+            took += (f"; @{moved} moved back from v{self.output('rollback', 'bad')} "
+                     f"to v{self.output('rollback', 'to')}")
         blocked = self.output("commit", "blocked")
         if blocked:
             return (f"held: {env} stays at v{self.output('commit', 'previous')} of {name} ({blocked}); v{version} "
@@ -101,11 +106,23 @@ class PromotionResult:
 
 def promote(req: PromotionRequest, *, runs_root: str | Path, config: str | None = None,
             on_event: Callable[[NodeEvent], None] | None = None) -> PromotionResult:
+    return run_promotion(TEMPLATE, req.parameters(), f"promotion of {req.model} to {req.env}",
+                         runs_root=runs_root, config=config, on_event=on_event)
+
+
+def rollback(model: str, env: str, *, to: str = "", reason: str = "", runs_root: str | Path,
+             config: str | None = None, on_event: Callable[[NodeEvent], None] | None = None) -> PromotionResult:
+    """`mlferry-rollback`: the alias back to `to` (default: the version deployed before), then deployed."""
+    return run_promotion(ROLLBACK_TEMPLATE, {"model": model, "env": env, "to": to, "reason": reason},
+                         f"rollback of {model} in {env}", runs_root=runs_root, config=config, on_event=on_event)
+
+
+def run_promotion(template: str, parameters: dict[str, str], what: str, *, runs_root: str | Path,
+                  config: str | None, on_event: Callable[[NodeEvent], None] | None) -> PromotionResult:
     local = LocalArgo.from_environment(config, runs_root)
-    run = local.submit(TEMPLATE, req.parameters(), on_event=on_event)
+    run = local.submit(template, parameters, on_event=on_event)
     if run.phase != "Succeeded":
-        raise PromotionFailed(f"promotion of {req.model} to {req.env} failed: {failure_line(run)} "
-                              f"(details: mlferry runs show {run.run_id})")
+        raise PromotionFailed(f"{what} failed: {failure_line(run)} (details: mlferry runs show {run.run_id})")
     return PromotionResult(run)
 
 

@@ -66,6 +66,7 @@ class PublishedManifest:
     """What a complete prefix's manifest says was published."""
     source_uri: str
     sizes: dict[str, int]  # path → size
+    model: str = ""  # the registered model it was published for ("" in an old manifest)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def publish_version(source: ModelSource, store: ObjectStore, model: str, version
     store.check_bucket()
     stored = store.objects(prefix)
     if MANIFEST_NAME in stored:
-        return already_published(store, prefix, uri, source.uri, listing, stored)
+        return already_published(store, prefix, uri, source.uri, listing, stored, model)
 
     started = time.monotonic()
     copied = copy_files(source, store, prefix, listing, stored, files_at_once)
@@ -157,9 +158,13 @@ def checked_listing(source: ModelSource) -> list[SourceFile]:
 # -- a prefix that is already complete --------------------------------------------------------
 
 def already_published(store: ObjectStore, prefix: str, uri: str, source_uri: str,
-                      listing: list[SourceFile], stored: Mapping[str, ListedObject]) -> Publication:
+                      listing: list[SourceFile], stored: Mapping[str, ListedObject], model: str = "") -> Publication:
     raw = store.get_bytes(prefix + MANIFEST_NAME)
     manifest = parse_manifest(raw, uri)
+    if model and manifest.model and manifest.model != model:
+        # Two registered names can share a folder name (`Wine`, `wine-3889e6c049`): the first owns it.
+        raise PublishError(f"{uri} belongs to model {manifest.model!r}; model {model!r} maps to the same "
+                           "folder name, so it is not deployed: rename one of them")
     differences = source_differences(manifest, source_uri, listing)
     if differences:
         raise PublishError(
@@ -181,7 +186,7 @@ def parse_manifest(raw: bytes, uri: str) -> PublishedManifest:
         if manifest["format"] != MANIFEST_FORMAT:
             raise ValueError(f"unknown format {manifest['format']!r}")
         return PublishedManifest(str(manifest["source_uri"]),
-                                 {f["path"]: int(f["size"]) for f in manifest["files"]})
+                                 {f["path"]: int(f["size"]) for f in manifest["files"]}, str(manifest.get("model", "")))
     except (ValueError, KeyError, TypeError) as err:
         raise PublishError(f"{uri}{MANIFEST_NAME} is unreadable ({err}); the prefix is damaged: "
                            "delete it and publish again") from None

@@ -131,7 +131,7 @@ def promotion_tasks(steps: StepTemplates, request: dict[str, str], trigger: str)
     return found
 
 
-def promotion_outputs() -> list[ModelParameter]:
+def promotion_outputs(retire: bool = True) -> list[ModelParameter]:
     # Defaults: a run that retired a folder (alias deleted) has no commit task outputs.
     def output(name: str, task: str, parameter: str) -> ModelParameter:
         return ModelParameter(name=name, value_from=ValueFrom(parameter=out(task, parameter), default=""))
@@ -139,7 +139,7 @@ def promotion_outputs() -> list[ModelParameter]:
     return [output("commit", "commit", "sha"), output("changed", "commit", "changed"),
             output("folder", "commit", "folder"), output("uri", "publish", "uri"),
             output("blocked", "commit", "blocked"), output("previous", "commit", "previous"),
-            output("retired", "retire", "changed")]
+            *([output("retired", "retire", "changed")] if retire else [])]
 
 
 def _promote_dag(bundle: Bundle) -> Script:
