@@ -74,7 +74,8 @@ class Row:
             "registry": ({"version": self.registry_version,
                           "selected_by": [{"kind": kind, "name": name} for kind, name in self.selected_by]}
                          if self.registry_version else None),
-            "git": {"version": self.git_version, "hold": self.hold or None} if self.in_git else None,
+            "git": ({"version": self.git_version, **({"hold": self.hold} if self.hold else {})}
+                    if self.in_git else None),
             "published": self.published,
             "last_commit": self.last.as_json(now) if self.last else None,
             "drift": [{"code": d.code, "message": d.message} for d in self.drift],

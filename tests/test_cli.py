@@ -40,7 +40,7 @@ def test_generate_prints_a_stream_and_writes_nothing_without_out(tmp_path):
     done = mlferry("generate", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     kinds = [doc["kind"] for doc in yaml.safe_load_all(done.stdout)]
-    assert kinds == ["WorkflowTemplate", "WorkflowTemplate", "CronWorkflow", "EventSource", "Sensor"]
+    assert kinds == ["WorkflowTemplate", "WorkflowTemplate", "CronWorkflow", "EventSource", "Sensor", "WorkflowTemplate"]
     assert checked_in() == before and list(tmp_path.iterdir()) == []
 
 
@@ -61,10 +61,10 @@ def test_generate_out_then_check_that_folder(tmp_path):
     (out / "mine.yaml").write_text("kind: ConfigMap\n")  # the user's own file in the same folder
     done = mlferry("generate", "--config", "mlferry.yaml", "--out", "argo", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert len(list(out.glob("0*.yaml"))) == 5 and (out / "mine.yaml").exists()
+    assert len(list(out.glob("0*.yaml"))) == 6 and (out / "mine.yaml").exists()
 
     current = mlferry("generate", "--config", "mlferry.yaml", "--out", "argo", "--check", cwd=tmp_path)
-    assert current.returncode == 0 and "5 files, current" in current.stdout
+    assert current.returncode == 0 and "6 files, current" in current.stdout
     # --check compares with the folder it was given, not with the built-in bundle's.
     other = mlferry("generate", "--out", "argo", "--check", cwd=tmp_path)
     assert other.returncode == 1 and "namespace: team-a" in other.stdout and "is stale" in other.stderr

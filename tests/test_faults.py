@@ -132,7 +132,10 @@ def test_a_registry_answering_5xx_fails_the_step_as_transient_within_bounds(tmp_
     args = tmp_path / "args.json"
     args.write_text(json.dumps([{"name": "model", "value": "wine"}, {"name": "version", "value": "1"},
                                 {"name": "alias", "value": ""}, {"name": "stage", "value": ""},
-                                {"name": "env", "value": "production"}]))
+                                {"name": "env", "value": "production"},
+                                # the template's other inputs, at their defaults, as Argo passes them
+                                *({"name": k, "value": v} for k, v in (("event", ""), ("hold", ""), ("release", "false"),
+                                                                       ("force", "false"), ("trigger", "manual")))]))
     # The retry settings the WorkflowTemplate gives every step (workflows/tasks.py).
     from mlferry.workflows.bundle import Bundle
     from mlferry.workflows.tasks import step_env

@@ -198,7 +198,7 @@ def test_reconcile_prints_one_table_and_a_summary(registered_model, gitops_remot
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "STEP" not in out and "Name:" not in out  # the live lines are the only table
-    assert "1 promoted, 0 pruned, 0 held, 0 unchanged, 0 failed" in out
+    assert "1 promoted, 0 pruned, 0 held, 0 kept, 0 unchanged, 0 failed" in out
     assert "evaluated false" not in out and "Skipped" not in out and "Omitted" not in out
     assert_readable(out)
     rows = [line for line in out.splitlines() if line.startswith("  ")]
@@ -207,7 +207,7 @@ def test_reconcile_prints_one_table_and_a_summary(registered_model, gitops_remot
     assert len(phases) == 1, out  # the phase column stays one column, long names or not
 
     again, _ = mlferry(*args)
-    assert "0 promoted, 0 pruned, 0 held, 1 unchanged, 0 failed" in again.stdout
+    assert "0 promoted, 0 pruned, 0 held, 0 kept, 1 unchanged, 0 failed" in again.stdout
 
     verbose, _ = mlferry("-v", *args[:1], *args[1:])
     assert "Skipped" in verbose.stdout or "Omitted" in verbose.stdout or "evaluated false" in verbose.stdout

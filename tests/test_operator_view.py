@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from mlferry.cli import main
 from mlferry.steps import gitops
 from mlferry.steps.naming import slugify
+from mlferry.steps.plan import Deployed
 from mlferry.steps.retire import retirement
 from tests.conftest import git_log
 
@@ -113,7 +114,7 @@ def test_status_and_history_follow_promotions_alias_moves_and_removals(
     assert f"Churn {unique_name} in staging: no alias or stage selects a version for staging any more" in table
 
     # Removing the folder (what the webhook does for a deleted alias) ends its row, and is history.
-    change = retirement([{"model": churn, "env": "staging"}], "ml", "webhook")
+    change = retirement([("staging", Deployed(churn, c1, f"teams/ml/{slugify(churn)}/staging"))], "ml", "webhook")
     gitops.publish_folder(str(gitops_remote), "main", change)
     assert (churn, "staging") not in status()
     code, out, _ = cli("history", churn, "--json")
