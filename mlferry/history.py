@@ -2,9 +2,11 @@
 column of `mlferry status`.
 
 MLflow keeps no history of its aliases; the GitOps repo does. Every promotion commit carries
-the trailers `Model:`, `Version:`, `Environment:`, `Run-Id:` and `Trigger:` (see
-:mod:`steps.commit`), a removal commit at least `Trigger:`, so one `git log` over a folder (or
-over the whole team) with the changed paths and the trailers is the deployment history.
+the trailers `Model:`, `Version:`, `Environment:`, `Workflow:`, `Training-Run:`, `Trigger:`,
+and `Alias:` and `Delivery:` when an alias or a webhook was behind it (see
+:mod:`steps.commit`; older commits have `Run-Id:` for `Training-Run:`, and no `Workflow:`), a
+removal commit `Workflow:` and `Trigger:`, so one `git log` over a folder (or over the whole
+team) with the changed paths and the trailers is the deployment history.
 
 This module is the operator's view: which commit did what to which folder, and how to show it.
 Reading git (the blobless clone, the streamed log, the trailers, the errors) is the adapter's
@@ -38,12 +40,15 @@ class FolderEvent:
     kind: str
     version: str  # from the Version trailer; "" when the commit does not say
     trigger: str
-    run_id: str
+    training_run: str  # the MLflow run that trained the version (Training-Run, formerly Run-Id)
     commit: str
     when: datetime
     author: str
     subject: str
     model: str = ""  # from the Model trailer, when it names this folder's model
+    workflow: str = ""  # the Argo workflow that made the commit (Workflow)
+    alias: str = ""  # the alias that selected the version (Alias)
+    delivery_id: str = ""  # the webhook delivery that started the workflow (Delivery)
 
     @property
     def env(self) -> str:
@@ -54,7 +59,8 @@ class FolderEvent:
 
     def as_json(self, now: datetime) -> dict:
         return {"folder": self.folder, "env": self.env, "kind": self.kind, "model": self.model,
-                "version": self.version, "trigger": self.trigger, "run_id": self.run_id,
+                "version": self.version, "alias": self.alias, "trigger": self.trigger, "workflow": self.workflow,
+                "training_run": self.training_run, "delivery_id": self.delivery_id,
                 "commit": self.commit, "when": self.when.isoformat(), "age_seconds": self.age_seconds(now),
                 "author": self.author, "subject": self.subject}
 
@@ -133,11 +139,13 @@ def _event(commit: gitops.Commit, folder: str) -> FolderEvent:
     _, slug, env = parse_gitops_folder(folder)
     model = trailers.get("model", "")
     ours = bool(model) and trailers.get("environment") == env and _slug(model) == slug
-    kind = DEPLOY if ours and trailers.get("version") else EDIT  # REMOVE: decided by the caller
-    return FolderEvent(folder=folder, kind=kind, version=trailers.get("version", "") if ours else "",
-                       trigger=trailers.get("trigger", ""), run_id=trailers.get("run-id", "") if ours else "",
+    mine = trailers if ours else {}  # what a commit says of another folder's model is not this folder's
+    return FolderEvent(folder=folder, kind=DEPLOY if mine.get("version") else EDIT,  # REMOVE: the caller decides
+                       version=mine.get("version", ""), trigger=trailers.get("trigger", ""),
+                       training_run=mine.get("training-run") or mine.get("run-id", ""),  # Run-Id: older commits
                        commit=commit.sha, when=commit.when, author=commit.author, subject=commit.subject,
-                       model=model if ours else "")
+                       model=mine.get("model", ""), workflow=trailers.get("workflow", ""),
+                       alias=mine.get("alias", ""), delivery_id=trailers.get("delivery", ""))
 
 
 def _slug(model: str) -> str:
@@ -171,11 +179,11 @@ class ModelHistory:
         scope = f"{printable(self.model, 200)} in {self.env}" if self.env else printable(self.model, 200)
         if not self.events:
             return f"no deployments of {scope} in {where}\n"
-        header = ["WHEN (UTC)", "AGE", *([] if self.env else ["ENV"]), "EVENT", "VERSION", "TRIGGER", "RUN",
+        header = ["WHEN (UTC)", "AGE", *([] if self.env else ["ENV"]), "EVENT", "VERSION", "TRIGGER", "WORKFLOW",
                   "COMMIT", "AUTHOR"]
         rows = [[e.when.strftime("%Y-%m-%d %H:%M:%S"), age(e.age_seconds(now)), *([] if self.env else [e.env]),
                  e.kind, f"v{e.version}" if e.version else "-", printable(e.trigger) or "-",
-                 printable(e.run_id) or "-", e.commit[:12], printable(e.author)] for e in self.events]
+                 printable(e.workflow) or "-", e.commit[:12], printable(e.author)] for e in self.events]
         return f"history of {scope} in {where}\n" + format_table(header, rows)
 
 

@@ -91,7 +91,7 @@ def test_status_and_history_follow_promotions_alias_moves_and_removals(
     assert [(e["kind"], e["version"], e["trigger"]) for e in events] == [("deploy", v2, "webhook"),
                                                                        ("deploy", v1, "manual")]
     assert events[0]["commit"] == git_log(gitops_remote, "-1", "--format=%H").strip()
-    assert events[0]["author"].startswith("mlferry <") and events[0]["run_id"]
+    assert events[0]["author"].startswith("mlferry <") and events[0]["training_run"]
     code, table, _ = cli("history", fraud, "--env", "production")
     lines = table.splitlines()
     assert lines[0].startswith(f"history of {fraud} in production in {gitops_remote} main@")
@@ -182,6 +182,6 @@ def test_history_tells_a_hand_edit_from_a_removal(gitops_remote):
     ):
         gitops.publish_folder(str(gitops_remote), "main", gitops.FolderChange.single(folder, files, message))
     events = model_history("fraud", "staging", "ml", str(gitops_remote), "main").events
-    assert [(e.kind, e.version, e.trigger, e.run_id) for e in events] == [
+    assert [(e.kind, e.version, e.trigger, e.training_run) for e in events] == [
         ("remove", "", "schedule", ""), ("edit", "", "", ""), ("deploy", "7", "webhook", "promote-x7k2p")]
     assert events[1].subject == "drop the autoscaler" and events[2].model == "fraud"
