@@ -9,7 +9,7 @@ the serving objects. Nothing happens when prune is off in the settings.
 from hera.workflows import Input, Output
 
 from mlferry.steps import gitops
-from mlferry.steps.trailers import trailer_value
+from mlferry.steps.trailers import trailer_lines
 from mlferry.steps.layout import gitops_folder, parse_gitops_folder
 from mlferry.steps.naming import slugify
 from mlferry.steps.outcome import as_argo_step
@@ -22,6 +22,7 @@ class RetireInput(Input):
     targets: list[dict[str, str]] = []  # several: [{model, env, folder?}] from the reconcile plan
     prune: str = "auto"  # "auto": the settings decide; "true" / "false" override
     trigger: str = "manual"
+    workflow: str = ""  # the Argo workflow's name ({{workflow.name}}): the Workflow trailer
 
 
 class Retired(Output):
@@ -36,7 +37,7 @@ def retire(inputs: RetireInput) -> Retired:
     if not (settings.prune if inputs.prune == "auto" else inputs.prune == "true"):
         return Retired()
     repo = settings.require_gitops_repo()
-    change = retirement(targets(inputs), settings.team, inputs.trigger)
+    change = retirement(targets(inputs), settings.team, inputs.trigger, inputs.workflow)
     if change is None:
         return Retired()
     published = gitops.publish_folder(repo, settings.gitops_branch, change)
@@ -48,7 +49,8 @@ def targets(inputs: RetireInput) -> list[dict[str, str]]:
     return single + list(inputs.targets)
 
 
-def retirement(targets: list[dict[str, str]], team: str, trigger: str) -> gitops.FolderChange | None:
+def retirement(targets: list[dict[str, str]], team: str, trigger: str,
+               workflow: str = "") -> gitops.FolderChange | None:
     """The commit that removes each target's folder (checked to be one mlferry owns)."""
     folders: dict[str, str] = {}
     for target in targets:
@@ -62,5 +64,6 @@ def retirement(targets: list[dict[str, str]], team: str, trigger: str) -> gitops
     lines = [f"- {what}" for what in sorted(folders.values())]
     subject = (f"remove {next(iter(folders.values()))}" if len(folders) == 1
                else f"remove {len(folders)} models whose aliases are gone")
-    message = "\n".join([subject, "", *lines, "", f"Trigger: {trailer_value(trigger)}"]) + "\n"
+    trailers = trailer_lines({"Workflow": workflow, "Trigger": trigger})
+    message = "\n".join([subject, "", *lines, "", *trailers]) + "\n"
     return gitops.FolderChange(folders={folder: {} for folder in folders}, message=message)

@@ -7,6 +7,7 @@ history reads trailers without paying for Hera's import.
 """
 
 import json
+from typing import Mapping
 
 
 def trailer_value(text: str) -> str:
@@ -18,3 +19,8 @@ def trailer_value(text: str) -> str:
 
 def parse_trailer_value(value: str) -> str:
     return json.loads(value) if value.startswith('"') else value
+
+
+def trailer_lines(trailers: Mapping[str, str]) -> list[str]:
+    """``Key: value`` lines, in the mapping's order; an empty value leaves its trailer out."""
+    return [f"{key}: {trailer_value(value)}" for key, value in trailers.items() if value]

@@ -92,10 +92,12 @@ def test_status_and_history_follow_promotions_alias_moves_and_removals(
                                                                        ("deploy", v1, "manual")]
     assert events[0]["commit"] == git_log(gitops_remote, "-1", "--format=%H").strip()
     assert events[0]["author"].startswith("mlferry <") and events[0]["training_run"]
+    assert events[0]["alias"] == "production" and events[0]["workflow"].startswith("mlferry-promote-")
     code, table, _ = cli("history", fraud, "--env", "production")
     lines = table.splitlines()
     assert lines[0].startswith(f"history of {fraud} in production in {gitops_remote} main@")
-    assert [ln.split()[3:6] for ln in lines[2:]] == [["deploy", f"v{v2}", "webhook"], ["deploy", f"v{v1}", "manual"]]
+    assert [ln.split()[3:7] for ln in lines[2:]] == [
+        ["deploy", f"v{e['version']}", e["trigger"], e["workflow"]] for e in events]
     assert [ln.split()[7] for ln in lines[2:]] == [e["commit"][:12] for e in events]
 
     # The alias is deleted: the folder stays in git, flagged, until something removes it.

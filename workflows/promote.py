@@ -95,7 +95,8 @@ class StepTemplates:
         )
 
 
-def promotion_tasks(steps: StepTemplates, selector: dict[str, str], trigger: str, when: str | None = None):
+def promotion_tasks(steps: StepTemplates, selector: dict[str, str], trigger: str, when: str | None = None,
+                    delivery_id: str = ""):
     """resolve → publish ∥ render → commit → report, inside the current DAG.
 
     `depends` says `.Succeeded` explicitly: a bare task name would also accept a Skipped task
@@ -111,7 +112,9 @@ def promotion_tasks(steps: StepTemplates, selector: dict[str, str], trigger: str
         "description": out("resolve", "description"), "serving": out("resolve", "serving")})
     steps.commit(name="commit", depends="publish.Succeeded && render.Succeeded", arguments={
         **version, "env": out("resolve", "env"), "folder": out("render", "folder"),
-        "files": out("render", "files"), "run_id": out("resolve", "run_id"), "trigger": trigger})
+        "files": out("render", "files"), "run_id": out("resolve", "run_id"), "trigger": trigger,
+        # The commit's trailers name the workflow, the alias and the webhook delivery behind it.
+        "workflow": "{{workflow.name}}", "alias": selector.get("alias", ""), "delivery_id": delivery_id})
     steps.report(name="report", depends="commit.Succeeded", arguments={
         **version, "env": out("resolve", "env"), "status": "committed",
         "commit": out("commit", "sha"), "uri": out("publish", "uri")})
@@ -138,9 +141,10 @@ def _promote_dag(bundle: Bundle) -> Script:
     with DAG(name=ENTRYPOINT, outputs=promotion_outputs()):
         verified = verify_t(name="verify-event", arguments={k: wf(k) for k in EVENT_PARAMETERS})
         found = promotion_tasks(steps, {k: wf(k) for k in ("model", "version", "alias", "stage", "env")},
-                                wf("trigger"), when=f"{action} != 'deleted'")
+                                wf("trigger"), when=f"{action} != 'deleted'", delivery_id=wf("delivery_id"))
         retired = retire_t(name="retire", when=f"{action} == 'deleted'",
-                           arguments={"model": wf("model"), "env": wf("env"), "trigger": wf("trigger")})
+                           arguments={"model": wf("model"), "env": wf("env"), "trigger": wf("trigger"),
+                                      "workflow": "{{workflow.name}}"})
         verified >> [found, retired]
     return steps.report
 
