@@ -94,7 +94,8 @@ def test_submit_from_workflowtemplate_runs_the_promotion(registered_model, gitop
     name, version = registered_model(alias="staging")
     stack_dir = str(tmp_path / "local")
     result = cli("submit", "--from", "workflowtemplate/mlferry-promote", "-p", f"model={name}",
-                 "-p", "alias=staging", "-p", "env=staging", "--stack-dir", stack_dir)
+                 "-p", "alias=staging", "-p", "env=staging", "--stack-dir", stack_dir,
+                 env={"MLFERRY_GIT_AUTHOR_NAME": "Ferry Bot", "MLFERRY_GIT_AUTHOR_EMAIL": "bot@example.org"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Status:    Succeeded" in result.stdout
     assert "Output:    folder=teams/ml/" in result.stdout and "Output:    changed=true" in result.stdout
@@ -114,6 +115,8 @@ def test_submit_from_workflowtemplate_runs_the_promotion(registered_model, gitop
     assert trailers["Workflow"] == run_id and trailers["Alias"] == "staging"
     assert trailers["Version"] == version and trailers["Training-Run"] not in ("", run_id)
     assert "Run-Id" not in trailers and "Delivery" not in trailers  # no webhook started it
+    # Locally the shell's author variables reach the step (on a cluster: the ConfigMap's gitAuthor keys).
+    assert git_log(gitops_remote, "-1", "--format=%an <%ae>").strip() == "Ferry Bot <bot@example.org>"
 
 
 def test_submit_refuses_an_unknown_parameter_before_running(stack, tmp_path):
