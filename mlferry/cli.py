@@ -699,6 +699,10 @@ def _operator_view_commands(commands) -> None:
     history.add_argument("model", help="registered model name")
     history.add_argument("--env", default="", help="only this environment (default: all)")
     history.add_argument("--json", action="store_true", help="machine-readable output")
+    history.add_argument("--at", metavar="TIME",
+                         help="which version served in --env at TIME, and who promoted it: ISO 8601 "
+                              "(2026-12-04T10:00:00Z, '2026-12-04 10:00', 2026-12-04; UTC unless an offset is "
+                              "given) or '2h ago', '3d ago'")
     for sub, func in ((status, _status), (history, _history)):
         sub.add_argument("--config", help="mlferry.yaml (default: $MLFERRY_CONFIG or ./mlferry.yaml)")
         sub.add_argument("--stack-dir", help=STACK_DIR_HELP + "; used when MLFLOW_TRACKING_URI is unset")
@@ -732,11 +736,27 @@ def _status(args) -> int:
 def _history(args) -> None:
     import json
 
-    from mlferry.history import model_history
+    from mlferry.history import FolderAt, model_history
 
+    at = _history_time(args)  # before any clone: a mistyped time fails at once
     settings = _operator_view_settings(args)
     found = model_history(args.model, args.env, settings.team, settings.require_gitops_repo(), settings.gitops_branch)
-    print(json.dumps(found.as_json(), indent=2) if args.json else found.table(), end="\n" if args.json else "")
+    report = found if at is None else FolderAt.of(found, at)
+    print(json.dumps(report.as_json(), indent=2) if args.json else report.table(), end="\n" if args.json else "")
+
+
+def _history_time(args):
+    """`--at` as an aware UTC datetime (None without it); it needs `--env`: one folder at one time."""
+    from datetime import datetime, timezone
+
+    from mlferry.history import parse_time
+
+    if args.at is None:
+        return None
+    if not args.env:
+        raise ValueError("--at needs --env: which environment's folder? "
+                         f"(mlferry history {shlex.quote(args.model)} --env ENV --at {shlex.quote(args.at)})")
+    return parse_time(args.at, datetime.now(timezone.utc).replace(microsecond=0))
 
 
 

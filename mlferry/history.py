@@ -2,9 +2,11 @@
 column of `mlferry status`.
 
 MLflow keeps no history of its aliases; the GitOps repo does. Every promotion commit carries
-the trailers `Model:`, `Version:`, `Environment:`, `Run-Id:` and `Trigger:` (see
-:mod:`steps.commit`), a removal commit at least `Trigger:`, so one `git log` over a folder (or
-over the whole team) with the changed paths and the trailers is the deployment history.
+the trailers `Model:`, `Version:`, `Environment:`, `Workflow:`, `Training-Run:`, `Trigger:`,
+and `Alias:` and `Delivery:` when an alias or a webhook was behind it (see
+:mod:`steps.commit`; older commits have `Run-Id:` for `Training-Run:`, and no `Workflow:`), a
+removal commit `Workflow:` and `Trigger:`, so one `git log` over a folder (or over the whole
+team) with the changed paths and the trailers is the deployment history.
 
 This module is the operator's view: which commit did what to which folder, and how to show it.
 Reading git (the blobless clone, the streamed log, the trailers, the errors) is the adapter's
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from datetime import datetime, timezone
+import itertools
+import re
+from datetime import datetime, timedelta, timezone
 from typing import Collection, Iterator, Mapping
 
 from mlferry.steps import gitops
@@ -38,12 +42,15 @@ class FolderEvent:
     kind: str
     version: str  # from the Version trailer; "" when the commit does not say
     trigger: str
-    run_id: str
+    training_run: str  # the MLflow run that trained the version (Training-Run, formerly Run-Id)
     commit: str
     when: datetime
     author: str
     subject: str
     model: str = ""  # from the Model trailer, when it names this folder's model
+    workflow: str = ""  # the Argo workflow that made the commit (Workflow)
+    alias: str = ""  # the alias that selected the version (Alias)
+    delivery_id: str = ""  # the webhook delivery that started the workflow (Delivery)
 
     @property
     def env(self) -> str:
@@ -54,7 +61,8 @@ class FolderEvent:
 
     def as_json(self, now: datetime) -> dict:
         return {"folder": self.folder, "env": self.env, "kind": self.kind, "model": self.model,
-                "version": self.version, "trigger": self.trigger, "run_id": self.run_id,
+                "version": self.version, "alias": self.alias, "trigger": self.trigger, "workflow": self.workflow,
+                "training_run": self.training_run, "delivery_id": self.delivery_id,
                 "commit": self.commit, "when": self.when.isoformat(), "age_seconds": self.age_seconds(now),
                 "author": self.author, "subject": self.subject}
 
@@ -133,11 +141,13 @@ def _event(commit: gitops.Commit, folder: str) -> FolderEvent:
     _, slug, env = parse_gitops_folder(folder)
     model = trailers.get("model", "")
     ours = bool(model) and trailers.get("environment") == env and _slug(model) == slug
-    kind = DEPLOY if ours and trailers.get("version") else EDIT  # REMOVE: decided by the caller
-    return FolderEvent(folder=folder, kind=kind, version=trailers.get("version", "") if ours else "",
-                       trigger=trailers.get("trigger", ""), run_id=trailers.get("run-id", "") if ours else "",
+    mine = trailers if ours else {}  # what a commit says of another folder's model is not this folder's
+    return FolderEvent(folder=folder, kind=DEPLOY if mine.get("version") else EDIT,  # REMOVE: the caller decides
+                       version=mine.get("version", ""), trigger=trailers.get("trigger", ""),
+                       training_run=mine.get("training-run") or mine.get("run-id", ""),  # Run-Id: older commits
                        commit=commit.sha, when=commit.when, author=commit.author, subject=commit.subject,
-                       model=model if ours else "")
+                       model=mine.get("model", ""), workflow=trailers.get("workflow", ""),
+                       alias=mine.get("alias", ""), delivery_id=trailers.get("delivery", ""))
 
 
 def _slug(model: str) -> str:
@@ -171,11 +181,11 @@ class ModelHistory:
         scope = f"{printable(self.model, 200)} in {self.env}" if self.env else printable(self.model, 200)
         if not self.events:
             return f"no deployments of {scope} in {where}\n"
-        header = ["WHEN (UTC)", "AGE", *([] if self.env else ["ENV"]), "EVENT", "VERSION", "TRIGGER", "RUN",
+        header = ["WHEN (UTC)", "AGE", *([] if self.env else ["ENV"]), "EVENT", "VERSION", "TRIGGER", "WORKFLOW",
                   "COMMIT", "AUTHOR"]
         rows = [[e.when.strftime("%Y-%m-%d %H:%M:%S"), age(e.age_seconds(now)), *([] if self.env else [e.env]),
                  e.kind, f"v{e.version}" if e.version else "-", printable(e.trigger) or "-",
-                 printable(e.run_id) or "-", e.commit[:12], printable(e.author)] for e in self.events]
+                 printable(e.workflow) or "-", e.commit[:12], printable(e.author)] for e in self.events]
         return f"history of {scope} in {where}\n" + format_table(header, rows)
 
 
@@ -188,6 +198,123 @@ def model_history(model: str, env: str, team: str, remote_url: str, branch: str,
         head = history.head
     return ModelHistory(model=model, env=env, repo=gitops.display_url(remote_url), branch=branch,
                         head=head, events=events)
+
+
+# ---------------------------------------------------------------------------------------------
+# `mlferry history MODEL --env E --at TIME`: which version served then, and who promoted it
+
+PRESENT, REMOVED, NOT_CREATED = "present", "removed", "not-created"
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderAt:
+    """One model's folder in one environment at one instant, from its history (newest first)."""
+
+    history: ModelHistory
+    at: datetime
+    change: FolderEvent | None  # the newest change at or before `at`: None, the folder did not exist yet
+    deploy: FolderEvent | None  # the promotion that wrote the version the folder then held
+    next_change: FolderEvent | None  # the first change after `at`
+
+    @classmethod
+    def of(cls, history: ModelHistory, at: datetime) -> "FolderAt":
+        before = [e for e in history.events if e.when <= at]
+        after = [e for e in history.events if e.when > at]
+        since_created = itertools.takewhile(lambda e: e.kind != REMOVE, before)
+        deploy = next((e for e in since_created if e.kind == DEPLOY), None)
+        return cls(history=history, at=at, change=before[0] if before else None, deploy=deploy,
+                   next_change=after[-1] if after else None)
+
+    @property
+    def state(self) -> str:
+        if self.change is None:
+            return NOT_CREATED
+        return REMOVED if self.change.kind == REMOVE else PRESENT
+
+    @property
+    def version(self) -> str:
+        return self.deploy.version if self.deploy else ""
+
+    def as_json(self, now: datetime | None = None) -> dict:
+        now = now or datetime.now(timezone.utc)
+        h = self.history
+
+        def event(e: FolderEvent | None) -> dict | None:
+            return e.as_json(now) if e else None
+
+        return {"model": h.model, "env": h.env, "at": self.at.isoformat(), "repo": h.repo, "branch": h.branch,
+                "head": h.head, "state": self.state, "version": self.version or None,
+                "change": event(self.change), "deploy": event(self.deploy), "next_change": event(self.next_change)}
+
+    def table(self) -> str:
+        """The answer for people (named like the other reports' `table`, though it is a list)."""
+        h = self.history
+        where = f"{h.repo} {h.branch}" + (f"@{h.head[:12]}" if h.head else "")
+        lines = [f"{printable(h.model, 200)} in {h.env} at {_utc(self.at)}: {self._answer()}",
+                 *self._details(), f"(from {where})"]
+        return "\n".join(lines) + "\n"
+
+    def _answer(self) -> str:
+        if self.state == REMOVED:
+            return "no folder: it had been removed"
+        if self.state == NOT_CREATED:
+            return "no folder: it did not exist yet" if self.next_change else "no folder: never deployed there"
+        return f"v{self.version}" if self.deploy else "a folder mlferry did not write (no promotion commit)"
+
+    def _details(self) -> list[str]:
+        if self.state == REMOVED:
+            lines = _described("removed", self.change)
+        else:
+            lines = _described("promoted", self.deploy) if self.deploy else []
+            if self.change and self.change is not self.deploy:
+                e = self.change
+                lines.append(_line("edited", f"{_utc(e.when)} by commit {e.commit[:12]} ({printable(e.author)}): "
+                                             f"{printable(e.subject, 80)}"))
+        if self.next_change:
+            e = self.next_change
+            what = f"{e.kind} v{e.version}" if e.version else e.kind
+            lines.append(_line("next", f"{_utc(e.when)}: {what}, commit {e.commit[:12]}"))
+        return lines
+
+
+def _described(what: str, event: FolderEvent) -> list[str]:
+    """Who did it, how and when: one `name value` line each, empty values left out."""
+    fields = [(what, _utc(event.when)), ("commit", f"{event.commit[:12]} {printable(event.subject, 80)}"),
+              ("author", printable(event.author, 120)), ("workflow", printable(event.workflow, 120)),
+              ("trigger", printable(event.trigger)), ("alias", printable(event.alias)),
+              ("delivery", printable(event.delivery_id, 80)), ("training run", printable(event.training_run, 80))]
+    return [_line(name, value) for name, value in fields if value]
+
+
+def _line(name: str, value: str) -> str:
+    return f"  {name:<12} {value}"
+
+
+_UNITS = {**dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1),
+          **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
+          **dict.fromkeys(("h", "hour", "hours"), 3600),
+          **dict.fromkeys(("d", "day", "days"), 86400),
+          **dict.fromkeys(("w", "week", "weeks"), 604800)}
+_AGO = re.compile(r"(\d+)\s*([a-z]+)\s+ago", re.IGNORECASE)
+TIME_FORMS = ("ISO 8601 (2026-12-04T10:00:00Z, 2026-12-04 10:00, 2026-12-04; UTC unless an offset is given) "
+              "or a time ago (30m ago, 2h ago, 3d ago, 1w ago)")
+
+
+def parse_time(text: str, now: datetime) -> datetime:
+    """``text`` as an aware UTC datetime: ISO 8601 (naive means UTC, a date alone its midnight) or
+    ``N<unit> ago`` before ``now``; ValueError naming the accepted forms otherwise."""
+    ago = _AGO.fullmatch(text.strip())
+    try:
+        if ago and ago.group(2).lower() in _UNITS:
+            return now - timedelta(seconds=int(ago.group(1)) * _UNITS[ago.group(2).lower()])
+        when = datetime.fromisoformat(text.strip())
+    except (ValueError, OverflowError):
+        raise ValueError(f"--at {text!r} is not a time: use {TIME_FORMS}") from None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+
+
+def _utc(when: datetime) -> str:
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # ---------------------------------------------------------------------------------------------

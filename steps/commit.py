@@ -14,8 +14,17 @@ Each commit carries trailers that ``mlferry history`` reads back with ``git log`
     Model: fraud-detector
     Version: 3
     Environment: staging
-    Run-Id: promote-x7k2p
+    Alias: staging
+    Workflow: mlferry-promote-x7k2p
+    Training-Run: 0f3c9a51d2b84e6f9c1d7a2b3e4f5a6b
     Trigger: webhook
+    Delivery: 3f2b6f8e-9a4d-4c1e-8b7a-2d5e1f0c9b6a
+
+`Workflow` is the Argo workflow that wrote the commit (`argo get` / `mlferry runs show` it);
+`Training-Run` is the MLflow run that trained the version (older commits call it `Run-Id`,
+a name too easily read as the workflow's); `Alias` is there when an alias selected
+the version, `Delivery` when an MLflow webhook delivery started the workflow. An empty value
+leaves its trailer out.
 
 Model names, run ids and triggers are arbitrary strings. A value that could break the trailer
 block (a line break, a control character, surrounding blanks, a leading quote) is written as a
@@ -34,7 +43,7 @@ from hera.workflows import Input, Output
 from mlferry.steps.outcome import as_argo_step
 from mlferry.steps import gitops
 from mlferry.steps.layout import check_version, parse_gitops_folder
-from mlferry.steps.trailers import one_line, trailer_value
+from mlferry.steps.trailers import one_line, trailer_lines
 from mlferry.steps.naming import slugify
 from mlferry.steps.settings import load_settings
 
@@ -50,11 +59,14 @@ class CommitInput(Input):
     env: str
     folder: str
     files: dict[str, str]
-    run_id: str = ""
+    run_id: str = ""  # the MLflow training run: the Training-Run trailer
     trigger: str = "manual"
     remove: bool = False
     hold: str = ""  # this promotion records a hold (the rendered files carry it)
     release: bool = False  # this promotion ends the folder's hold
+    workflow: str = ""  # the Argo workflow's name ({{workflow.name}})
+    alias: str = ""  # the registry alias that selected the version, if one did
+    delivery_id: str = ""  # the MLflow webhook delivery that started the workflow, if one did
 
 
 class Commit(Output):
@@ -199,11 +211,13 @@ def commit_message(inputs: CommitInput) -> str:
         "Model": inputs.model,
         "Version": inputs.version,
         "Environment": inputs.env,
-        "Run-Id": inputs.run_id,
+        "Alias": inputs.alias,
+        "Workflow": inputs.workflow,
+        "Training-Run": inputs.run_id,
         "Trigger": inputs.trigger,
+        "Delivery": inputs.delivery_id,
     }
-    lines = [f"{key}: {trailer_value(value)}" for key, value in trailers.items() if value]
-    return f"{subject}\n\n{body}\n\n" + "\n".join(lines) + "\n"
+    return f"{subject}\n\n{body}\n\n" + "\n".join(trailer_lines(trailers)) + "\n"
 
 
 def _subject_text(text: str) -> str:

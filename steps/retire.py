@@ -11,7 +11,7 @@ import logging
 from hera.workflows import Input, Output
 
 from mlferry.steps import gitops
-from mlferry.steps.trailers import trailer_value
+from mlferry.steps.trailers import trailer_lines
 from mlferry.steps.layout import gitops_folder, parse_gitops_folder, team_prefix
 from mlferry.steps.naming import slugify
 from mlferry.steps.outcome import as_argo_step
@@ -29,6 +29,7 @@ class RetireInput(Input):
     targets: list[dict[str, str]] = []  # several: [{model, env, folder?}] from the reconcile plan
     prune: str = "auto"  # "auto": the settings decide; "true" / "false" / "force" override
     trigger: str = "manual"
+    workflow: str = ""  # the Argo workflow's name ({{workflow.name}}): the Workflow trailer
 
 
 class Retired(Output):
@@ -48,7 +49,7 @@ def retire(inputs: RetireInput) -> Retired:
     # Read under the GitOps mutex: what each folder holds right now decides, not what the plan saw.
     snapshot = gitops.read_snapshot(repo, settings.gitops_branch, team_prefix(settings.team))
     chosen = removable(targets(inputs), deployed_state(snapshot), settings.team, inputs.release)
-    change = retirement(chosen, settings.team, inputs.trigger)
+    change = retirement(chosen, settings.team, inputs.trigger, inputs.workflow)
     if change is None:
         return Retired(sha=snapshot.sha)
     published = gitops.publish_folder(repo, settings.gitops_branch, change)
@@ -82,7 +83,8 @@ def removable(wanted: list[dict[str, str]], deployed: dict[tuple[str, str], Depl
     return found
 
 
-def retirement(chosen: list[tuple[str, Deployed]], team: str, trigger: str) -> gitops.FolderChange | None:
+def retirement(chosen: list[tuple[str, Deployed]], team: str, trigger: str,
+               workflow: str = "") -> gitops.FolderChange | None:
     """The commit that removes each chosen folder (checked to be one mlferry owns)."""
     folders: dict[str, str] = {}
     for env, there in chosen:
@@ -94,7 +96,8 @@ def retirement(chosen: list[tuple[str, Deployed]], team: str, trigger: str) -> g
     lines = [f"- {what}" for what in sorted(folders.values())]
     subject = (f"remove {next(iter(folders.values()))}" if len(folders) == 1
                else f"remove {len(folders)} models whose aliases are gone")
-    message = "\n".join([subject, "", *lines, "", f"Trigger: {trailer_value(trigger)}"]) + "\n"
+    trailers = trailer_lines({"Workflow": workflow, "Trigger": trigger})
+    message = "\n".join([subject, "", *lines, "", *trailers]) + "\n"
     return gitops.FolderChange(folders={folder: {} for folder in folders}, message=message)
 
 

@@ -7,6 +7,7 @@ history reads trailers without paying for Hera's import.
 """
 
 import json
+from typing import Mapping
 
 
 def trailer_value(text: str) -> str:
@@ -24,3 +25,8 @@ def one_line(text: str, most: int = 300) -> str:
     """A reason as one printable line (it becomes an annotation, a tag and a commit trailer)."""
     flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return flat if len(flat) <= most else flat[: most - 1] + "…"
+
+
+def trailer_lines(trailers: Mapping[str, str]) -> list[str]:
+    """``Key: value`` lines, in the mapping's order; an empty value leaves its trailer out."""
+    return [f"{key}: {trailer_value(value)}" for key, value in trailers.items() if value]

@@ -34,7 +34,8 @@ from mlferry.workflows.bundle import Bundle
 from mlferry.generate import GENERATED_DIR, render_files
 from mlferry.engine.schema import KINDS as ARGO_KINDS
 from mlferry.engine.schema import validate_argo
-from mlferry.workflows.tasks import S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
+from mlferry.steps.gitops import identity_from
+from mlferry.workflows.tasks import GIT_AUTHOR_KEYS, S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 CHARTS = ROOT / "charts"
@@ -225,7 +226,8 @@ def test_names_the_generated_objects_use_exist_in_the_chart(helm):
             assert account in accounts, f"{doc['kind']}/{doc['metadata']['name']} runs as {account!r}"
         for path, key, value in walk(doc):
             if key == "configMapKeyRef":
-                assert value["name"] == bundle.config_map and value["key"] in config_map["data"]
+                assert value["name"] == bundle.config_map
+                assert value["key"] in config_map["data"] or value.get("optional") and value["key"] in GIT_AUTHOR_KEYS
             if key == "secretKeyRef":
                 assert value["name"] in bundle.secrets.model_dump().values()
     assert set(config_map["data"]) == {SETTINGS_KEY, TRACKING_URI_KEY, S3_ENDPOINT_KEY}
@@ -241,6 +243,25 @@ def test_configmap_hands_the_steps_valid_settings(helm):
     assert default[S3_ENDPOINT_KEY] == "http://minio.ml.svc:9000" == Bundle().s3_endpoint
     full = one(rendered(helm, "mlferry", "examples/full-values.yaml"), "ConfigMap", "mlferry-config")["data"]
     assert Settings.model_validate(yaml.safe_load(full[SETTINGS_KEY])).team == "fraud"
+    # The commit author: mlferry's own unless gitAuthor names one; the steps read the keys as variables.
+    assert identity_from(default) == identity_from({})  # mlferry <mlferry@users.noreply.local>
+    assert (identity_from(full).name, identity_from(full).email) == ("fraud-ml-bot", "fraud-ml-bot@example.com")
+
+
+def test_every_step_may_read_the_commit_author_from_the_configmap():
+    for doc in generated_documents():
+        for template in doc["spec"].get("templates", []):
+            if "script" in template:
+                refs = {e["name"]: e["valueFrom"]["configMapKeyRef"] for e in template["script"]["env"]
+                        if "configMapKeyRef" in e.get("valueFrom", {})}
+                assert {key: refs.get(key) for key in GIT_AUTHOR_KEYS} == {
+                    key: {"name": Bundle().config_map, "key": key, "optional": True} for key in GIT_AUTHOR_KEYS}
+
+
+def test_values_schema_refuses_an_author_that_would_corrupt_the_commit(helm):
+    result = subprocess.run([str(helm), "template", "t", str(CHARTS / "mlferry"),
+                             "--set", "gitAuthor.name=Bot <evil@example.org>"], capture_output=True, text=True)
+    assert result.returncode != 0 and "gitAuthor" in result.stderr
 
 
 def test_values_schema_settings_mirror_the_settings_model():

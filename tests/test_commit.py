@@ -27,6 +27,7 @@ from mlferry.steps.commit import (
     commit_message,
 )
 from mlferry.steps.naming import slugify
+from mlferry.steps.retire import retirement
 from mlferry.steps.trailers import parse_trailer_value, trailer_value
 
 FAST = gitops.RetryPolicy(attempts=5, base_delay=0.01, max_delay=0.05)
@@ -137,7 +138,7 @@ def test_first_promote_creates_the_folder_with_the_files_and_trailers(remote: Pa
     assert in_folder(remote) == {"deployment.yaml": "kind: Deployment\nversion: 3\n",
                                  "kustomization.yaml": "resources:\n- deployment.yaml\n"}
     assert trailers(remote, result.sha) == {"Model": "demo", "Version": "3", "Environment": "staging",
-                                            "Run-Id": "run-1", "Trigger": "webhook"}
+                                            "Training-Run": "run-1", "Trigger": "webhook"}
     subject = git("--git-dir", str(remote), "log", "-1", "--format=%s|%an <%ae>|%cn <%ce>", "main")
     assert subject == ("promote demo v3 to staging|mlferry <mlferry@users.noreply.local>"
                        "|mlferry <mlferry@users.noreply.local>")
@@ -537,11 +538,12 @@ def test_trailer_values_are_one_line_and_reversible(text: str) -> None:
 def test_odd_model_names_cannot_break_the_message(tmp_path: Path, model: str) -> None:
     remote = make_remote(tmp_path)
     folder = f"teams/ml/{slugify(model)}/staging"
-    result = commit_folder(promotion(model=model, folder=folder, run_id="r\nRun-Id: forged"), str(remote), "main")
+    result = commit_folder(promotion(model=model, folder=folder, run_id="r\nWorkflow: forged",
+                                     workflow=model, alias=model, delivery_id="d\nModel: other"), str(remote), "main")
 
     found = trailers(remote, result.sha)
-    assert found == {"Model": model, "Version": "3", "Environment": "staging", "Run-Id": "r\nRun-Id: forged",
-                     "Trigger": "webhook"}
+    assert found == {"Model": model, "Version": "3", "Environment": "staging", "Alias": model, "Workflow": model,
+                     "Training-Run": "r\nWorkflow: forged", "Trigger": "webhook", "Delivery": "d\nModel: other"}
     subject = git("--git-dir", str(remote), "log", "-1", "--format=%s", "main")
     assert subject.startswith("promote ") and subject.endswith(" v3 to staging") and len(subject) < 100
 
@@ -552,7 +554,32 @@ def test_the_message_has_subject_body_and_trailers() -> None:
     assert subject == "promote demo v3 to staging"
     assert "teams/ml/demo/staging" in body and "version 3" in body
     assert trailer_block.splitlines() == ["Model: demo", "Version: 3", "Environment: staging",
-                                          "Run-Id: run-1", "Trigger: webhook"]
+                                          "Training-Run: run-1", "Trigger: webhook"]
+
+
+def test_the_trailers_tell_the_workflow_from_the_training_run(remote: Path) -> None:
+    """`Run-Id` read as the Argo workflow to many: the workflow and MLflow's run now have names of their own."""
+    webhook = promotion(run_id="0f3c9a51d2b84e6f", workflow="mlferry-promote-x7k2p", alias="staging",
+                        delivery_id="3f2b6f8e-9a4d")
+    promoted = commit_folder(webhook, str(remote), "main")
+    assert trailers(remote, promoted.sha) == {
+        "Model": "demo", "Version": "3", "Environment": "staging", "Alias": "staging",
+        "Workflow": "mlferry-promote-x7k2p", "Training-Run": "0f3c9a51d2b84e6f", "Trigger": "webhook",
+        "Delivery": "3f2b6f8e-9a4d"}
+
+    removed = commit_folder(promotion(version="", remove=True, files={}, workflow="mlferry-reconcile-q8w2e",
+                                      trigger="schedule"), str(remote), "main")
+    assert trailers(remote, removed.sha) == {"Model": "demo", "Environment": "staging",
+                                             "Workflow": "mlferry-reconcile-q8w2e", "Training-Run": "run-1",
+                                             "Trigger": "schedule"}
+
+
+def test_a_retirement_names_its_workflow(remote: Path) -> None:
+    commit_folder(promotion(), str(remote), "main")
+    change = retirement([{"model": "demo", "env": "staging"}], "ml", "webhook", "mlferry-promote-r4t5y")
+    published = gitops.publish_folder(str(remote), "main", change)
+    assert in_folder(remote) == {}
+    assert trailers(remote, published.sha) == {"Workflow": "mlferry-promote-r4t5y", "Trigger": "webhook"}
 
 
 # --- failures: missing, unreachable, credentials --------------------------------------------------------

@@ -92,11 +92,13 @@ def test_status_and_history_follow_promotions_alias_moves_and_removals(
     assert [(e["kind"], e["version"], e["trigger"]) for e in events] == [("deploy", v2, "webhook"),
                                                                        ("deploy", v1, "manual")]
     assert events[0]["commit"] == git_log(gitops_remote, "-1", "--format=%H").strip()
-    assert events[0]["author"].startswith("mlferry <") and events[0]["run_id"]
+    assert events[0]["author"].startswith("mlferry <") and events[0]["training_run"]
+    assert events[0]["alias"] == "production" and events[0]["workflow"].startswith("mlferry-promote-")
     code, table, _ = cli("history", fraud, "--env", "production")
     lines = table.splitlines()
     assert lines[0].startswith(f"history of {fraud} in production in {gitops_remote} main@")
-    assert [ln.split()[3:6] for ln in lines[2:]] == [["deploy", f"v{v2}", "webhook"], ["deploy", f"v{v1}", "manual"]]
+    assert [ln.split()[3:7] for ln in lines[2:]] == [
+        ["deploy", f"v{e['version']}", e["trigger"], e["workflow"]] for e in events]
     assert [ln.split()[7] for ln in lines[2:]] == [e["commit"][:12] for e in events]
 
     # The alias is deleted: the folder stays in git, flagged, until something removes it.
@@ -183,6 +185,6 @@ def test_history_tells_a_hand_edit_from_a_removal(gitops_remote):
     ):
         gitops.publish_folder(str(gitops_remote), "main", gitops.FolderChange.single(folder, files, message))
     events = model_history("fraud", "staging", "ml", str(gitops_remote), "main").events
-    assert [(e.kind, e.version, e.trigger, e.run_id) for e in events] == [
+    assert [(e.kind, e.version, e.trigger, e.training_run) for e in events] == [
         ("remove", "", "schedule", ""), ("edit", "", "", ""), ("deploy", "7", "webhook", "promote-x7k2p")]
     assert events[1].subject == "drop the autoscaler" and events[2].model == "fraud"

@@ -38,7 +38,7 @@ def test_width_counts_terminal_columns():
 
 
 def _row(model: str, env: str, version: str) -> Row:
-    event = FolderEvent(folder=f"teams/ml/m/{env}", kind=DEPLOY, version=version, trigger="manual", run_id="r",
+    event = FolderEvent(folder=f"teams/ml/m/{env}", kind=DEPLOY, version=version, trigger="manual", training_run="r",
                         commit="0123456789abcdef", when=NOW - timedelta(minutes=5), author="a", subject="s")
     return Row(model=model, env=env, folder=f"teams/ml/m/{env}", registry_version=version,
                selected_by=(("alias", env),), git_version=version, in_git=True, published=True, last=event)
@@ -56,8 +56,9 @@ def test_status_table_stays_aligned_with_cjk_emoji_and_long_names():
 
 
 def test_history_table_stays_aligned_with_wide_authors_and_triggers():
-    events = [FolderEvent(folder=f"teams/ml/m/{env}", kind=DEPLOY, version="1", trigger=trigger, run_id="run-1",
-                          commit="0123456789abcdef", when=NOW - timedelta(hours=1), author=author, subject="s")
+    events = [FolderEvent(folder=f"teams/ml/m/{env}", kind=DEPLOY, version="1", trigger=trigger, training_run="run-1",
+                          commit="0123456789abcdef", when=NOW - timedelta(hours=1), author=author, subject="s",
+                          workflow=f"mlferry-promote-{author}")
               for env, trigger, author in (("production", "manual", "ann"), ("staging", "手動", "山田太郎"),
                                            ("production", LONG, "🍷 bot"))]
     table = ModelHistory(model=CJK, env="", repo="repo", branch="main", head="abc", events=events).table(NOW)

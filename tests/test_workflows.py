@@ -13,6 +13,7 @@ from mlferry.workflows.bundle import Bundle
 from mlferry.generate import GENERATED_DIR, documents
 from mlferry.engine import PlanError, load
 from mlferry.engine.schema import ArgoValidationError, validate_argo
+from tests.conftest import git_log
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,7 +94,8 @@ def test_submit_from_workflowtemplate_runs_the_promotion(registered_model, gitop
     name, version = registered_model(alias="staging")
     stack_dir = str(tmp_path / "local")
     result = cli("submit", "--from", "workflowtemplate/mlferry-promote", "-p", f"model={name}",
-                 "-p", f"version={version}", "-p", "env=staging", "--stack-dir", stack_dir)
+                 "-p", "alias=staging", "-p", "env=staging", "--stack-dir", stack_dir,
+                 env={"MLFERRY_GIT_AUTHOR_NAME": "Ferry Bot", "MLFERRY_GIT_AUTHOR_EMAIL": "bot@example.org"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Status:    Succeeded" in result.stdout
     assert "Output:    folder=teams/ml/" in result.stdout and "Output:    changed=true" in result.stdout
@@ -106,6 +108,15 @@ def test_submit_from_workflowtemplate_runs_the_promotion(registered_model, gitop
     for task in ("verify-event", "resolve", "publish", "render", "commit", "report"):
         assert rows.get(task) == "Succeeded", shown.stdout
     assert "--- publish (" in shown.stdout  # each task's log follows
+
+    # The commit names the workflow that made it ({{workflow.name}}) apart from MLflow's training run.
+    block = git_log(gitops_remote, "-1", "--format=%(trailers:only,unfold)")
+    trailers = dict(line.split(": ", 1) for line in block.splitlines() if line)
+    assert trailers["Workflow"] == run_id and trailers["Alias"] == "staging"
+    assert trailers["Version"] == version and trailers["Training-Run"] not in ("", run_id)
+    assert "Run-Id" not in trailers and "Delivery" not in trailers  # no webhook started it
+    # Locally the shell's author variables reach the step (on a cluster: the ConfigMap's gitAuthor keys).
+    assert git_log(gitops_remote, "-1", "--format=%an <%ae>").strip() == "Ferry Bot <bot@example.org>"
 
 
 def test_submit_refuses_an_unknown_parameter_before_running(stack, tmp_path):

@@ -104,7 +104,7 @@ class StepTemplates:
         )
 
 
-def promotion_tasks(steps: StepTemplates, request: dict[str, str], trigger: str):
+def promotion_tasks(steps: StepTemplates, request: dict[str, str], trigger: str, delivery_id: str = ""):
     """resolve → publish ∥ render → commit → report, inside the current DAG.
 
     `depends` says `.Succeeded` explicitly: a bare task name would also accept a Skipped task
@@ -123,7 +123,9 @@ def promotion_tasks(steps: StepTemplates, request: dict[str, str], trigger: str)
     steps.commit(name="commit", depends="publish.Succeeded && render.Succeeded", arguments={
         **version, "env": out("resolve", "env"), "folder": out("render", "folder"),
         "files": out("render", "files"), "run_id": out("resolve", "run_id"), "trigger": trigger,
-        "hold": out("resolve", "hold"), "release": out("resolve", "release")})
+        "hold": out("resolve", "hold"), "release": out("resolve", "release"),
+        # The commit's trailers name the workflow, the alias and the webhook delivery behind it.
+        "workflow": "{{workflow.name}}", "alias": request.get("alias", ""), "delivery_id": delivery_id})
     steps.report(name="report", depends="commit.Succeeded", arguments={
         **version, "env": out("resolve", "env"), "hold": out("resolve", "hold"),
         "blocked": out("commit", "blocked"), "previous": out("commit", "previous"),
@@ -157,10 +159,11 @@ def _promote_dag(bundle: Bundle) -> Script:
         request = {"model": out("verify-event", "model"), "env": out("verify-event", "env"),
                    "alias": out("verify-event", "alias"), "event": out("verify-event", "action"),
                    **{k: wf(k) for k in ("version", "stage", "hold", "release", "force")}}
-        found = promotion_tasks(steps, request, wf("trigger"))
+        found = promotion_tasks(steps, request, wf("trigger"), delivery_id=out("verify-event", "delivery_id"))
         retire_t(name="retire", depends="resolve.Succeeded", when=f"'{out('resolve', 'action')}' == 'retire'",
                  arguments={"model": out("resolve", "name"), "env": out("resolve", "env"),
-                            "release": out("resolve", "release"), "trigger": wf("trigger")})
+                            "release": out("resolve", "release"), "trigger": wf("trigger"),
+                            "workflow": "{{workflow.name}}"})
         verified >> found
     return steps.report
 

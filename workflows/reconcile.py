@@ -51,7 +51,8 @@ def reconcile_template(bundle: Bundle) -> WorkflowTemplate:
                  arguments={"model": "{{item.model}}", "version": "{{item.version}}", "env": "{{item.env}}",
                             "trigger": wf("trigger")})
             prune_t(name="prune", depends="plan.Succeeded", when=f"{out('plan', 'removal_count')} > 0",
-                    arguments={"targets": out("plan", "removals"), "prune": wf("prune"), "trigger": wf("trigger")})
+                    arguments={"targets": out("plan", "removals"), "prune": wf("prune"), "trigger": wf("trigger"),
+                               "workflow": "{{workflow.name}}"})
     return template
 
 

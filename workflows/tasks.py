@@ -26,6 +26,8 @@ from mlferry.workflows.bundle import Bundle
 SETTINGS_KEY = "settings.yaml"
 TRACKING_URI_KEY = "MLFLOW_TRACKING_URI"
 S3_ENDPOINT_KEY = "MLFLOW_S3_ENDPOINT_URL"
+# Optional: who the GitOps commits say wrote them (the chart's gitAuthor; unset, mlferry's own name).
+GIT_AUTHOR_KEYS = ("MLFERRY_GIT_AUTHOR_NAME", "MLFERRY_GIT_AUTHOR_EMAIL")
 
 
 def wf(name: str) -> str:
@@ -64,6 +66,7 @@ def step_env(bundle: Bundle) -> list:
         ConfigMapEnv(name="MLFERRY_SETTINGS", config_map_name=cm, config_map_key=SETTINGS_KEY),
         ConfigMapEnv(name="MLFLOW_TRACKING_URI", config_map_name=cm, config_map_key=TRACKING_URI_KEY),
         ConfigMapEnv(name="MLFLOW_S3_ENDPOINT_URL", config_map_name=cm, config_map_key=S3_ENDPOINT_KEY),
+        *(ConfigMapEnv(name=key, config_map_name=cm, config_map_key=key, optional=True) for key in GIT_AUTHOR_KEYS),
         SecretEnv(name="AWS_ACCESS_KEY_ID", secret_name=secrets.s3, secret_key="AWS_ACCESS_KEY_ID"),
         SecretEnv(name="AWS_SECRET_ACCESS_KEY", secret_name=secrets.s3, secret_key="AWS_SECRET_ACCESS_KEY"),
         # A token, or the user and password of MLflow's basic-auth app: whichever the Secret holds.
