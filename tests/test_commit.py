@@ -576,7 +576,10 @@ def test_the_trailers_tell_the_workflow_from_the_training_run(remote: Path) -> N
 
 def test_a_retirement_names_its_workflow(remote: Path) -> None:
     commit_folder(promotion(), str(remote), "main")
-    change = retirement([{"model": "demo", "env": "staging"}], "ml", "webhook", "mlferry-promote-r4t5y")
+    from mlferry.steps.plan import Deployed
+
+    there = Deployed("demo", "3", "teams/ml/demo/staging")
+    change = retirement([("staging", there)], "ml", "webhook", "mlferry-promote-r4t5y")
     published = gitops.publish_folder(str(remote), "main", change)
     assert in_folder(remote) == {}
     assert trailers(remote, published.sha) == {"Workflow": "mlferry-promote-r4t5y", "Trigger": "webhook"}
