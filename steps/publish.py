@@ -4,7 +4,8 @@ A prefix is complete once ``mlferry-manifest.json`` exists, and immutable from t
 run may be repeated or raced (webhook and schedule): a complete matching prefix is left alone, a
 complete different one is refused, an incomplete one is finished and its manifest written last.
 Each upload is verified against the checksums the store reports for the bytes it stored (ETag MD5,
-or CRC32 for multipart uploads), never against what was sent, so the copy is never read back.
+or the SHA-256 of a multipart upload's parts' SHA-256s), never against what was sent, so the copy
+is never read back.
 
 No ``from __future__ import annotations`` here: Hera's runner inspects ``publish``'s
 annotations as classes, and postponed annotations would hand it strings.
@@ -16,7 +17,6 @@ import json
 import logging
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,9 @@ from mlferry.steps.store import MB, TRANSFER, ListedObject, ObjectStore, PutRece
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "mlferry.manifest/v1"
+# Per file: the SHA-256 checksum the store keeps for its object, as Digests.checksum; what a
+# later run compares each object's against. A key of its own, so v1 readers read on.
+CHECKSUM_KEY = "checksum_sha256"
 FILES_AT_ONCE = 2  # large files in flight, 4 parts each: more starve the small files' round trips
 SMALL_FILES_AT_ONCE = 32  # small files in flight beside them: many small files are latency-bound
 HASH_CHUNK = 1 * MB
@@ -73,6 +76,7 @@ class Copied:
     path: str
     size: int
     sha256: str
+    checksum: str  # the SHA-256 checksum the store keeps for these bytes (see Digests)
     etag: str  # what the store said about these bytes when they were verified
     uploaded: bool
 
@@ -84,16 +88,19 @@ class Digests:
     sha256: str
     md5: str  # of the whole file; sent as Content-MD5 on a single PUT
     etag: str  # the ETag a store computes for these bytes uploaded the way mlferry uploads them
+    # The SHA-256 checksum a store keeps for these bytes uploaded the way mlferry uploads them
+    # (base64, as S3 shows it, without the "-<parts>" it adds): the sha256 itself for a single
+    # PUT, the SHA-256 of the parts' SHA-256s (a "COMPOSITE" checksum) for a multipart upload.
+    checksum: str
 
 
 @dataclass(frozen=True)
 class LargeDigests:
-    """One read of a large file, beside its upload: what the manifest records and the CRC32s
-    a store that keeps checksums may answer (base64, as S3 shows them)."""
+    """One read of a large file, beside its upload: what the manifest records and the checksum
+    the store must answer (see Digests)."""
     size: int
     sha256: str
-    crc32_of_parts: str  # CRC32 of the parts' CRC32s: a "COMPOSITE" checksum
-    crc32: str  # CRC32 of the whole file: a "FULL_OBJECT" checksum
+    checksum: str
 
 
 @as_argo_step
@@ -258,7 +265,7 @@ def copy_file(source: ModelSource, store: ObjectStore, prefix: str, file: Source
                 progress.sent(digests.size)
         seconds = time.monotonic() - started
     log.info("uploaded %s (%s, %.1f MB/s)", file.path, _size(digests.size), _rate(digests.size, seconds))
-    return Copied(file.path, digests.size, digests.sha256, etag, uploaded=True)
+    return Copied(file.path, digests.size, digests.sha256, digests.checksum, etag, uploaded=True)
 
 
 def kept_copy(local: Path, file: SourceFile, stored: ListedObject) -> Copied | None:
@@ -268,7 +275,7 @@ def kept_copy(local: Path, file: SourceFile, stored: ListedObject) -> Copied | N
     if stored != ListedObject(digests.size, digests.etag):
         return None
     log.info("kept %s (%s): already uploaded with the same bytes", file.path, _size(digests.size))
-    return Copied(file.path, digests.size, digests.sha256, stored.etag, uploaded=False)
+    return Copied(file.path, digests.size, digests.sha256, digests.checksum, stored.etag, uploaded=False)
 
 
 def upload_while_hashing(store: ObjectStore, local: Path, key: str, file: SourceFile,
@@ -364,32 +371,36 @@ def part_size(size: int) -> int | None:
 
 
 def file_digests(path: Path, part: int | None) -> Digests:
-    """sha256, MD5 and the expected ETag of a file in one read (part: the multipart part size,
-    None for a single PUT)."""
-    whole, size, md5s = hashlib.sha256(), 0, []
+    """sha256, MD5, the expected ETag and checksum of a file in one read (part: the multipart
+    part size, None for a single PUT)."""
+    whole, size, md5s, sha256s = hashlib.sha256(), 0, [], []
     for number, chunk in _read_parts(path, part):
         if number == len(md5s):
             md5s.append(hashlib.md5(usedforsecurity=False))
+            if part is not None:  # a single PUT's checksum is the whole file's sha256
+                sha256s.append(hashlib.sha256())
         whole.update(chunk)
         md5s[number].update(chunk)
+        if part is not None:
+            sha256s[number].update(chunk)
         size += len(chunk)
     if part is None:
         md5 = (md5s[0] if md5s else hashlib.md5(usedforsecurity=False)).hexdigest()  # an empty file: no chunk
-        return Digests(size, whole.hexdigest(), md5, md5)
-    return Digests(size, whole.hexdigest(), "", multipart_etag([m.digest() for m in md5s]))
+        return Digests(size, whole.hexdigest(), md5, md5, whole_checksum(whole.hexdigest()))
+    return Digests(size, whole.hexdigest(), "", multipart_etag([m.digest() for m in md5s]),
+                   composite_checksum([h.digest() for h in sha256s]))
 
 
 def large_file_digests(path: Path, part: int) -> LargeDigests:
-    """sha256 and the CRC32s of a large file in one read."""
-    whole, size, crc, part_crcs = hashlib.sha256(), 0, 0, []
+    """sha256 and the expected checksum (of the parts' SHA-256s) of a large file in one read."""
+    whole, size, sha256s = hashlib.sha256(), 0, []
     for number, chunk in _read_parts(path, part):
-        if number == len(part_crcs):
-            part_crcs.append(0)
+        if number == len(sha256s):
+            sha256s.append(hashlib.sha256())
         whole.update(chunk)
-        crc, part_crcs[number] = zlib.crc32(chunk, crc), zlib.crc32(chunk, part_crcs[number])
+        sha256s[number].update(chunk)
         size += len(chunk)
-    crc_of_parts = zlib.crc32(b"".join(c.to_bytes(4, "big") for c in part_crcs))
-    return LargeDigests(size, whole.hexdigest(), _crc32_base64(crc_of_parts), _crc32_base64(crc))
+    return LargeDigests(size, whole.hexdigest(), composite_checksum([h.digest() for h in sha256s]))
 
 
 def _read_parts(path: Path, part: int | None) -> Iterator[tuple[int, bytes]]:
@@ -409,8 +420,15 @@ def multipart_etag(part_md5s: list[bytes]) -> str:
     return f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}-{len(part_md5s)}"
 
 
-def _crc32_base64(crc: int) -> str:
-    return base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")
+def whole_checksum(sha256: str) -> str:
+    """The SHA-256 checksum S3, MinIO and moto keep for a single PUT of bytes with this sha256 (hex)."""
+    return base64.b64encode(bytes.fromhex(sha256)).decode("ascii")
+
+
+def composite_checksum(part_sha256s: list[bytes]) -> str:
+    """The SHA-256 checksum S3, MinIO and moto keep for an object assembled from parts with these
+    SHA-256s: the SHA-256 of the parts' digests end to end (S3 and MinIO show it with "-<parts>")."""
+    return base64.b64encode(hashlib.sha256(b"".join(part_sha256s)).digest()).decode("ascii")
 
 
 def check_put(receipt: PutReceipt, key: str, digests: Digests) -> str:
@@ -427,19 +445,20 @@ def check_multipart(stored: StoredObject | None, key: str, digests: LargeDigests
                     etag_of_file: Callable[[], str]) -> str:
     """The store's ETag for a verified multipart upload; PublishError when it holds other bytes.
 
-    The store's CRC32 of what it assembled (S3, MinIO and moto keep one, computed from the
-    bytes they stored, encrypted or not) is checked against ours. A store that keeps no
+    The store's SHA-256 of what it assembled (S3, MinIO and moto keep one, computed from the
+    parts they stored, encrypted or not) is checked against ours. A store that keeps no
     checksums is checked on its ETag instead, which costs one more read of the file for its
-    MD5s; under SSE there, on its size and the parts' CRC32s it checked on upload.
+    MD5s; under SSE there, on its size and the parts' SHA-256s it checked on upload.
     """
     if stored is not None and stored.size == digests.size:
-        if stored.crc32 and stored.crc32 in (digests.crc32_of_parts, digests.crc32):
+        if stored.sha256 and stored.sha256 == digests.checksum:
             return stored.etag
-        if not stored.crc32 and (stored.encrypted_etag or stored.etag == etag_of_file()):
+        if not stored.sha256 and (stored.encrypted_etag or stored.etag == etag_of_file()):
             return stored.etag
-    found = "nothing" if stored is None else f"{stored.size} bytes, CRC32 {stored.crc32 or 'none'}, ETag {stored.etag}"
-    raise PublishError(f"upload of {key} did not verify (expected {digests.size} bytes, CRC32 "
-                       f"{digests.crc32_of_parts} of its parts; found {found}); check the object store and run again")
+    found = ("nothing" if stored is None
+             else f"{stored.size} bytes, SHA-256 {stored.sha256 or 'none'}, ETag {stored.etag}")
+    raise PublishError(f"upload of {key} did not verify (expected {digests.size} bytes, SHA-256 "
+                       f"{digests.checksum} of its parts; found {found}); check the object store and run again")
 
 
 def check_all_stored(stored: Mapping[str, ListedObject], copied: list[Copied], uri: str) -> None:
@@ -453,7 +472,7 @@ def check_all_stored(stored: Mapping[str, ListedObject], copied: list[Copied], u
 
 
 def manifest_bytes(model: str, version: str, source_uri: str, copied: list[Copied]) -> bytes:
-    files = sorted(({"path": c.path, "size": c.size, "sha256": c.sha256} for c in copied),
+    files = sorted(({"path": c.path, "size": c.size, "sha256": c.sha256, CHECKSUM_KEY: c.checksum} for c in copied),
                    key=lambda f: f["path"])
     manifest = {"format": MANIFEST_FORMAT, "model": model, "version": version, "source_uri": source_uri,
                 "files": files, "total_bytes": sum(f["size"] for f in files)}

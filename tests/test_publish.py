@@ -9,24 +9,26 @@ import os
 import socket
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
+from boto3.s3.transfer import TransferConfig
 
 from mlferry.stack import ARTIFACTS_BUCKET
 from mlferry.steps import artifacts, store as store_module
 from mlferry.steps.artifacts import ProxiedSource, SourceError, SourceFile, check_artifact_path, entry_path, open_source
 from mlferry.steps.layout import MANIFEST_NAME, model_prefix
 from mlferry.steps.naming import slugify
-from mlferry.steps.publish import (MANIFEST_FORMAT, Digests, LargeDigests, Publication, PublishError, PublishInput,
-                           check_multipart, check_put, file_digests, large_file_digests, publish, publish_version)
-from mlferry.steps.store import ObjectStore, PutReceipt, StoredObject, StoreError, public_endpoint
+from mlferry.steps.publish import (CHECKSUM_KEY, MANIFEST_FORMAT, Digests, LargeDigests, Publication, PublishError,
+                                   PublishInput, check_multipart, check_put, file_digests, large_file_digests,
+                                   publish, publish_version)
+from mlferry.steps.store import MB, ObjectStore, PutReceipt, StoredObject, StoreError, public_endpoint
 
 BUCKET = "mlferry"
 REPO = Path(__file__).resolve().parents[1]
 MD5_ABC = hashlib.md5(b"abc").hexdigest()
 SHA_ABC = hashlib.sha256(b"abc").hexdigest()
+CHECKSUM_ABC = base64.b64encode(hashlib.sha256(b"abc").digest()).decode()  # as S3 keeps it for a single PUT
 WRITES = {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "DeleteObjects",
           "CopyObject"}
 
@@ -113,6 +115,9 @@ def test_publishes_a_registered_model_byte_for_byte_with_the_manifest_last(regis
     writes = [(op, key) for op, key in s3_calls if op in WRITES]
     assert writes[-1] == ("PutObject", prefix + MANIFEST_NAME)
     assert [key for _, key in writes].count(prefix + MANIFEST_NAME) == 1
+    # Each file's checksum as the store keeps it, for a later run to compare the objects' with.
+    store = ObjectStore.from_env(BUCKET)
+    assert {f["path"]: f[CHECKSUM_KEY] for f in written["files"]} == {p: store.head(prefix + p).sha256 for p in source}
 
 
 def test_second_publish_uploads_nothing_and_never_downloads_the_source(registered_model, s3_calls, monkeypatch):
@@ -336,9 +341,9 @@ def test_a_part_corrupted_on_the_way_is_caught_by_the_multipart_etag(stack, s3, 
     store = ObjectStore.from_env(BUCKET)
     hit = corrupting(store.client, "UploadPart", "/big.bin")
 
-    # The store's own CRC32 of what it assembled (moto computes it from the stored parts) differs.
+    # The store's own SHA-256 of what it assembled (moto computes it from the stored parts) differs.
     with pytest.raises(PublishError, match=r"upload of models/.*/big\.bin did not verify \(expected \d+ bytes, "
-                                           r"CRC32 \S+ of its parts; found \d+ bytes, CRC32 [A-Za-z0-9+/]{6}==,"):
+                                           r"SHA-256 \S+ of its parts; found \d+ bytes, SHA-256 [A-Za-z0-9+/]{43}=,"):
         publish_version(open_source(uri), store, "m", "1", slug)
     assert hit
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"models/{slug}/1/{MANIFEST_NAME}")
@@ -401,7 +406,7 @@ def test_a_rerun_after_a_crash_keeps_every_verified_object_from_the_listing_alon
     (PutReceipt("0" * 32, "1" * 64, True), False),
 ])
 def test_a_single_put_verifies_only_on_the_stores_own_digest(receipt, verifies):
-    digests = Digests(3, SHA_ABC, MD5_ABC, MD5_ABC)
+    digests = Digests(3, SHA_ABC, MD5_ABC, MD5_ABC, CHECKSUM_ABC)
     if verifies:
         assert check_put(receipt, "k", digests) == receipt.etag
     else:
@@ -410,17 +415,17 @@ def test_a_single_put_verifies_only_on_the_stores_own_digest(receipt, verifies):
 
 
 @pytest.mark.parametrize("stored, verifies", [
-    (StoredObject(3, "x-2", False, "Qk3Wdw=="), True),  # the store's CRC32 of the parts' CRC32s
-    (StoredObject(3, "x-2", True, "AAAAAA=="), True),  # or of the whole object; encrypted or not
-    (StoredObject(3, "e-2", False, "ZZZZZZ=="), False),  # other bytes, whatever the ETag
-    (StoredObject(4, "x-2", False, "Qk3Wdw=="), False),
+    (StoredObject(3, "x-2", False, "c29tZQ=="), True),  # the store's SHA-256 of the parts' SHA-256s
+    (StoredObject(3, "x-2", True, "c29tZQ=="), True),  # encrypted or not
+    (StoredObject(3, "e-2", False, CHECKSUM_ABC), False),  # other bytes, whatever the ETag
+    (StoredObject(4, "x-2", False, "c29tZQ=="), False),
     (StoredObject(3, "e-2", False, ""), True),  # a store that keeps no checksums: its ETag
     (StoredObject(3, "f-2", False, ""), False),
     (StoredObject(3, "random", True, ""), True),  # ...and under SSE there, the size
     (None, False),
 ])
 def test_a_multipart_upload_verifies_on_the_stores_own_checksum(stored, verifies):
-    digests = LargeDigests(3, SHA_ABC, crc32_of_parts="Qk3Wdw==", crc32="AAAAAA==")
+    digests = LargeDigests(3, SHA_ABC, checksum="c29tZQ==")
     if verifies:
         assert check_multipart(stored, "k", digests, lambda: "e-2") == stored.etag
     else:
@@ -428,14 +433,26 @@ def test_a_multipart_upload_verifies_on_the_stores_own_checksum(stored, verifies
             check_multipart(stored, "k", digests, lambda: "e-2")
 
 
-def test_the_crc32s_are_those_s3_keeps_for_the_parts_and_the_whole(tmp_path):
-    data = os.urandom(2 * 1024 * 1024 + 5)
+def s3_checksum(data: bytes, part: int | None = None) -> str:
+    """The SHA-256 checksum S3 keeps: of the bytes for a single PUT; of the parts' SHA-256s,
+    end to end, for a multipart upload (shown with "-<parts>", left off here)."""
+    if part is None:
+        return base64.b64encode(hashlib.sha256(data).digest()).decode()
+    parts = b"".join(hashlib.sha256(data[i:i + part]).digest() for i in range(0, len(data), part))
+    return base64.b64encode(hashlib.sha256(parts).digest()).decode()
+
+
+def test_the_checksum_of_a_large_file_is_the_one_s3_keeps_for_its_parts(tmp_path, stack, s3, unique_name):
+    part = 5 * MB  # the smallest part S3 takes
+    data = os.urandom(2 * part + 5)
     (tmp_path / "f").write_bytes(data)
-    part = 1024 * 1024
-    parts = b"".join(zlib.crc32(data[i:i + part]).to_bytes(4, "big") for i in range(0, len(data), part))
-    as_s3 = lambda crc: base64.b64encode(crc.to_bytes(4, "big")).decode()  # noqa: E731
-    assert large_file_digests(tmp_path / "f", part) == LargeDigests(len(data), sha256(data),
-                                                                    as_s3(zlib.crc32(parts)), as_s3(zlib.crc32(data)))
+    assert large_file_digests(tmp_path / "f", part) == LargeDigests(len(data), sha256(data), s3_checksum(data, part))
+    # and it is what the store answers (moto, like S3, computes it from the parts it stored)
+    config = TransferConfig(multipart_threshold=part, multipart_chunksize=part)
+    key = f"checksums/{unique_name}"
+    s3.upload_file(str(tmp_path / "f"), BUCKET, key, Config=config, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
+    stored = ObjectStore.from_env(BUCKET).head(key)
+    assert stored is not None and stored.sha256 == s3_checksum(data, part)
 
 
 def test_the_expected_etag_is_the_md5_of_the_parts_md5s(tmp_path):
@@ -444,14 +461,15 @@ def test_the_expected_etag_is_the_md5_of_the_parts_md5s(tmp_path):
     part = 1024 * 1024
     parts = [hashlib.md5(data[i:i + part]).digest() for i in range(0, len(data), part)]
     assert file_digests(tmp_path / "f", part) == Digests(len(data), sha256(data), "",
-                                                         hashlib.md5(b"".join(parts)).hexdigest() + "-3")
+                                                         hashlib.md5(b"".join(parts)).hexdigest() + "-3",
+                                                         s3_checksum(data, part))
     md5 = hashlib.md5(data).hexdigest()
-    assert file_digests(tmp_path / "f", None) == Digests(len(data), sha256(data), md5, md5)
+    assert file_digests(tmp_path / "f", None) == Digests(len(data), sha256(data), md5, md5, s3_checksum(data))
     (tmp_path / "even").write_bytes(data[:2 * part])  # parts end exactly at the end: no empty third part
     assert file_digests(tmp_path / "even", part).etag == hashlib.md5(b"".join(parts[:2])).hexdigest() + "-2"
     (tmp_path / "empty").write_bytes(b"")
     empty = hashlib.md5(b"").hexdigest()
-    assert file_digests(tmp_path / "empty", None) == Digests(0, sha256(b""), empty, empty)
+    assert file_digests(tmp_path / "empty", None) == Digests(0, sha256(b""), empty, empty, s3_checksum(b""))
 
 
 # -- large models ----------------------------------------------------------------------------------
