@@ -1,11 +1,15 @@
 """Publish: copy a model version's artifacts to ``s3://<bucket>/models/<slug>/<version>/``.
 
 A prefix is complete once ``mlferry-manifest.json`` exists, and immutable from then on, so any
-run may be repeated or raced (webhook and schedule): a complete matching prefix is left alone, a
-complete different one is refused, an incomplete one is finished and its manifest written last.
-Each upload is verified against the checksums the store reports for the bytes it stored (ETag MD5,
-or the SHA-256 of a multipart upload's parts' SHA-256s), never against what was sent, so the copy
-is never read back.
+run may be repeated or raced (webhook and schedule): a complete prefix from another source is
+refused, an incomplete one is finished and its manifest written last. A complete matching one is
+kept object by object, each only if the SHA-256 checksum the store keeps for it (computed from
+the bytes it holds) is the one the manifest records: sizes say nothing of a same-size
+replacement, and model servers run code from these bytes. Any other object is copied again from
+the source, once the source is shown to still hold the published bytes, and a warning says which
+and why. Each upload is verified against what the store reports for the bytes it stored (ETag
+MD5, or the SHA-256 of a multipart upload's parts' SHA-256s), never against what was sent, so the
+copy is never read back.
 
 No ``from __future__ import annotations`` here: Hera's runner inspects ``publish``'s
 annotations as classes, and postponed annotations would hand it strings.
@@ -65,10 +69,22 @@ class PublishError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class PublishedFile:
+    """One file as a manifest records it."""
+    size: int
+    sha256: str  # hex, of the file's bytes
+    checksum: str  # the SHA-256 checksum the store keeps for its object (see Digests); "" if not known
+
+
+@dataclass(frozen=True)
 class PublishedManifest:
     """What a complete prefix's manifest says was published."""
     source_uri: str
-    sizes: dict[str, int]  # path → size
+    files: dict[str, PublishedFile]  # path → file
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {path: f.size for path, f in self.files.items()}
 
 
 @dataclass(frozen=True)
@@ -124,7 +140,7 @@ def publish_version(source: ModelSource, store: ObjectStore, model: str, version
     store.check_bucket()
     stored = store.objects(prefix)
     if MANIFEST_NAME in stored:
-        return already_published(store, prefix, uri, source.uri, listing, stored)
+        return already_published(source, store, prefix, uri, listing, stored, files_at_once)
 
     started = time.monotonic()
     copied = copy_files(source, store, prefix, listing, stored, files_at_once)
@@ -163,11 +179,11 @@ def checked_listing(source: ModelSource) -> list[SourceFile]:
 
 # -- a prefix that is already complete --------------------------------------------------------
 
-def already_published(store: ObjectStore, prefix: str, uri: str, source_uri: str,
-                      listing: list[SourceFile], stored: Mapping[str, ListedObject]) -> Publication:
+def already_published(source: ModelSource, store: ObjectStore, prefix: str, uri: str, listing: list[SourceFile],
+                      stored: Mapping[str, ListedObject], files_at_once: int = FILES_AT_ONCE) -> Publication:
     raw = store.get_bytes(prefix + MANIFEST_NAME)
     manifest = parse_manifest(raw, uri)
-    differences = source_differences(manifest, source_uri, listing)
+    differences = source_differences(manifest, source.uri, listing)
     if differences:
         raise PublishError(
             f"{uri} is already published from a different source ({'; '.join(differences)}); a published "
@@ -177,9 +193,24 @@ def already_published(store: ObjectStore, prefix: str, uri: str, source_uri: str
         raise PublishError(
             f"{uri} is marked complete but its objects no longer match its manifest ({'; '.join(damage)}); "
             "it was changed after publishing: delete the whole prefix and publish again")
-    log.info("%s is already published and matches %s; nothing to copy", uri, source_uri)
-    return Publication(uri=uri, files=len(listing), uploaded=0, skipped=len(listing), bytes_uploaded=0,
-                       manifest_sha256=hashlib.sha256(raw).hexdigest())
+    manifest_sha256 = hashlib.sha256(raw).hexdigest()
+    doubted = unvouched(store, prefix, manifest)
+    if not doubted:
+        log.info("%s is already published and matches %s (the store's SHA-256 of each object is the "
+                 "manifest's); nothing to copy", uri, source.uri)
+        return Publication(uri=uri, files=len(listing), uploaded=0, skipped=len(listing), bytes_uploaded=0,
+                           manifest_sha256=manifest_sha256)
+
+    started = time.monotonic()
+    copied = in_lanes([f for f in listing if f.path in doubted], files_at_once, lambda file, progress: recopy_file(
+        source, store, prefix, file, manifest.files[file.path], doubted[file.path], progress))
+    uploaded = [c for c in copied if c.uploaded]
+    sent = sum(c.size for c in uploaded)
+    seconds = time.monotonic() - started
+    log.info("repaired %s: %d of %d files copied again (%s) in %.1f s; its manifest stands as it was",
+             uri, len(uploaded), len(listing), _size(sent), seconds)
+    return Publication(uri=uri, files=len(listing), uploaded=len(uploaded), skipped=len(listing) - len(uploaded),
+                       bytes_uploaded=sent, manifest_sha256=manifest_sha256)
 
 
 def parse_manifest(raw: bytes, uri: str) -> PublishedManifest:
@@ -188,7 +219,7 @@ def parse_manifest(raw: bytes, uri: str) -> PublishedManifest:
         if manifest["format"] != MANIFEST_FORMAT:
             raise ValueError(f"unknown format {manifest['format']!r}")
         return PublishedManifest(str(manifest["source_uri"]),
-                                 {f["path"]: int(f["size"]) for f in manifest["files"]})
+                                 {f["path"]: published_file(f) for f in manifest["files"]})
     except (ValueError, KeyError, TypeError) as err:
         raise PublishError(f"{uri}{MANIFEST_NAME} is unreadable ({err}); the prefix is damaged: "
                            "delete it and publish again") from None
@@ -210,6 +241,15 @@ def source_differences(manifest: PublishedManifest, source_uri: str, listing: li
     return found
 
 
+def published_file(entry: Mapping) -> PublishedFile:
+    """A manifest's file entry. One written before checksums were recorded still vouches for a
+    single PUT's (mlferry sent its sha256 along, which the store keeps), not for a multipart one's."""
+    size, sha256 = int(entry["size"]), str(entry["sha256"])
+    recorded = entry.get(CHECKSUM_KEY)
+    checksum = str(recorded) if recorded else ("" if is_multipart(size) else whole_checksum(sha256))
+    return PublishedFile(size, sha256, checksum)
+
+
 def stored_damage(manifest: PublishedManifest, stored: Mapping[str, int]) -> list[str]:
     """How the objects under a complete prefix differ from its manifest, by size only."""
     published = manifest.sizes
@@ -220,10 +260,47 @@ def stored_damage(manifest: PublishedManifest, stored: Mapping[str, int]) -> lis
             (("missing", missing), ("wrong size", resized), ("not in the manifest", extra)) if paths]
 
 
+def unvouched(store: ObjectStore, prefix: str, manifest: PublishedManifest) -> dict[str, StoredObject | None]:
+    """The published files whose objects the store does not vouch for, with what it said of each.
+
+    The store computes an object's SHA-256 checksum from the bytes it holds, so other bytes of
+    the same size have another; S3 and MinIO also refuse a PUT whose stated checksum is not its
+    body's (moto does not check it). An object without one (written by an older mlferry, or by
+    hand) is no evidence either way. One HEAD per object, in parallel; nothing is downloaded.
+    """
+    paths = sorted(manifest.files)
+    with ThreadPoolExecutor(max_workers=max(1, min(SMALL_FILES_AT_ONCE, len(paths))),
+                            thread_name_prefix="publish-head") as pool:
+        found = dict(zip(paths, pool.map(lambda path: store.head(prefix + path), paths)))
+    return {path: obj for path, obj in found.items()
+            if obj is None or not manifest.files[path].checksum or obj.sha256 != manifest.files[path].checksum}
+
+
+def doubt(found: StoredObject | None, published: PublishedFile) -> str:
+    """Why an object is not taken for the published file, for the log."""
+    if found is None:
+        return "it is gone"
+    if not found.sha256:
+        return ("the store keeps no SHA-256 checksum for it (written by an older mlferry, or by hand), "
+                "so nothing vouches for its bytes")
+    if not published.checksum:
+        return (f"the store's SHA-256 checksum of it is {found.sha256}, not that of the published bytes "
+                "(the manifest, from an older mlferry, records none for it)")
+    return (f"the store's SHA-256 checksum of it is {found.sha256}, the manifest's {published.checksum}: "
+            "its bytes were replaced after publishing")
+
+
 # -- copying ----------------------------------------------------------------------------------
 
 def copy_files(source: ModelSource, store: ObjectStore, prefix: str, listing: list[SourceFile],
                stored: Mapping[str, ListedObject], files_at_once: int) -> list[Copied]:
+    return in_lanes(listing, files_at_once, lambda file, progress: copy_file(
+        source, store, prefix, file, stored.get(file.path), progress))
+
+
+def in_lanes(listing: list[SourceFile], files_at_once: int,
+             copy: Callable[[SourceFile, "UploadProgress | None"], Copied]) -> list[Copied]:
+    """copy(file, progress) for every file, in parallel; the results sorted by path."""
     # Two lanes: large files (largest first) are bandwidth-bound and hold memory for their parts,
     # small ones are bound by round trips; in one shared pool the large ones would take every
     # slot and the small ones would wait behind them.
@@ -233,7 +310,7 @@ def copy_files(source: ModelSource, store: ObjectStore, prefix: str, listing: li
     progress = UploadProgress(total) if total >= PROGRESS_FROM else None
     with ThreadPoolExecutor(max_workers=files_at_once, thread_name_prefix="publish-large") as large_pool, \
             ThreadPoolExecutor(max_workers=SMALL_FILES_AT_ONCE, thread_name_prefix="publish-small") as small_pool:
-        futures = [pool.submit(copy_file, source, store, prefix, f, stored.get(f.path), progress)
+        futures = [pool.submit(copy, f, progress)
                    for pool, files in ((large_pool, large), (small_pool, small)) for f in files]
         try:
             copied = [future.result() for future in futures]
@@ -265,6 +342,40 @@ def copy_file(source: ModelSource, store: ObjectStore, prefix: str, file: Source
                 progress.sent(digests.size)
         seconds = time.monotonic() - started
     log.info("uploaded %s (%s, %.1f MB/s)", file.path, _size(digests.size), _rate(digests.size, seconds))
+    return Copied(file.path, digests.size, digests.sha256, digests.checksum, etag, uploaded=True)
+
+
+def recopy_file(source: ModelSource, store: ObjectStore, prefix: str, file: SourceFile, published: PublishedFile,
+                found: StoredObject | None, progress: "UploadProgress | None" = None) -> Copied:
+    """A published file whose object the store does not vouch for, copied again: only once the
+    source is shown to hold the published bytes, since the prefix must keep them."""
+    key = prefix + file.path
+    with source.fetch(file.path) as local:
+        # Read whole before anything is sent (not beside the upload, as copy_file does for a large
+        # file): bytes the manifest does not describe must not land under a complete prefix.
+        digests = file_digests(local, part_size(file.size))
+        check_read(digests.size, file)
+        if digests.sha256 != published.sha256:
+            raise PublishError(
+                f"{key} must be copied again ({doubt(found, published)}), but {source.uri} no longer holds the "
+                f"published bytes (sha256 {digests.sha256}, the manifest's {published.sha256}); a published version "
+                "is immutable: register a new model version, or delete the prefix by hand and publish again")
+        if found is not None and found.sha256 == digests.checksum:  # a manifest that recorded no checksum
+            log.info("kept %s: the store's SHA-256 checksum of it is that of the source's bytes, which are "
+                     "the published ones", file.path)
+            if progress is not None:
+                progress.not_sent(file.size)
+            return Copied(file.path, digests.size, digests.sha256, digests.checksum, found.etag, uploaded=False)
+        log.warning("replacing %s under s3://%s/%s: %s; copying it again from %s", file.path, store.bucket, prefix,
+                    doubt(found, published), source.uri)
+        if is_multipart(file.size):
+            store.upload_file(local, key, on_bytes=progress.sent if progress is not None else None)
+            etag = check_multipart(store.head(key), key, LargeDigests(digests.size, digests.sha256, digests.checksum),
+                                   lambda: digests.etag)
+        else:
+            etag = check_put(store.put_file(local, key, digests.sha256, digests.md5), key, digests)
+            if progress is not None:
+                progress.sent(digests.size)
     return Copied(file.path, digests.size, digests.sha256, digests.checksum, etag, uploaded=True)
 
 
