@@ -8,9 +8,9 @@ local disk, then copied into the local stack's S3 server (moto, on 127.0.0.1) by
 - mlferry: ``publish_version`` from a ``file:`` source, in its own process, with the object
   store built as the publish step builds it (bench/publish_child.py). It hashes every file
   for the manifest (sha256) and for what the store must answer (a small file's MD5, checked
-  against its PUT's ETag; a large file's CRC32s, computed beside its upload and checked with
-  one HEAD against the CRC32 the store keeps), confirms the whole prefix with one listing and
-  writes its manifest last;
+  against its PUT's ETag; a large file's parts' SHA-256s, computed beside its upload and
+  checked with one HEAD against the SHA-256 the store keeps), confirms the whole prefix with one
+  listing and writes its manifest last;
 - the baseline: ``aws s3 cp --recursive`` (awscli 1.x, installed into its own throwaway venv
   in the bench cache, since awscli pins botocore versions the project's venv may not have).
 
@@ -105,8 +105,8 @@ def main() -> int:
         "notes": ["wall time includes each tool's interpreter start; both write to the same moto server, "
                   "one copy at a time, each copy deleted before the next",
                   "mlferry also hashes every file, checks what the store holds against it (a small file's "
-                  "ETag, a large file's CRC32), lists the prefix once to confirm it and writes a manifest; "
-                  "aws s3 cp does none of that"],
+                  "ETag, a large file's SHA-256 of its parts), lists the prefix once to confirm it and writes a "
+                  "manifest; aws s3 cp does none of that"],
     }
     report.finish()
     return 0

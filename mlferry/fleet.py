@@ -11,6 +11,9 @@ that has a folder in the GitOps repo. Requests stay proportional to what is show
   streamed `git log` for each folder's latest commit (:mod:`mlferry.history`), run in parallel;
 - object store: one HEAD of ``models/<slug>/<version>/mlferry-manifest.json`` per row shown
   that has a version in git (plus one HEAD of the bucket, so a wrong bucket is said plainly).
+  That says the copy was completed, not that its bytes are still the published ones: the
+  publish step checks each object's stored SHA-256 against the manifest (and copies again what
+  differs) whenever the version is promoted again.
 """
 
 from __future__ import annotations
@@ -201,7 +204,11 @@ def _only_env(rows: list[Row], env: str, settings: Settings) -> list[Row]:
 
 
 def check_published(rows: list[Row], store: ObjectStore, settings: Settings) -> list[Row]:
-    """One HEAD per (model, version) in git: does its complete copy (the manifest) exist?"""
+    """One HEAD per (model, version) in git: does its complete copy (the manifest) exist?
+
+    Existence only: an object replaced since publishing still shows as published here (checking
+    every object's checksum would cost a read of each manifest and a HEAD per file, per row).
+    `mlferry promote` of the same version checks and repairs them (steps/publish.py)."""
     keys = {(r.folder, r.git_version): _manifest_key(r) for r in rows if r.git_version}
     keys = {k: v for k, v in keys.items() if v}
     if not keys:

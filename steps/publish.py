@@ -1,10 +1,15 @@
 """Publish: copy a model version's artifacts to ``s3://<bucket>/models/<slug>/<version>/``.
 
 A prefix is complete once ``mlferry-manifest.json`` exists, and immutable from then on, so any
-run may be repeated or raced (webhook and schedule): a complete matching prefix is left alone, a
-complete different one is refused, an incomplete one is finished and its manifest written last.
-Each upload is verified against the checksums the store reports for the bytes it stored (ETag MD5,
-or CRC32 for multipart uploads), never against what was sent, so the copy is never read back.
+run may be repeated or raced (webhook and schedule): a complete prefix from another source is
+refused, an incomplete one is finished and its manifest written last. A complete matching one is
+kept object by object, each only if the SHA-256 checksum the store keeps for it (computed from
+the bytes it holds) is the one the manifest records: sizes say nothing of a same-size
+replacement, and model servers run code from these bytes. Any other object is copied again from
+the source, once the source is shown to still hold the published bytes, and a warning says which
+and why. Each upload is verified against what the store reports for the bytes it stored (ETag
+MD5, or the SHA-256 of a multipart upload's parts' SHA-256s), never against what was sent, so the
+copy is never read back.
 
 No ``from __future__ import annotations`` here: Hera's runner inspects ``publish``'s
 annotations as classes, and postponed annotations would hand it strings.
@@ -16,7 +21,6 @@ import json
 import logging
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,9 @@ from mlferry.steps.store import MB, TRANSFER, ListedObject, ObjectStore, PutRece
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "mlferry.manifest/v1"
+# Per file: the SHA-256 checksum the store keeps for its object, as Digests.checksum; what a
+# later run compares each object's against. A key of its own, so v1 readers read on.
+CHECKSUM_KEY = "checksum_sha256"
 FILES_AT_ONCE = 2  # large files in flight, 4 parts each: more starve the small files' round trips
 SMALL_FILES_AT_ONCE = 32  # small files in flight beside them: many small files are latency-bound
 HASH_CHUNK = 1 * MB
@@ -62,11 +69,23 @@ class PublishError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class PublishedFile:
+    """One file as a manifest records it."""
+    size: int
+    sha256: str  # hex, of the file's bytes
+    checksum: str  # the SHA-256 checksum the store keeps for its object (see Digests); "" if not known
+
+
+@dataclass(frozen=True)
 class PublishedManifest:
     """What a complete prefix's manifest says was published."""
     source_uri: str
-    sizes: dict[str, int]  # path → size
+    files: dict[str, PublishedFile]  # path → file
     model: str = ""  # the registered model it was published for ("" in an old manifest)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {path: f.size for path, f in self.files.items()}
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,7 @@ class Copied:
     path: str
     size: int
     sha256: str
+    checksum: str  # the SHA-256 checksum the store keeps for these bytes (see Digests)
     etag: str  # what the store said about these bytes when they were verified
     uploaded: bool
 
@@ -85,16 +105,19 @@ class Digests:
     sha256: str
     md5: str  # of the whole file; sent as Content-MD5 on a single PUT
     etag: str  # the ETag a store computes for these bytes uploaded the way mlferry uploads them
+    # The SHA-256 checksum a store keeps for these bytes uploaded the way mlferry uploads them
+    # (base64, as S3 shows it, without the "-<parts>" it adds): the sha256 itself for a single
+    # PUT, the SHA-256 of the parts' SHA-256s (a "COMPOSITE" checksum) for a multipart upload.
+    checksum: str
 
 
 @dataclass(frozen=True)
 class LargeDigests:
-    """One read of a large file, beside its upload: what the manifest records and the CRC32s
-    a store that keeps checksums may answer (base64, as S3 shows them)."""
+    """One read of a large file, beside its upload: what the manifest records and the checksum
+    the store must answer (see Digests)."""
     size: int
     sha256: str
-    crc32_of_parts: str  # CRC32 of the parts' CRC32s: a "COMPOSITE" checksum
-    crc32: str  # CRC32 of the whole file: a "FULL_OBJECT" checksum
+    checksum: str
 
 
 @as_argo_step
@@ -118,7 +141,7 @@ def publish_version(source: ModelSource, store: ObjectStore, model: str, version
     store.check_bucket()
     stored = store.objects(prefix)
     if MANIFEST_NAME in stored:
-        return already_published(store, prefix, uri, source.uri, listing, stored, model)
+        return already_published(source, store, prefix, uri, listing, stored, files_at_once, model)
 
     started = time.monotonic()
     copied = copy_files(source, store, prefix, listing, stored, files_at_once)
@@ -157,15 +180,16 @@ def checked_listing(source: ModelSource) -> list[SourceFile]:
 
 # -- a prefix that is already complete --------------------------------------------------------
 
-def already_published(store: ObjectStore, prefix: str, uri: str, source_uri: str,
-                      listing: list[SourceFile], stored: Mapping[str, ListedObject], model: str = "") -> Publication:
+def already_published(source: ModelSource, store: ObjectStore, prefix: str, uri: str, listing: list[SourceFile],
+                      stored: Mapping[str, ListedObject], files_at_once: int = FILES_AT_ONCE,
+                      model: str = "") -> Publication:
     raw = store.get_bytes(prefix + MANIFEST_NAME)
     manifest = parse_manifest(raw, uri)
     if model and manifest.model and manifest.model != model:
         # Two registered names can share a folder name (`Wine`, `wine-3889e6c049`): the first owns it.
         raise PublishError(f"{uri} belongs to model {manifest.model!r}; model {model!r} maps to the same "
                            "folder name, so it is not deployed: rename one of them")
-    differences = source_differences(manifest, source_uri, listing)
+    differences = source_differences(manifest, source.uri, listing)
     if differences:
         raise PublishError(
             f"{uri} is already published from a different source ({'; '.join(differences)}); a published "
@@ -175,9 +199,24 @@ def already_published(store: ObjectStore, prefix: str, uri: str, source_uri: str
         raise PublishError(
             f"{uri} is marked complete but its objects no longer match its manifest ({'; '.join(damage)}); "
             "it was changed after publishing: delete the whole prefix and publish again")
-    log.info("%s is already published and matches %s; nothing to copy", uri, source_uri)
-    return Publication(uri=uri, files=len(listing), uploaded=0, skipped=len(listing), bytes_uploaded=0,
-                       manifest_sha256=hashlib.sha256(raw).hexdigest())
+    manifest_sha256 = hashlib.sha256(raw).hexdigest()
+    doubted = unvouched(store, prefix, manifest)
+    if not doubted:
+        log.info("%s is already published and matches %s (the store's SHA-256 of each object is the "
+                 "manifest's); nothing to copy", uri, source.uri)
+        return Publication(uri=uri, files=len(listing), uploaded=0, skipped=len(listing), bytes_uploaded=0,
+                           manifest_sha256=manifest_sha256)
+
+    started = time.monotonic()
+    copied = in_lanes([f for f in listing if f.path in doubted], files_at_once, lambda file, progress: recopy_file(
+        source, store, prefix, file, manifest.files[file.path], doubted[file.path], progress))
+    uploaded = [c for c in copied if c.uploaded]
+    sent = sum(c.size for c in uploaded)
+    seconds = time.monotonic() - started
+    log.info("repaired %s: %d of %d files copied again (%s) in %.1f s; its manifest stands as it was",
+             uri, len(uploaded), len(listing), _size(sent), seconds)
+    return Publication(uri=uri, files=len(listing), uploaded=len(uploaded), skipped=len(listing) - len(uploaded),
+                       bytes_uploaded=sent, manifest_sha256=manifest_sha256)
 
 
 def parse_manifest(raw: bytes, uri: str) -> PublishedManifest:
@@ -186,7 +225,8 @@ def parse_manifest(raw: bytes, uri: str) -> PublishedManifest:
         if manifest["format"] != MANIFEST_FORMAT:
             raise ValueError(f"unknown format {manifest['format']!r}")
         return PublishedManifest(str(manifest["source_uri"]),
-                                 {f["path"]: int(f["size"]) for f in manifest["files"]}, str(manifest.get("model", "")))
+                                 {f["path"]: published_file(f) for f in manifest["files"]},
+                                 str(manifest.get("model", "")))
     except (ValueError, KeyError, TypeError) as err:
         raise PublishError(f"{uri}{MANIFEST_NAME} is unreadable ({err}); the prefix is damaged: "
                            "delete it and publish again") from None
@@ -208,6 +248,15 @@ def source_differences(manifest: PublishedManifest, source_uri: str, listing: li
     return found
 
 
+def published_file(entry: Mapping) -> PublishedFile:
+    """A manifest's file entry. One written before checksums were recorded still vouches for a
+    single PUT's (mlferry sent its sha256 along, which the store keeps), not for a multipart one's."""
+    size, sha256 = int(entry["size"]), str(entry["sha256"])
+    recorded = entry.get(CHECKSUM_KEY)
+    checksum = str(recorded) if recorded else ("" if is_multipart(size) else whole_checksum(sha256))
+    return PublishedFile(size, sha256, checksum)
+
+
 def stored_damage(manifest: PublishedManifest, stored: Mapping[str, int]) -> list[str]:
     """How the objects under a complete prefix differ from its manifest, by size only."""
     published = manifest.sizes
@@ -218,10 +267,47 @@ def stored_damage(manifest: PublishedManifest, stored: Mapping[str, int]) -> lis
             (("missing", missing), ("wrong size", resized), ("not in the manifest", extra)) if paths]
 
 
+def unvouched(store: ObjectStore, prefix: str, manifest: PublishedManifest) -> dict[str, StoredObject | None]:
+    """The published files whose objects the store does not vouch for, with what it said of each.
+
+    The store computes an object's SHA-256 checksum from the bytes it holds, so other bytes of
+    the same size have another; S3 and MinIO also refuse a PUT whose stated checksum is not its
+    body's (moto does not check it). An object without one (written by an older mlferry, or by
+    hand) is no evidence either way. One HEAD per object, in parallel; nothing is downloaded.
+    """
+    paths = sorted(manifest.files)
+    with ThreadPoolExecutor(max_workers=max(1, min(SMALL_FILES_AT_ONCE, len(paths))),
+                            thread_name_prefix="publish-head") as pool:
+        found = dict(zip(paths, pool.map(lambda path: store.head(prefix + path), paths)))
+    return {path: obj for path, obj in found.items()
+            if obj is None or not manifest.files[path].checksum or obj.sha256 != manifest.files[path].checksum}
+
+
+def doubt(found: StoredObject | None, published: PublishedFile) -> str:
+    """Why an object is not taken for the published file, for the log."""
+    if found is None:
+        return "it is gone"
+    if not found.sha256:
+        return ("the store keeps no SHA-256 checksum for it (written by an older mlferry, or by hand), "
+                "so nothing vouches for its bytes")
+    if not published.checksum:
+        return (f"the store's SHA-256 checksum of it is {found.sha256}, not that of the published bytes "
+                "(the manifest, from an older mlferry, records none for it)")
+    return (f"the store's SHA-256 checksum of it is {found.sha256}, the manifest's {published.checksum}: "
+            "its bytes were replaced after publishing")
+
+
 # -- copying ----------------------------------------------------------------------------------
 
 def copy_files(source: ModelSource, store: ObjectStore, prefix: str, listing: list[SourceFile],
                stored: Mapping[str, ListedObject], files_at_once: int) -> list[Copied]:
+    return in_lanes(listing, files_at_once, lambda file, progress: copy_file(
+        source, store, prefix, file, stored.get(file.path), progress))
+
+
+def in_lanes(listing: list[SourceFile], files_at_once: int,
+             copy: Callable[[SourceFile, "UploadProgress | None"], Copied]) -> list[Copied]:
+    """copy(file, progress) for every file, in parallel; the results sorted by path."""
     # Two lanes: large files (largest first) are bandwidth-bound and hold memory for their parts,
     # small ones are bound by round trips; in one shared pool the large ones would take every
     # slot and the small ones would wait behind them.
@@ -231,7 +317,7 @@ def copy_files(source: ModelSource, store: ObjectStore, prefix: str, listing: li
     progress = UploadProgress(total) if total >= PROGRESS_FROM else None
     with ThreadPoolExecutor(max_workers=files_at_once, thread_name_prefix="publish-large") as large_pool, \
             ThreadPoolExecutor(max_workers=SMALL_FILES_AT_ONCE, thread_name_prefix="publish-small") as small_pool:
-        futures = [pool.submit(copy_file, source, store, prefix, f, stored.get(f.path), progress)
+        futures = [pool.submit(copy, f, progress)
                    for pool, files in ((large_pool, large), (small_pool, small)) for f in files]
         try:
             copied = [future.result() for future in futures]
@@ -263,7 +349,41 @@ def copy_file(source: ModelSource, store: ObjectStore, prefix: str, file: Source
                 progress.sent(digests.size)
         seconds = time.monotonic() - started
     log.info("uploaded %s (%s, %.1f MB/s)", file.path, _size(digests.size), _rate(digests.size, seconds))
-    return Copied(file.path, digests.size, digests.sha256, etag, uploaded=True)
+    return Copied(file.path, digests.size, digests.sha256, digests.checksum, etag, uploaded=True)
+
+
+def recopy_file(source: ModelSource, store: ObjectStore, prefix: str, file: SourceFile, published: PublishedFile,
+                found: StoredObject | None, progress: "UploadProgress | None" = None) -> Copied:
+    """A published file whose object the store does not vouch for, copied again: only once the
+    source is shown to hold the published bytes, since the prefix must keep them."""
+    key = prefix + file.path
+    with source.fetch(file.path) as local:
+        # Read whole before anything is sent (not beside the upload, as copy_file does for a large
+        # file): bytes the manifest does not describe must not land under a complete prefix.
+        digests = file_digests(local, part_size(file.size))
+        check_read(digests.size, file)
+        if digests.sha256 != published.sha256:
+            raise PublishError(
+                f"{key} must be copied again ({doubt(found, published)}), but {source.uri} no longer holds the "
+                f"published bytes (sha256 {digests.sha256}, the manifest's {published.sha256}); a published version "
+                "is immutable: register a new model version, or delete the prefix by hand and publish again")
+        if found is not None and found.sha256 == digests.checksum:  # a manifest that recorded no checksum
+            log.info("kept %s: the store's SHA-256 checksum of it is that of the source's bytes, which are "
+                     "the published ones", file.path)
+            if progress is not None:
+                progress.not_sent(file.size)
+            return Copied(file.path, digests.size, digests.sha256, digests.checksum, found.etag, uploaded=False)
+        log.warning("replacing %s under s3://%s/%s: %s; copying it again from %s", file.path, store.bucket, prefix,
+                    doubt(found, published), source.uri)
+        if is_multipart(file.size):
+            store.upload_file(local, key, on_bytes=progress.sent if progress is not None else None)
+            etag = check_multipart(store.head(key), key, LargeDigests(digests.size, digests.sha256, digests.checksum),
+                                   lambda: digests.etag)
+        else:
+            etag = check_put(store.put_file(local, key, digests.sha256, digests.md5), key, digests)
+            if progress is not None:
+                progress.sent(digests.size)
+    return Copied(file.path, digests.size, digests.sha256, digests.checksum, etag, uploaded=True)
 
 
 def kept_copy(local: Path, file: SourceFile, stored: ListedObject) -> Copied | None:
@@ -273,7 +393,7 @@ def kept_copy(local: Path, file: SourceFile, stored: ListedObject) -> Copied | N
     if stored != ListedObject(digests.size, digests.etag):
         return None
     log.info("kept %s (%s): already uploaded with the same bytes", file.path, _size(digests.size))
-    return Copied(file.path, digests.size, digests.sha256, stored.etag, uploaded=False)
+    return Copied(file.path, digests.size, digests.sha256, digests.checksum, stored.etag, uploaded=False)
 
 
 def upload_while_hashing(store: ObjectStore, local: Path, key: str, file: SourceFile,
@@ -369,32 +489,36 @@ def part_size(size: int) -> int | None:
 
 
 def file_digests(path: Path, part: int | None) -> Digests:
-    """sha256, MD5 and the expected ETag of a file in one read (part: the multipart part size,
-    None for a single PUT)."""
-    whole, size, md5s = hashlib.sha256(), 0, []
+    """sha256, MD5, the expected ETag and checksum of a file in one read (part: the multipart
+    part size, None for a single PUT)."""
+    whole, size, md5s, sha256s = hashlib.sha256(), 0, [], []
     for number, chunk in _read_parts(path, part):
         if number == len(md5s):
             md5s.append(hashlib.md5(usedforsecurity=False))
+            if part is not None:  # a single PUT's checksum is the whole file's sha256
+                sha256s.append(hashlib.sha256())
         whole.update(chunk)
         md5s[number].update(chunk)
+        if part is not None:
+            sha256s[number].update(chunk)
         size += len(chunk)
     if part is None:
         md5 = (md5s[0] if md5s else hashlib.md5(usedforsecurity=False)).hexdigest()  # an empty file: no chunk
-        return Digests(size, whole.hexdigest(), md5, md5)
-    return Digests(size, whole.hexdigest(), "", multipart_etag([m.digest() for m in md5s]))
+        return Digests(size, whole.hexdigest(), md5, md5, whole_checksum(whole.hexdigest()))
+    return Digests(size, whole.hexdigest(), "", multipart_etag([m.digest() for m in md5s]),
+                   composite_checksum([h.digest() for h in sha256s]))
 
 
 def large_file_digests(path: Path, part: int) -> LargeDigests:
-    """sha256 and the CRC32s of a large file in one read."""
-    whole, size, crc, part_crcs = hashlib.sha256(), 0, 0, []
+    """sha256 and the expected checksum (of the parts' SHA-256s) of a large file in one read."""
+    whole, size, sha256s = hashlib.sha256(), 0, []
     for number, chunk in _read_parts(path, part):
-        if number == len(part_crcs):
-            part_crcs.append(0)
+        if number == len(sha256s):
+            sha256s.append(hashlib.sha256())
         whole.update(chunk)
-        crc, part_crcs[number] = zlib.crc32(chunk, crc), zlib.crc32(chunk, part_crcs[number])
+        sha256s[number].update(chunk)
         size += len(chunk)
-    crc_of_parts = zlib.crc32(b"".join(c.to_bytes(4, "big") for c in part_crcs))
-    return LargeDigests(size, whole.hexdigest(), _crc32_base64(crc_of_parts), _crc32_base64(crc))
+    return LargeDigests(size, whole.hexdigest(), composite_checksum([h.digest() for h in sha256s]))
 
 
 def _read_parts(path: Path, part: int | None) -> Iterator[tuple[int, bytes]]:
@@ -414,8 +538,15 @@ def multipart_etag(part_md5s: list[bytes]) -> str:
     return f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}-{len(part_md5s)}"
 
 
-def _crc32_base64(crc: int) -> str:
-    return base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")
+def whole_checksum(sha256: str) -> str:
+    """The SHA-256 checksum S3, MinIO and moto keep for a single PUT of bytes with this sha256 (hex)."""
+    return base64.b64encode(bytes.fromhex(sha256)).decode("ascii")
+
+
+def composite_checksum(part_sha256s: list[bytes]) -> str:
+    """The SHA-256 checksum S3, MinIO and moto keep for an object assembled from parts with these
+    SHA-256s: the SHA-256 of the parts' digests end to end (S3 and MinIO show it with "-<parts>")."""
+    return base64.b64encode(hashlib.sha256(b"".join(part_sha256s)).digest()).decode("ascii")
 
 
 def check_put(receipt: PutReceipt, key: str, digests: Digests) -> str:
@@ -432,19 +563,20 @@ def check_multipart(stored: StoredObject | None, key: str, digests: LargeDigests
                     etag_of_file: Callable[[], str]) -> str:
     """The store's ETag for a verified multipart upload; PublishError when it holds other bytes.
 
-    The store's CRC32 of what it assembled (S3, MinIO and moto keep one, computed from the
-    bytes they stored, encrypted or not) is checked against ours. A store that keeps no
+    The store's SHA-256 of what it assembled (S3, MinIO and moto keep one, computed from the
+    parts they stored, encrypted or not) is checked against ours. A store that keeps no
     checksums is checked on its ETag instead, which costs one more read of the file for its
-    MD5s; under SSE there, on its size and the parts' CRC32s it checked on upload.
+    MD5s; under SSE there, on its size and the parts' SHA-256s it checked on upload.
     """
     if stored is not None and stored.size == digests.size:
-        if stored.crc32 and stored.crc32 in (digests.crc32_of_parts, digests.crc32):
+        if stored.sha256 and stored.sha256 == digests.checksum:
             return stored.etag
-        if not stored.crc32 and (stored.encrypted_etag or stored.etag == etag_of_file()):
+        if not stored.sha256 and (stored.encrypted_etag or stored.etag == etag_of_file()):
             return stored.etag
-    found = "nothing" if stored is None else f"{stored.size} bytes, CRC32 {stored.crc32 or 'none'}, ETag {stored.etag}"
-    raise PublishError(f"upload of {key} did not verify (expected {digests.size} bytes, CRC32 "
-                       f"{digests.crc32_of_parts} of its parts; found {found}); check the object store and run again")
+    found = ("nothing" if stored is None
+             else f"{stored.size} bytes, SHA-256 {stored.sha256 or 'none'}, ETag {stored.etag}")
+    raise PublishError(f"upload of {key} did not verify (expected {digests.size} bytes, SHA-256 "
+                       f"{digests.checksum} of its parts; found {found}); check the object store and run again")
 
 
 def check_all_stored(stored: Mapping[str, ListedObject], copied: list[Copied], uri: str) -> None:
@@ -458,7 +590,7 @@ def check_all_stored(stored: Mapping[str, ListedObject], copied: list[Copied], u
 
 
 def manifest_bytes(model: str, version: str, source_uri: str, copied: list[Copied]) -> bytes:
-    files = sorted(({"path": c.path, "size": c.size, "sha256": c.sha256} for c in copied),
+    files = sorted(({"path": c.path, "size": c.size, "sha256": c.sha256, CHECKSUM_KEY: c.checksum} for c in copied),
                    key=lambda f: f["path"])
     manifest = {"format": MANIFEST_FORMAT, "model": model, "version": version, "source_uri": source_uri,
                 "files": files, "total_bytes": sum(f["size"] for f in files)}

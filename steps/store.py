@@ -48,7 +48,7 @@ class StoredObject:
     size: int
     etag: str = ""  # unquoted
     encrypted_etag: bool = False  # SSE-KMS or SSE-C: the ETag is then not derived from the bytes' MD5
-    crc32: str = ""  # the store's own CRC32 of what it holds (base64, any "-N" dropped); "" if it keeps none
+    sha256: str = ""  # the store's own SHA-256 checksum of what it holds (base64, any "-N" dropped); "" if none
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class ObjectStore:
                     return None  # asking whether it exists is the point of a HEAD
                 raise
         return StoredObject(int(meta["ContentLength"]), _unquoted(meta.get("ETag", "")), _encrypted_etag(meta),
-                            meta.get("ChecksumCRC32", "").split("-")[0])
+                            meta.get("ChecksumSHA256", "").split("-")[0])  # S3 and MinIO add "-<parts>", moto not
 
     def put_file(self, path: Path, key: str, sha256: str, md5: str) -> PutReceipt:
         """One PUT of a file below the multipart threshold, with its digests (hex) sent along.
@@ -134,22 +134,26 @@ class ObjectStore:
         Content-MD5 and x-amz-checksum-sha256 make S3 and MinIO refuse a body that arrived
         different, and they keep that sha256 as the object's checksum; the receipt's ETag lets
         the caller check the bytes where a server does not (moto). Passing the sha256 also
-        spares botocore a checksum pass of its own.
+        spares botocore a checksum pass of its own; naming the algorithm as well makes moto keep
+        it too (S3 and MinIO keep it either way).
         """
         with self._explained(f"upload {key}"), open(path, "rb") as body:
             answer = self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentMD5=_base64(md5), ChecksumSHA256=_base64(sha256))
+                Bucket=self.bucket, Key=key, Body=body, ContentMD5=_base64(md5), ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=_base64(sha256))
         echoed = answer.get("ChecksumSHA256", "")
         return PutReceipt(_unquoted(answer.get("ETag", "")), base64.b64decode(echoed).hex() if echoed else "",
                           _encrypted_etag(answer))
 
     def upload_file(self, path: Path, key: str, on_bytes: Callable[[int], None] | None = None) -> None:
-        """Upload a large file in parts (s3transfer, bounded memory), each sent with its CRC32:
-        S3 and MinIO check each part's, and keep a CRC32 of the whole object. on_bytes is called
-        from s3transfer's threads with the bytes sent since its last call (negative on a retry)."""
+        """Upload a large file in parts (s3transfer, bounded memory), each sent with its SHA-256:
+        S3 and MinIO check each part's, and keep the SHA-256 of the parts' SHA-256s as the
+        object's checksum. A CRC would be cheaper, but whoever can write to the bucket can forge
+        one for other bytes; not a SHA-256. on_bytes is called from s3transfer's threads with the
+        bytes sent since its last call (negative on a retry)."""
         with self._explained(f"upload {key}"):
             self.client.upload_file(str(path), self.bucket, key, Config=TRANSFER, Callback=on_bytes,
-                                    ExtraArgs={"ChecksumAlgorithm": "CRC32"})
+                                    ExtraArgs={"ChecksumAlgorithm": "SHA256"})
 
     def get_bytes(self, key: str) -> bytes:
         """A small object (the manifest) read whole."""

@@ -4,29 +4,34 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
+from boto3.s3.transfer import TransferConfig
 
 from mlferry.stack import ARTIFACTS_BUCKET
 from mlferry.steps import artifacts, store as store_module
 from mlferry.steps.artifacts import ProxiedSource, SourceError, SourceFile, check_artifact_path, entry_path, open_source
 from mlferry.steps.layout import MANIFEST_NAME, model_prefix
 from mlferry.steps.naming import slugify
-from mlferry.steps.publish import (MANIFEST_FORMAT, Digests, LargeDigests, Publication, PublishError, PublishInput,
-                           check_multipart, check_put, file_digests, large_file_digests, publish, publish_version)
-from mlferry.steps.store import ObjectStore, PutReceipt, StoredObject, StoreError, public_endpoint
+from mlferry.steps.publish import (CHECKSUM_KEY, MANIFEST_FORMAT, Digests, LargeDigests, Publication, PublishError,
+                                   PublishInput, check_multipart, check_put, file_digests, large_file_digests,
+                                   parse_manifest, publish, publish_version)
+from mlferry.steps.store import MB, TRANSFER, ObjectStore, PutReceipt, StoredObject, StoreError, public_endpoint
 
 BUCKET = "mlferry"
 REPO = Path(__file__).resolve().parents[1]
 MD5_ABC = hashlib.md5(b"abc").hexdigest()
 SHA_ABC = hashlib.sha256(b"abc").hexdigest()
+CHECKSUM_ABC = base64.b64encode(hashlib.sha256(b"abc").digest()).decode()  # as S3 keeps it for a single PUT
 WRITES = {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "DeleteObjects",
           "CopyObject"}
 
@@ -113,9 +118,12 @@ def test_publishes_a_registered_model_byte_for_byte_with_the_manifest_last(regis
     writes = [(op, key) for op, key in s3_calls if op in WRITES]
     assert writes[-1] == ("PutObject", prefix + MANIFEST_NAME)
     assert [key for _, key in writes].count(prefix + MANIFEST_NAME) == 1
+    # Each file's checksum as the store keeps it, for a later run to compare the objects' with.
+    store = ObjectStore.from_env(BUCKET)
+    assert {f["path"]: f[CHECKSUM_KEY] for f in written["files"]} == {p: store.head(prefix + p).sha256 for p in source}
 
 
-def test_second_publish_uploads_nothing_and_never_downloads_the_source(registered_model, s3_calls, monkeypatch):
+def test_second_publish_uploads_nothing_and_never_downloads_the_source(registered_model, s3, s3_calls, monkeypatch):
     name, version = registered_model(extra_files={"a/b/c.txt": b"x"})
     inputs = inputs_for(name, version)
     first = publish(inputs)
@@ -130,9 +138,11 @@ def test_second_publish_uploads_nothing_and_never_downloads_the_source(registere
     assert (again.uploaded, again.skipped, again.bytes_uploaded) == (0, first.files, 0)
     assert again.manifest_sha256 == first.manifest_sha256
     prefix = model_prefix(inputs.slug, version)
-    # One listing of the prefix and one read of the manifest: no per-file request at all.
-    assert [op for op, _ in s3_calls] == ["HeadBucket", "ListObjectsV2", "GetObject"]
-    assert s3_calls[-1] == ("GetObject", prefix + MANIFEST_NAME)
+    # One listing of the prefix, one read of the manifest, then one HEAD per object for the
+    # checksum the store keeps of its bytes (sizes alone would miss a same-size replacement).
+    assert s3_calls[:3] == [("HeadBucket", None), ("ListObjectsV2", None), ("GetObject", prefix + MANIFEST_NAME)]
+    published = [f["path"] for f in json.loads(manifest(s3, prefix))["files"]]
+    assert sorted(s3_calls[3:]) == sorted(("HeadObject", prefix + path) for path in published)
 
 
 def test_a_partial_copy_is_completed_and_corrected(registered_model, s3, tmp_path):
@@ -206,6 +216,96 @@ def test_a_complete_prefix_damaged_after_publishing_is_refused_not_repaired(stac
 
     with pytest.raises(PublishError, match=r"no longer match its manifest \(missing: a\.bin\)"):
         publish(PublishInput(model="damaged", version="1", slug=slug, source_uri=uri))
+
+
+def put_other_bytes(s3, key: str, data: bytes, how: str) -> None:
+    """Replace an object the way anyone with write access could, stored as S3 and MinIO store it:
+    each checksum is computed from (or checked against) the bytes themselves."""
+    if how == "multipart":
+        config = TransferConfig(multipart_threshold=8 * MB, multipart_chunksize=8 * MB)
+        s3.upload_fileobj(io.BytesIO(data), BUCKET, key, ExtraArgs={"ChecksumAlgorithm": "SHA256"}, Config=config)
+    elif how == "own sha256":
+        s3.put_object(Bucket=BUCKET, Key=key, Body=data, ChecksumAlgorithm="SHA256")
+    else:  # botocore's default: a CRC32, or no checksum at all from older clients
+        s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+
+
+REPLACED = r"the store's SHA-256 checksum of it is \S+, the manifest's \S+: its bytes were replaced after publishing"
+NO_CHECKSUM = r"the store keeps no SHA-256 checksum for it \(written by an older mlferry, or by hand\)"
+
+
+@pytest.mark.parametrize("how, why", [("sdk default", NO_CHECKSUM), ("own sha256", REPLACED), ("multipart", REPLACED)],
+                         ids=["sdk-default", "own-sha256", "multipart"])
+def test_same_size_bytes_under_a_complete_prefix_are_copied_again_and_the_replacement_logged(
+        stack, s3, tmp_path, unique_name, caplog, how, why):
+    slug = slugify(unique_name)
+    prefix = f"models/{slug}/1/"
+    size = 17 * MB if how == "multipart" else 70_000
+    model = {"model.skops": os.urandom(size), "MLmodel": b"flavors: {}\n"}
+    inputs = PublishInput(model="tampered", version="1", slug=slug, source_uri=local_model(tmp_path / "m", model))
+    first = publish(inputs)
+    published = manifest(s3, prefix)
+    put_other_bytes(s3, prefix + "model.skops", os.urandom(size), how)
+
+    with caplog.at_level(logging.WARNING, logger="mlferry.steps.publish"):
+        again = publish(inputs)
+
+    assert (again.uploaded, again.skipped, again.bytes_uploaded) == (1, 1, size)
+    assert s3.get_object(Bucket=BUCKET, Key=prefix + "model.skops")["Body"].read() == model["model.skops"]
+    assert manifest(s3, prefix) == published and again.manifest_sha256 == first.manifest_sha256
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert re.fullmatch(rf"replacing model\.skops under s3://{BUCKET}/{prefix}: {why}.*; copying it again from "
+                        rf"{re.escape(inputs.source_uri)}", line), line
+    assert publish(inputs).uploaded == 0  # for good: the copy has the checksum the manifest records
+
+
+def test_a_doubted_object_is_not_copied_from_a_source_whose_bytes_changed(stack, s3, s3_calls, tmp_path, unique_name):
+    slug = slugify(unique_name)
+    key = f"models/{slug}/1/model.bin"
+    uri = local_model(tmp_path / "m", {"model.bin": b"one"})
+    publish(PublishInput(model="moved", version="1", slug=slug, source_uri=uri))
+    (tmp_path / "m" / "model.bin").write_bytes(b"two")  # same size: only its bytes tell
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b"bad", ChecksumAlgorithm="SHA256")
+    s3_calls.clear()
+
+    with pytest.raises(PublishError, match=r"must be copied again \(the store's SHA-256 .*\), but .* no longer holds "
+                                           r"the published bytes .*immutable"):
+        publish(PublishInput(model="moved", version="1", slug=slug, source_uri=uri))
+    assert not [c for c in s3_calls if c[0] in WRITES]
+
+
+def test_a_manifest_from_before_checksums_vouches_for_single_puts_only():
+    entries = [{"path": "small", "size": 3, "sha256": SHA_ABC},
+               {"path": "big", "size": TRANSFER.multipart_threshold, "sha256": SHA_ABC},
+               {"path": "new", "size": TRANSFER.multipart_threshold, "sha256": SHA_ABC, CHECKSUM_KEY: "c29tZQ=="}]
+    raw = json.dumps({"format": MANIFEST_FORMAT, "source_uri": "s", "files": entries}).encode()
+    files = parse_manifest(raw, "s3://b/p/").files
+    assert {path: f.checksum for path, f in files.items()} == {"small": CHECKSUM_ABC, "big": "", "new": "c29tZQ=="}
+
+
+def test_a_large_file_under_a_manifest_from_before_checksums_is_checked_against_the_source(stack, s3, tmp_path,
+                                                                                            unique_name, caplog):
+    slug = slugify(unique_name)
+    prefix = f"models/{slug}/1/"
+    uri = local_model(tmp_path / "m", {"big.bin": os.urandom(17 * MB), "MLmodel": b"flavors: {}\n"})
+    inputs = PublishInput(model="legacy", version="1", slug=slug, source_uri=uri)
+    publish(inputs)
+    # As an older mlferry left it: parts sent with CRC32s, a manifest without checksums.
+    s3.upload_file(str(tmp_path / "m" / "big.bin"), BUCKET, prefix + "big.bin", Config=TRANSFER,
+                   ExtraArgs={"ChecksumAlgorithm": "CRC32"})
+    old = json.loads(manifest(s3, prefix))
+    for entry in old["files"]:
+        del entry[CHECKSUM_KEY]
+    s3.put_object(Bucket=BUCKET, Key=prefix + MANIFEST_NAME, Body=json.dumps(old).encode())
+
+    with caplog.at_level(logging.WARNING, logger="mlferry.steps.publish"):
+        assert publish(inputs).uploaded == 1  # no SHA-256 on the object: nothing vouches for it
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["replacing big.bin under s3"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mlferry.steps.publish"):
+        # Its checksum is now that of the source's bytes, whose sha256 is the manifest's: kept, not sent.
+        assert publish(inputs).uploaded == 0
+    assert any(r.getMessage().startswith("kept big.bin: the store's SHA-256 checksum") for r in caplog.records)
 
 
 # -- what is refused before anything is written ---------------------------------------------------
@@ -336,9 +436,9 @@ def test_a_part_corrupted_on_the_way_is_caught_by_the_multipart_etag(stack, s3, 
     store = ObjectStore.from_env(BUCKET)
     hit = corrupting(store.client, "UploadPart", "/big.bin")
 
-    # The store's own CRC32 of what it assembled (moto computes it from the stored parts) differs.
+    # The store's own SHA-256 of what it assembled (moto computes it from the stored parts) differs.
     with pytest.raises(PublishError, match=r"upload of models/.*/big\.bin did not verify \(expected \d+ bytes, "
-                                           r"CRC32 \S+ of its parts; found \d+ bytes, CRC32 [A-Za-z0-9+/]{6}==,"):
+                                           r"SHA-256 \S+ of its parts; found \d+ bytes, SHA-256 [A-Za-z0-9+/]{43}=,"):
         publish_version(open_source(uri), store, "m", "1", slug)
     assert hit
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"models/{slug}/1/{MANIFEST_NAME}")
@@ -401,7 +501,7 @@ def test_a_rerun_after_a_crash_keeps_every_verified_object_from_the_listing_alon
     (PutReceipt("0" * 32, "1" * 64, True), False),
 ])
 def test_a_single_put_verifies_only_on_the_stores_own_digest(receipt, verifies):
-    digests = Digests(3, SHA_ABC, MD5_ABC, MD5_ABC)
+    digests = Digests(3, SHA_ABC, MD5_ABC, MD5_ABC, CHECKSUM_ABC)
     if verifies:
         assert check_put(receipt, "k", digests) == receipt.etag
     else:
@@ -410,17 +510,17 @@ def test_a_single_put_verifies_only_on_the_stores_own_digest(receipt, verifies):
 
 
 @pytest.mark.parametrize("stored, verifies", [
-    (StoredObject(3, "x-2", False, "Qk3Wdw=="), True),  # the store's CRC32 of the parts' CRC32s
-    (StoredObject(3, "x-2", True, "AAAAAA=="), True),  # or of the whole object; encrypted or not
-    (StoredObject(3, "e-2", False, "ZZZZZZ=="), False),  # other bytes, whatever the ETag
-    (StoredObject(4, "x-2", False, "Qk3Wdw=="), False),
+    (StoredObject(3, "x-2", False, "c29tZQ=="), True),  # the store's SHA-256 of the parts' SHA-256s
+    (StoredObject(3, "x-2", True, "c29tZQ=="), True),  # encrypted or not
+    (StoredObject(3, "e-2", False, CHECKSUM_ABC), False),  # other bytes, whatever the ETag
+    (StoredObject(4, "x-2", False, "c29tZQ=="), False),
     (StoredObject(3, "e-2", False, ""), True),  # a store that keeps no checksums: its ETag
     (StoredObject(3, "f-2", False, ""), False),
     (StoredObject(3, "random", True, ""), True),  # ...and under SSE there, the size
     (None, False),
 ])
 def test_a_multipart_upload_verifies_on_the_stores_own_checksum(stored, verifies):
-    digests = LargeDigests(3, SHA_ABC, crc32_of_parts="Qk3Wdw==", crc32="AAAAAA==")
+    digests = LargeDigests(3, SHA_ABC, checksum="c29tZQ==")
     if verifies:
         assert check_multipart(stored, "k", digests, lambda: "e-2") == stored.etag
     else:
@@ -428,14 +528,26 @@ def test_a_multipart_upload_verifies_on_the_stores_own_checksum(stored, verifies
             check_multipart(stored, "k", digests, lambda: "e-2")
 
 
-def test_the_crc32s_are_those_s3_keeps_for_the_parts_and_the_whole(tmp_path):
-    data = os.urandom(2 * 1024 * 1024 + 5)
+def s3_checksum(data: bytes, part: int | None = None) -> str:
+    """The SHA-256 checksum S3 keeps: of the bytes for a single PUT; of the parts' SHA-256s,
+    end to end, for a multipart upload (shown with "-<parts>", left off here)."""
+    if part is None:
+        return base64.b64encode(hashlib.sha256(data).digest()).decode()
+    parts = b"".join(hashlib.sha256(data[i:i + part]).digest() for i in range(0, len(data), part))
+    return base64.b64encode(hashlib.sha256(parts).digest()).decode()
+
+
+def test_the_checksum_of_a_large_file_is_the_one_s3_keeps_for_its_parts(tmp_path, stack, s3, unique_name):
+    part = 5 * MB  # the smallest part S3 takes
+    data = os.urandom(2 * part + 5)
     (tmp_path / "f").write_bytes(data)
-    part = 1024 * 1024
-    parts = b"".join(zlib.crc32(data[i:i + part]).to_bytes(4, "big") for i in range(0, len(data), part))
-    as_s3 = lambda crc: base64.b64encode(crc.to_bytes(4, "big")).decode()  # noqa: E731
-    assert large_file_digests(tmp_path / "f", part) == LargeDigests(len(data), sha256(data),
-                                                                    as_s3(zlib.crc32(parts)), as_s3(zlib.crc32(data)))
+    assert large_file_digests(tmp_path / "f", part) == LargeDigests(len(data), sha256(data), s3_checksum(data, part))
+    # and it is what the store answers (moto, like S3, computes it from the parts it stored)
+    config = TransferConfig(multipart_threshold=part, multipart_chunksize=part)
+    key = f"checksums/{unique_name}"
+    s3.upload_file(str(tmp_path / "f"), BUCKET, key, Config=config, ExtraArgs={"ChecksumAlgorithm": "SHA256"})
+    stored = ObjectStore.from_env(BUCKET).head(key)
+    assert stored is not None and stored.sha256 == s3_checksum(data, part)
 
 
 def test_the_expected_etag_is_the_md5_of_the_parts_md5s(tmp_path):
@@ -444,14 +556,15 @@ def test_the_expected_etag_is_the_md5_of_the_parts_md5s(tmp_path):
     part = 1024 * 1024
     parts = [hashlib.md5(data[i:i + part]).digest() for i in range(0, len(data), part)]
     assert file_digests(tmp_path / "f", part) == Digests(len(data), sha256(data), "",
-                                                         hashlib.md5(b"".join(parts)).hexdigest() + "-3")
+                                                         hashlib.md5(b"".join(parts)).hexdigest() + "-3",
+                                                         s3_checksum(data, part))
     md5 = hashlib.md5(data).hexdigest()
-    assert file_digests(tmp_path / "f", None) == Digests(len(data), sha256(data), md5, md5)
+    assert file_digests(tmp_path / "f", None) == Digests(len(data), sha256(data), md5, md5, s3_checksum(data))
     (tmp_path / "even").write_bytes(data[:2 * part])  # parts end exactly at the end: no empty third part
     assert file_digests(tmp_path / "even", part).etag == hashlib.md5(b"".join(parts[:2])).hexdigest() + "-2"
     (tmp_path / "empty").write_bytes(b"")
     empty = hashlib.md5(b"").hexdigest()
-    assert file_digests(tmp_path / "empty", None) == Digests(0, sha256(b""), empty, empty)
+    assert file_digests(tmp_path / "empty", None) == Digests(0, sha256(b""), empty, empty, s3_checksum(b""))
 
 
 # -- large models ----------------------------------------------------------------------------------
