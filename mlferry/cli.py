@@ -225,10 +225,16 @@ def _promote_command(commands) -> None:
     sub.add_argument("--force", action="store_true",
                      help="deploy an alias of another environment to --env anyway, held there")
     sub.add_argument("--reason", default="", help="why, when the promotion is a hold (recorded in git and tags)")
-    _dry_run_option(sub)
+    _promotion_options(sub, _promote)
+
+
+def _promotion_options(sub, func, dry_run: bool = True) -> None:
+    """What every command that runs a promotion takes: --dry-run, --json and the local-run options."""
+    if dry_run:
+        _dry_run_option(sub)
     _json_option(sub)
     _local_options(sub)
-    sub.set_defaults(func=_promote)
+    sub.set_defaults(func=func)
 
 
 def _promote(args) -> int:
@@ -331,17 +337,12 @@ def _hold_commands(commands) -> None:
     back.add_argument("--to", default="", help="the version to restore (default: the one deployed before "
                                                "the current one, from the GitOps history)")
     back.add_argument("--reason", default="", help="why (recorded in the registry's tags)")
-    _json_option(back)
-    _local_options(back)
-    back.set_defaults(func=_rollback)
+    _promotion_options(back, _rollback, dry_run=False)
     release = commands.add_parser("release", help="end an environment's hold: deploy what the rule selects")
     release.add_argument("model", help="registered model name")
     release.add_argument("--env", required=True, help="the held environment")
-    for sub, func in ((hold, _hold), (release, _release)):
-        _dry_run_option(sub)
-        _json_option(sub)
-        _local_options(sub)
-        sub.set_defaults(func=func)
+    _promotion_options(hold, _hold)
+    _promotion_options(release, _release)
 
 
 def _hold(args) -> int:
