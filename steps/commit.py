@@ -102,7 +102,7 @@ def commit(inputs: CommitInput) -> Commit:
                        inputs.folder, previous, blocked, inputs.version)
         return Commit(sha=head, changed=False, folder=inputs.folder, branch=settings.gitops_branch,
                       repo=gitops.display_url(repo), previous=previous, blocked=blocked)
-    done = commit_folder(inputs, repo, settings.gitops_branch)
+    done = commit_folder(inputs, repo, settings.gitops_branch, create_branch=settings.gitops_create_branch)
     return done.model_copy(update={"previous": previous})
 
 
@@ -140,12 +140,13 @@ def commit_folder(
     environ: Mapping[str, str] | None = None,
     retry: gitops.RetryPolicy = gitops.RetryPolicy(),
     before_push: Callable[[], None] | None = None,
+    create_branch: bool = True,
 ) -> Commit:
     """Replace ``inputs.folder`` on ``branch`` of ``repo_url`` with ``inputs.files`` (or remove it)."""
     change = folder_change(inputs)
     logger.info("%s on %s of %s", change.message.splitlines()[0], branch, gitops.display_url(repo_url))
     published = gitops.publish_folder(repo_url, branch, change, workdir=workdir, environ=environ,
-                                      retry=retry, before_push=before_push)
+                                      retry=retry, before_push=before_push, create_branch=create_branch)
     logger.info("%s: %s at %s", inputs.folder, "committed" if published.changed else "unchanged",
                 published.sha or "(no branch)")
     return Commit(sha=published.sha, changed=published.changed, folder=inputs.folder, branch=branch,

@@ -2,6 +2,8 @@
 
 The reconcile schedule catches what webhooks cannot: deliveries MLflow dropped, changes made
 while the receiver was down, and legacy stage transitions (which fire no webhook at all).
+What to deploy is the rule's (steps/rule.py); a folder is removed only on positive evidence, the
+model's own successful registry answer, and never more than `prune_max_share` of them at once.
 
 Its cost grows with what changed, not with the registry's size: one paged registry listing
 (aliases and latest-per-stage come with each registered model) and one shallow read of the
@@ -11,6 +13,7 @@ each promotion it does start re-checks the copy anyway.
 """
 # No `from __future__ import annotations`: Hera reads the Input/Output annotations as classes.
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -23,6 +26,7 @@ from mlferry.steps.naming import slugify
 from mlferry.steps.outcome import as_argo_step
 from mlferry.steps.settings import Settings, load_settings
 
+log = logging.getLogger(__name__)
 # libyaml's safe loader when present: ~10x faster, and reconcile parses every folder.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MODEL_ANNOTATION = "mlferry.io/model-name"
@@ -64,7 +68,17 @@ def plan(inputs: PlanInput) -> Plan:
     repo = settings.require_gitops_repo()
     mlflow = registry.client()
     snapshot = gitops.read_snapshot(repo, settings.gitops_branch, team_prefix(settings.team))
-    return reconcile_plan(mlflow, snapshot, settings, inputs.prune)
+    found = reconcile_plan(mlflow, snapshot, settings, inputs.prune)
+    # The plan, in the step's log before anything happens: what goes, what stays and why.
+    for entry in found.removals:
+        log.info("will remove %s v%s from %s: %s", entry["model"], entry["version"], entry["env"], entry["why"])
+    for entry in found.held:
+        log.info("held: %s v%s in %s (%s)", entry["model"], entry["version"], entry["env"], entry["reason"])
+    for entry in found.kept:
+        log.info("kept: %s v%s in %s: %s", entry["model"], entry["version"], entry["env"], entry["why"])
+    for entry in found.conflicts:
+        log.warning("refused: %s in %s: its folder belongs to %s", entry["model"], entry["env"], entry["owner"])
+    return found
 
 
 def reconcile_plan(mlflow, snapshot: gitops.Snapshot, settings: Settings, prune: str = "auto") -> Plan:

@@ -1,8 +1,9 @@
 """retire: remove model folders from the GitOps repo, in one commit.
 
-Used when an alias is deleted (one folder, from the webhook) and by reconcile's prune (every
-folder whose alias is gone). Argo CD's ApplicationSet then deletes the Application, and with it
-the serving objects. Nothing happens when prune is off in the settings.
+Used when resolve finds that nothing selects a version for an environment any more (one folder:
+the registry's own answer about the model says so) and by reconcile's prune (the folders plan
+confirmed the same way). A held folder stays unless the run releases it. Argo CD's ApplicationSet
+then deletes the Application, and with it the serving objects. Nothing happens when prune is off.
 """
 # No `from __future__ import annotations`: Hera reads the Input/Output annotations as classes.
 
@@ -52,7 +53,7 @@ def retire(inputs: RetireInput) -> Retired:
     change = retirement(chosen, settings.team, inputs.trigger, inputs.workflow)
     if change is None:
         return Retired(sha=snapshot.sha)
-    published = gitops.publish_folder(repo, settings.gitops_branch, change)
+    published = gitops.publish_folder(repo, settings.gitops_branch, change, create_branch=settings.gitops_create_branch)
     removed = [{"model": d.model, "version": d.version, "env": env} for env, d in chosen]
     if published.changed:
         tag_retired(removed, published.sha)

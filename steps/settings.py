@@ -71,6 +71,8 @@ class Settings(BaseModel):
     bucket: str = "mlferry"
     gitops_repo: str = ""
     gitops_branch: str = "main"
+    # An empty GitOps remote gets the branch only when asked: a wrong URL must not start a history.
+    gitops_create_branch: bool = False
     runtime: Runtime = "deployment"
     # images/serving: mlflow + boto3, which MLflow's own image lacks for s3:// models
     serving_image: str = f"ghcr.io/mlferry/mlferry-serving:{__version__}"
@@ -143,6 +145,7 @@ ENV_VARS = {
     "MLFERRY_BUCKET": "bucket",
     "MLFERRY_GITOPS_REPO": "gitops_repo",
     "MLFERRY_GITOPS_BRANCH": "gitops_branch",
+    "MLFERRY_GITOPS_CREATE_BRANCH": "gitops_create_branch",
     "MLFERRY_RUNTIME": "runtime",
     "MLFERRY_SERVING_IMAGE": "serving_image",
     "MLFERRY_S3_SECRET": "s3_secret",

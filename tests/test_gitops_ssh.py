@@ -211,7 +211,8 @@ def test_the_workflow_template_carries_the_ssh_secret_to_the_commit_step(sshd, s
     name, version = registered_model(alias="production")
     shell = {k: v for k, v in os.environ.items()
              if k not in ("MLFERRY_GIT_SSH_KEY", "MLFERRY_GIT_KNOWN_HOSTS", "GIT_SSH_COMMAND")}
-    local = LocalArgo.from_environment(None, tmp_path / "runs", {**shell, "MLFERRY_GITOPS_REPO": url})
+    local = LocalArgo.from_environment(None, tmp_path / "runs", {**shell, "MLFERRY_GITOPS_REPO": url,
+                                                                  "MLFERRY_GITOPS_CREATE_BRANCH": "true"})  # empty remote
     names = local.bundle.secrets
     secrets = {
         names.s3: {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},

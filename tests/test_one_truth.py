@@ -278,3 +278,17 @@ def test_a_failure_leaves_no_earlier_commit_on_the_version(registered_model, git
     assert found["mlferry.staging.status"] == "failed"
     assert "mlferry.staging.commit" not in found and "\n" not in found["mlferry.staging.error"]
     assert not found["mlferry.staging.error"].startswith("{")
+
+
+def test_an_empty_gitops_repo_gets_its_branch_only_when_asked(registered_model, work, tmp_path):
+    empty = tmp_path / "empty.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(empty)], check=True)
+    alias = names(work)["staging"]
+    name, version = registered_model(alias=alias)
+    refused = cli(work, "promote", name, "--alias", alias, env={"MLFERRY_GITOPS_REPO": str(empty)})
+    assert refused.returncode == 1
+    assert "is empty: branch 'main' does not exist" in refused.stderr and "MLFERRY_GITOPS_CREATE_BRANCH" in refused.stderr
+    assert subprocess.run(["git", "--git-dir", str(empty), "rev-parse", "--verify", "-q", "main"]).returncode != 0
+    ok(cli(work, "promote", name, "--alias", alias,
+           env={"MLFERRY_GITOPS_REPO": str(empty), "MLFERRY_GITOPS_CREATE_BRANCH": "true"}))
+    assert annotations(empty, f"teams/ml/{slugify(name)}/staging")["mlferry.io/version"] == version

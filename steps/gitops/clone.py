@@ -18,13 +18,14 @@ from mlferry.steps.gitops.runner import Git
 logger = logging.getLogger(__name__)
 
 
-def sync(git: Git, branch: str, scratch: Path, filters: tuple[str, ...] = ()) -> str:
+def sync(git: Git, branch: str, scratch: Path, filters: tuple[str, ...] = (), create: bool = True) -> str:
     """Bring the remote head of ``branch`` into the clone; its sha, or "" if the branch is new.
 
     ``filters``: partial-clone filters, best first; the first one the server serves is used
     (none: everything at the head). ``scratch``: where git runs before the clone exists.
+    ``create``: whether an empty remote may get ``branch`` (a first commit); else it is an error.
     """
-    head = _remote_head(git, branch, scratch)
+    head = _remote_head(git, branch, scratch, create)
     if not (git.root / ".git").exists():
         _start_clone(git, branch, head, filters)
     elif head:
@@ -63,7 +64,7 @@ def _no_lazy_fetch(git: Git) -> None:
         git.run("config", "--unset-all", key, action="configure the clone", ok_codes=(0, 5))  # 5: not set
 
 
-def _remote_head(git: Git, branch: str, scratch: Path) -> str:
+def _remote_head(git: Git, branch: str, scratch: Path, create: bool = True) -> str:
     out = git.run("ls-remote", "--heads", git.remote.url, action="list branches", cwd=scratch)
     heads = {ref: sha for sha, ref in (line.split("\t", 1) for line in out.splitlines() if "\t" in line)}
     head = heads.get(f"refs/heads/{branch}", "")
@@ -75,6 +76,9 @@ def _remote_head(git: Git, branch: str, scratch: Path) -> str:
         raise BranchMissing(f"branch {branch!r} does not exist on {git.display}, which has {others}: set "
                             "gitops_branch (MLFERRY_GITOPS_BRANCH, --gitops-branch) to the branch Argo CD follows, "
                             f"or create {branch!r} there from it")
+    if not head and not create:
+        raise BranchMissing(f"{git.display} is empty: branch {branch!r} does not exist; push a first commit to it, "
+                            "or let mlferry create it (gitops_create_branch: true, MLFERRY_GITOPS_CREATE_BRANCH=true)")
     if not head:
         logger.info("%s is empty: creating branch %s", git.display, branch)
     return head

@@ -103,13 +103,15 @@ def publish_folder(
     retry: RetryPolicy = RetryPolicy(),
     before_push: Callable[[], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    create_branch: bool = True,
 ) -> Published:
     """Make each folder of ``change`` on ``branch`` of the remote hold exactly its files.
 
     Idempotent: when the branch head already holds that content, nothing is committed and the
     head is reported with ``changed=False``. ``workdir`` (empty or missing) keeps the clone for
     inspection; by default a temporary directory is used and removed. ``before_push`` runs just
-    before every push (tests use it to make another writer win the race).
+    before every push (tests use it to make another writer win the race). ``create_branch``: an
+    empty remote gets the branch (the steps pass the team's explicit `gitops_create_branch`).
     """
     environ = os.environ if environ is None else environ
     check_branch(branch)
@@ -120,7 +122,7 @@ def publish_folder(
         root = Path(workdir) if workdir is not None else scratch / "clone"
         git = Git(root, environ, remote)
         return _with_retries(git, scratch, branch, change, identity, retry, before_push, sleep,
-                             _deadline(environ))
+                             _deadline(environ), create_branch)
 
 
 def _deadline(environ: Mapping[str, str]) -> float | None:
@@ -134,12 +136,13 @@ def _deadline(environ: Mapping[str, str]) -> float | None:
 
 def _with_retries(git: Git, scratch: Path, branch: str, change: FolderChange, identity: Identity,
                   retry: RetryPolicy, before_push: Callable[[], None] | None,
-                  sleep: Callable[[float], None], deadline: float | None = None) -> Published:
+                  sleep: Callable[[float], None], deadline: float | None = None,
+                  create_branch: bool = True) -> Published:
     last: GitOpsError = RemoteUnreachable("no attempt made", hint=UNREACHABLE_HINT)
     attempt = 0
     for attempt in range(1, retry.attempts + 1):
         try:
-            return _attempt(git, scratch, branch, change, identity, before_push)
+            return _attempt(git, scratch, branch, change, identity, before_push, create_branch)
         except (RemoteUnreachable, RemoteMoved) as error:
             last = error
         if attempt >= retry.attempts:
@@ -155,13 +158,13 @@ def _with_retries(git: Git, scratch: Path, branch: str, change: FolderChange, id
 
 
 def _attempt(git: Git, scratch: Path, branch: str, change: FolderChange, identity: Identity,
-             before_push: Callable[[], None] | None) -> Published:
+             before_push: Callable[[], None] | None, create_branch: bool = True) -> Published:
     """One try: on the current remote head, replace the folder, commit, push.
 
     A retry after a rejected push comes back here and starts from the new head: the folder
     replacement is re-applied, never rebased (see the module docstring for why).
     """
-    base = sync(git, branch, scratch, filters=(trees_above(change), BLOBLESS))
+    base = sync(git, branch, scratch, filters=(trees_above(change), BLOBLESS), create=create_branch)
     _check_parents(git, base, sorted(change.folders))
     sha, tree, base_tree = _write_commit(git, base, change, identity)
     if tree == base_tree:
