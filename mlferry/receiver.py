@@ -82,14 +82,19 @@ class Delivery:
         return f"{self.model} alias {self.alias} {self.action} → {self.env} (delivery {self.delivery_id})"
 
 
+SEEN_FILE = "receiver-deliveries.json"  # in the runs folder: delivery ids accepted, and until when
+
+
 # --- state shared by the HTTP threads and the worker ---------------------------------------------
 
 class SeenDeliveries:
-    """Delivery ids accepted recently: remembered for as long as their signature stays fresh."""
+    """Delivery ids accepted recently: remembered for as long as their signature stays fresh, and,
+    with a `file`, across restarts of the receiver (a replay right after a restart is refused too)."""
 
-    def __init__(self, window: int = MAX_AGE_SECONDS):
+    def __init__(self, window: int = MAX_AGE_SECONDS, file: Path | None = None):
         self.window = window
-        self._until: dict[str, float] = {}
+        self.file = file
+        self._until: dict[str, float] = _load_seen(file)
         self._lock = threading.Lock()
 
     def first_time(self, delivery_id: str, sent: int, now: float) -> bool:
@@ -100,7 +105,29 @@ class SeenDeliveries:
                 return False
             # A copy signed at `sent` passes the signature check until sent + window.
             self._until[delivery_id] = max(now, sent) + self.window + 1
+            _save_seen(self.file, self._until)
             return True
+
+
+def _load_seen(file: Path | None) -> dict[str, float]:
+    """The remembered ids; an unreadable file is logged and forgotten (the window bounds the risk)."""
+    if file is None or not file.exists():
+        return {}
+    try:
+        found = json.loads(file.read_text())
+        return {str(k): float(v) for k, v in found.items()}
+    except (OSError, ValueError, AttributeError) as err:
+        log.warning("cannot read the accepted delivery ids in %s (%s): starting without them", file, err)
+        return {}
+
+
+def _save_seen(file: Path | None, until: dict[str, float]) -> None:
+    """Written before the 202 is sent, atomically (a crash leaves the old file or the new one)."""
+    if file is None:
+        return
+    partial = file.with_name(file.name + ".partial")
+    partial.write_text(json.dumps(until))
+    os.replace(partial, file)
 
 
 class PromotionQueue:
@@ -163,7 +190,8 @@ class Receiver:
     """What happens to one request (`receive`), and the promotions it starts (`work`, `parallelism` at once)."""
 
     def __init__(self, local: LocalArgo, secret: str, *, clock: Callable[[], float] = time.time,
-                 on_event: Callable[[NodeEvent], None] | None = None, parallelism: int | None = None):
+                 on_event: Callable[[NodeEvent], None] | None = None, parallelism: int | None = None,
+                 seen_file: Path | None = None):
         self.local = local
         self.bundle = local.bundle
         self.settings = local.bundle.settings
@@ -171,7 +199,7 @@ class Receiver:
         self.secret = secret
         self.clock = clock
         self.on_event = on_event
-        self.seen = SeenDeliveries()
+        self.seen = SeenDeliveries(file=seen_file)
         self.queue = PromotionQueue()
         self.parallelism = max(1, parallelism or local.bundle.parallelism)
         self.interrupt = threading.Event()  # set on shutdown: the runs in progress stop
@@ -413,7 +441,8 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, runs_root: str 
     local.keep_warm = True  # one warm server for every promotion this receiver runs
     settings = local.bundle.settings
     settings.require_gitops_repo()
-    receiver = Receiver(local, secret, on_event=on_event)
+    local.runs_root.mkdir(parents=True, exist_ok=True)
+    receiver = Receiver(local, secret, on_event=on_event, seen_file=local.runs_root / SEEN_FILE)
     try:
         server = _Server((host, port), receiver)
     except OSError as err:

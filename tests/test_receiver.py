@@ -387,6 +387,24 @@ def test_a_queued_promotion_is_replaced_by_a_newer_event_for_the_same_model_and_
     assert [(d.model, d.alias) for d in receiver.queue.drain()] == [("fraud", "champion"), ("churn", "staging")]
 
 
+def test_a_replay_after_a_restart_of_the_receiver_starts_nothing(tmp_path):
+    from mlferry.receiver import SEEN_FILE
+
+    secret, seen = "whsec-test", tmp_path / "runs" / SEEN_FILE
+    seen.parent.mkdir()
+    body, raw = signed_request(alias_event("fraud", "production", "1"), secret=secret)
+    first = Receiver(LocalArgo(BUNDLE, tmp_path / "runs", {}), secret, seen_file=seen)
+    assert first.receive(headers_of(raw), body).status == 202
+    # A new receiver process, the same runs folder: the captured delivery is a duplicate.
+    again = Receiver(LocalArgo(BUNDLE, tmp_path / "runs", {}), secret, seen_file=seen)
+    reply = again.receive(headers_of(raw), body)
+    assert (reply.status, reply.body["status"]) == (200, "duplicate") and len(again.queue) == 0
+    # An unreadable file is not a reason to refuse work: the receiver starts without it, and says so.
+    seen.write_text("{not json")
+    assert Receiver(LocalArgo(BUNDLE, tmp_path / "runs", {}), secret, seen_file=seen).receive(
+        headers_of(raw), body).status == 202
+
+
 def test_a_delivery_id_is_remembered_while_its_signature_is_fresh():
     from mlferry.receiver import SeenDeliveries
 

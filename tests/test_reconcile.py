@@ -69,6 +69,8 @@ def test_reconcile_promotes_what_git_lacks_and_prunes_a_removed_alias(registered
     assert f"teams/ml/{slugify(a)}/production" in folders(gitops_remote)
     new = git_log(gitops_remote, "--format=%s%n%b", f"{commits.split()[0]}..main")
     assert f"remove {b} v{vb} from staging" in new and "Trigger: reconcile" in new
+    assert MlflowClient().get_model_version(b, vb).tags["mlferry.staging.status"] == "retired"
+    assert f"prune    {b} v{vb} from staging: no alias or stage selects a version" in third.stdout
 
 
 def test_prune_false_keeps_folders(registered_model, gitops_remote, tmp_path, aliases):
