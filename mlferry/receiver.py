@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from mlferry.local import LocalArgo
 from mlferry.promotion import TEMPLATE, PromotionResult, failure_line
 from mlferry.sensors.objects import trigger_parameters
+from mlferry.steps.gitops.credentials import display_url
 from mlferry.steps.event_filter import AmbiguousBody, accept, environment_aliases, parse_body
 from mlferry.steps.settings import SettingsError
 from mlferry.steps.signature import (DELIVERY_ID_HEADER, MAX_AGE_SECONDS, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError,
@@ -452,7 +453,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, runs_root: str 
     bound_host, bound_port = server.server_address[:2]
     log.info("listening on http://%s:%d%s (health: %s); aliases %s; promotions run %d at a time into %s (%s); "
              "runs in %s", bound_host, bound_port, receiver.path, HEALTH_PATH, aliases or "none",
-             receiver.parallelism, settings.gitops_repo, settings.gitops_branch, local.runs_root)
+             receiver.parallelism, display_url(settings.gitops_repo), settings.gitops_branch, local.runs_root)
     http = threading.Thread(target=server.serve_forever, name="mlferry-receiver-http", daemon=True)
     http.start()
     in_main = threading.current_thread() is threading.main_thread()

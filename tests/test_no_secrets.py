@@ -52,3 +52,25 @@ def test_planted_credentials_appear_nowhere(registered_model, gitops_remote, tmp
     for place, text in places.items():
         for what, value in secrets.items():
             assert value not in text, f"{what} leaked into {place}"
+
+
+def test_a_token_in_the_gitops_url_stays_out_of_the_receivers_log(stack, tmp_path):
+    """A remote given as https://user:token@host/… (as some CI systems hand it) is logged redacted."""
+    import signal
+    import time
+
+    from mlferry.stack.processes import free_port
+
+    url = f"https://x-access-token:{PLANTED_TOKEN}@git.example.invalid/team/gitops.git"
+    env = {**os.environ, "MLFERRY_GITOPS_REPO": url}
+    receiver = subprocess.Popen([sys.executable, "-m", "mlferry.cli", "events", "serve", "--port", str(free_port()),
+                                 "--stack-dir", str(tmp_path / "local")], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, seen = time.monotonic() + 60, ""
+    while time.monotonic() < deadline and "listening on" not in seen:
+        seen += receiver.stdout.readline()
+    receiver.send_signal(signal.SIGTERM)
+    out, _ = receiver.communicate(timeout=60)
+    log = seen + out
+    assert "listening on" in log and "git.example.invalid/team/gitops.git" in log, log
+    assert PLANTED_TOKEN not in log
