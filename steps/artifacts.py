@@ -60,6 +60,28 @@ def open_source(uri: str) -> ModelSource:
     )
 
 
+def check_source_allowed(uri: str, tracking_uri: str, allowed: list[str]) -> str:
+    """Refuse a source that would take mlferry's credentials somewhere they do not belong.
+
+    MLflow accepts any source for a model version. Read as is, `mlflow-artifacts://other-host/…`
+    would receive the MLflow token, and `s3://someone-elses-bucket/…` mlferry's own S3 keys.
+    Allowed: the tracking server's own artifact proxy, a local path, and the prefixes the team
+    lists in `allowed_sources` (a direct S3 artifact store, say).
+    """
+    parts = urlsplit(uri)
+    if parts.scheme in LOCAL_SCHEMES:
+        return uri
+    if parts.scheme == "mlflow-artifacts" and parts.netloc in ("", urlsplit(tracking_uri).netloc):
+        return uri
+    if any(uri == prefix or uri.startswith(prefix.rstrip("/") + "/") for prefix in allowed):
+        return uri
+    where = (f"another server ({parts.netloc}) than the tracking server" if parts.scheme == "mlflow-artifacts"
+             else "a location outside the tracking server's artifact store")
+    raise SourceError(f"the model's source {uri} is on {where}; mlferry would send its credentials there, so it "
+                      "does not read it: if that store is yours, add its prefix to allowed_sources "
+                      "(mlferry.yaml, MLFERRY_ALLOWED_SOURCES)")
+
+
 def check_artifact_path(path: str) -> str:
     """A relative, '/'-separated path that stays inside the model folder, or SourceError."""
     problem = _path_problem(path)

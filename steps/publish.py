@@ -18,6 +18,7 @@ annotations as classes, and postponed annotations would hand it strings.
 import base64
 import hashlib
 import json
+import os
 import logging
 import threading
 import time
@@ -29,7 +30,8 @@ from typing import Callable, Iterator, Mapping
 from hera.workflows import Input, Output
 from s3transfer.utils import ChunksizeAdjuster
 
-from mlferry.steps.artifacts import ModelSource, SourceFile, check_artifact_path, open_source
+from mlferry.steps.artifacts import ModelSource, SourceFile, check_artifact_path, check_source_allowed, open_source
+from mlferry.steps.mlflow_api import tracking_uri
 from mlferry.steps.layout import MANIFEST_NAME, model_prefix
 from mlferry.steps.outcome import as_argo_step
 from mlferry.steps.settings import load_settings
@@ -123,6 +125,7 @@ class LargeDigests:
 @as_argo_step
 def publish(inputs: PublishInput) -> Publication:
     settings = load_settings()
+    check_source_allowed(inputs.source_uri, tracking_uri(os.environ), settings.allowed_sources)
     return publish_version(open_source(inputs.source_uri), publishing_store(settings.bucket),
                            inputs.model, inputs.version, inputs.slug)
 

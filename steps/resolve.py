@@ -10,6 +10,7 @@ from typing import Any
 from hera.workflows import Input, Output
 
 from mlferry.steps import registry, rule
+from mlferry.steps.artifacts import check_source_allowed
 from mlferry.steps.model_settings import TAG_PREFIX, ModelServing, check_requests_within_limits, serving_from_tags
 from mlferry.steps.outcome import as_argo_step
 from mlferry.steps.naming import slugify
@@ -79,6 +80,7 @@ def resolve_version(inputs: ResolveInput, settings: Settings, mlflow) -> ModelVe
     found = registry.find_version(mlflow, inputs.model, version=decision.version)
     serving = _model_serving(registry.model_tags(mlflow, found.name), settings)  # a bad tag fails here, first
     source_uri = registry.download_uri(mlflow, found.name, found.version)
+    check_source_allowed(source_uri, mlflow.tracking_uri, settings.allowed_sources)  # before any credential goes
     mlmodel = registry.read_mlmodel(source_uri)
     metrics, commit = registry.run_facts(mlflow, found.run_id or "")
     return ModelVersion(

@@ -79,6 +79,9 @@ class Settings(BaseModel):
     s3_endpoint: str = ""  # what serving pods use to reach the object store
     s3_secret: str = "mlferry-s3"  # Secret (in each serving namespace) with AWS_* keys
     prune: bool = True
+    # Model sources read besides the tracking server's artifact proxy (e.g. "s3://mlflow-artifacts/"):
+    # anything else a version names is refused, since mlferry's credentials would go there.
+    allowed_sources: list[str] = Field(default_factory=list)
     # The most of the team's folders one reconcile may remove; more is refused unless forced
     # (`--prune force`), and removing every folder always is: a registry that suddenly answers
     # "no models" (a failover to an empty database, a token that lost READ) must not undeploy all.
@@ -92,6 +95,12 @@ class Settings(BaseModel):
         if not is_dns_label(team, 40):
             raise ValueError(f"team {team!r} must be a DNS-1123 label (lowercase letters, digits, '-')")
         return team
+
+    @field_validator("allowed_sources", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """MLFERRY_ALLOWED_SOURCES holds them comma-separated."""
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
     @field_validator("environments")
     @classmethod
@@ -151,6 +160,7 @@ ENV_VARS = {
     "MLFERRY_S3_SECRET": "s3_secret",
     "MLFERRY_PRUNE": "prune",
     "MLFERRY_PRUNE_MAX_SHARE": "prune_max_share",
+    "MLFERRY_ALLOWED_SOURCES": "allowed_sources",
 }
 
 

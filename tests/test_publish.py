@@ -168,11 +168,12 @@ def test_a_partial_copy_is_completed_and_corrected(registered_model, s3, tmp_pat
     assert again.manifest_sha256 == first.manifest_sha256
 
 
-def test_publishes_from_s3_uri_the_same_files_as_through_the_server(registered_model, s3):
+def test_publishes_from_s3_uri_the_same_files_as_through_the_server(registered_model, s3, monkeypatch):
     name, version = registered_model(extra_files={"a/b/c.txt": b"nested"})
     proxied = download_uri(name, version)
     direct = proxied.replace("mlflow-artifacts:/", f"s3://{ARTIFACTS_BUCKET}/", 1)
     assert direct != proxied
+    monkeypatch.setenv("MLFERRY_ALLOWED_SOURCES", f"s3://{ARTIFACTS_BUCKET}/")  # the team's own artifact store
     via_server = publish(inputs_for(name, version, proxied))
     via_s3 = publish(PublishInput(model=name, version=version, slug=slugify(name + "-direct"), source_uri=direct))
 

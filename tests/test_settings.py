@@ -89,10 +89,11 @@ def test_the_file_is_config_else_mlferry_config_else_the_working_folder(tmp_path
 def test_every_variable_sets_its_field():
     values = {"team": "t", "bucket": "b", "gitops_repo": "/r", "gitops_branch": "br", "runtime": "kserve",
               "serving_image": "img:1", "s3_secret": "sec", "prune": "false", "prune_max_share": "0.25",
-              "gitops_create_branch": "true"}
+              "gitops_create_branch": "true", "allowed_sources": "s3://a/, s3://b/"}
     settings = load_settings(environ={var: values[field] for var, field in ENV_VARS.items()})
     assert settings.model_dump(include=set(values)) == {**values, "prune": False, "prune_max_share": 0.25,
-                                                         "gitops_create_branch": True}
+                                                         "gitops_create_branch": True,
+                                                         "allowed_sources": ["s3://a/", "s3://b/"]}
 
 
 def test_the_bundle_reads_the_same_file_and_takes_flags(tmp_path):
