@@ -6,7 +6,7 @@ environment exists; after a final reconcile the repo holds exactly what the docu
 The steps run in this process (resolve → render → commit, retire, plan, rollback: the very step
 functions the workflows run), without publish, which copies bytes and decides nothing here, and
 without the local engine, whose fidelity has its own tests: that keeps an example under seconds.
-MLFERRY_TRUTH_EXAMPLES sets how many examples to run (CI: 6; a longer hunt: 200).
+MLFERRY_TRUTH_EXAMPLES sets how many examples to run (CI: 4; a longer hunt: 200).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from mlferry.steps.resolve import ResolveInput, resolve
 from mlferry.steps.retire import RetireInput, retire
 from mlferry.steps.rollback import RollbackInput, RollbackRefused, rollback
 
-EXAMPLES = int(os.environ.get("MLFERRY_TRUTH_EXAMPLES", "6"))
+EXAMPLES = int(os.environ.get("MLFERRY_TRUTH_EXAMPLES", "4"))
 ENVIRONMENTS = {"staging": ["s"], "production": ["p1", "p2"]}  # alias names get a per-test suffix
 
 
