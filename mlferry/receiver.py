@@ -17,6 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -83,7 +84,12 @@ class Delivery:
         return f"{self.model} alias {self.alias} {self.action} → {self.env} (delivery {self.delivery_id})"
 
 
-SEEN_FILE = "receiver-deliveries.json"  # in the runs folder: delivery ids accepted, and until when
+def rfc3339(moment: float) -> str:
+    """A time as Argo Events' CloudEvents context writes it (and verify-event reads it)."""
+    return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+SEEN_FILE = "receiver-deliveries.json"  # beside the runs folder: delivery ids accepted, and until when
 
 
 # --- state shared by the HTTP threads and the worker ---------------------------------------------
@@ -242,7 +248,8 @@ class Receiver:
                          f"duplicate delivery {delivery_id}: already accepted, nothing started")
         delivery = Delivery(delivery_id, decision.action, decision.model, decision.alias, decision.env,
                             int(timestamp),
-                            trigger_parameters(self.bundle, decision.env, headers.items(), body_text, payload))
+                            trigger_parameters(self.bundle, decision.env, headers.items(), body_text, payload,
+                                               rfc3339(now)))
         replaced = self.queue.put(delivery)
         answer = {"status": "accepted", "delivery_id": delivery_id, "model": delivery.model, "env": delivery.env}
         note = f"accepted {delivery.describe()}"
@@ -443,7 +450,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, runs_root: str 
     settings = local.bundle.settings
     settings.require_gitops_repo()
     local.runs_root.mkdir(parents=True, exist_ok=True)
-    receiver = Receiver(local, secret, on_event=on_event, seen_file=local.runs_root / SEEN_FILE)
+    receiver = Receiver(local, secret, on_event=on_event, seen_file=local.runs_root.parent / SEEN_FILE)
     try:
         server = _Server((host, port), receiver)
     except OSError as err:

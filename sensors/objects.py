@@ -36,7 +36,7 @@ from hera.events.models.io.k8s.api.core.v1 import SecretKeySelector, ServicePort
 from hera.events.models.io.k8s.apimachinery.pkg.apis.meta.v1 import ObjectMeta
 from hera.workflows import models as wf
 
-from mlferry.sensors.parameters import TRIGGER_PARAMETERS, data_filters, event_values
+from mlferry.sensors.parameters import CONTEXT, TRIGGER_PARAMETERS, data_filters, event_values
 from mlferry.steps.event_filter import environment_aliases
 from mlferry.steps.settings import SettingsError
 from mlferry.workflows.bundle import Bundle
@@ -133,8 +133,9 @@ def _trigger(bundle: Bundle, env: str) -> dict[str, Any]:
 
 
 def _parameter(env: str, index: int, path: str, default: str | None) -> TriggerParameter:
+    key = ({"context_key": path.removeprefix(CONTEXT)} if path.startswith(CONTEXT) else {"data_key": path})
     return TriggerParameter(
-        src=TriggerParameterSource(dependency_name=dependency_name(env), data_key=path, value=default),
+        src=TriggerParameterSource(dependency_name=dependency_name(env), value=default, **key),
         dest=f"spec.arguments.parameters.{index}.value",
     )
 
@@ -154,12 +155,12 @@ def promotion_workflow(bundle: Bundle, env: str) -> dict[str, Any]:
 
 
 def trigger_parameters(bundle: Bundle, env: str, headers: Iterable[tuple[str, str]], body_text: str,
-                       payload: Any) -> dict[str, str]:
+                       payload: Any, received_at: str = "") -> dict[str, str]:
     """The parameters the trigger for `env` gives the workflow for this request: its fixed values
     (`env`, `trigger`) and the event's, read at the trigger's paths. The local receiver runs this."""
     workflow = promotion_workflow(bundle, env)
     values = {p["name"]: p.get("value", "") for p in workflow["spec"]["arguments"]["parameters"]}
-    return {**values, **event_values(headers, body_text, payload)}
+    return {**values, **event_values(headers, body_text, payload, received_at)}
 
 
 # --- shared ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 from hera.events.models import DataFilter
 
 from mlferry.steps.event_filter import ACTIONS, ENTITY
-from mlferry.steps.verify_event import EVENT_HEADERS, EVENT_PARAMETERS
+from mlferry.steps.verify_event import EVENT_HEADERS, EVENT_PARAMETERS, RECEIVED_AT
 
 # Argo Events matches a string filter value as an unanchored Go regexp: any one character,
 # newlines included (?s), found anywhere means "not empty".
@@ -46,9 +46,14 @@ def header_path(name: str) -> str:
     return f"header.{canonical_header(name)}.0"
 
 
+CONTEXT = "context."  # a path into the event's CloudEvents context, not its data
+
+
 def _event_source(name: str) -> tuple[str, str | None]:
     if name == "body":
         return ("body", None)  # the JSON text of the body, as the event source re-encoded it
+    if name == RECEIVED_AT:
+        return (CONTEXT + "time", "")  # stamped by the EventSource when it dispatched the request
     return (header_path(EVENT_HEADERS[name]), "")
 
 
@@ -63,11 +68,13 @@ TRIGGER_PARAMETERS: dict[str, tuple[str, str | None]] = {
 }
 
 
-def event_values(headers: Iterable[tuple[str, str]], body_text: str, payload: Any) -> dict[str, str]:
+def event_values(headers: Iterable[tuple[str, str]], body_text: str, payload: Any,
+                 received_at: str = "") -> dict[str, str]:
     """TRIGGER_PARAMETERS' values for one request, read as the Sensor reads them.
 
     `headers` are the request's (name, value) pairs, `payload` its parsed body. `body` is the body as
-    received: Argo Events hands on a compacted copy, which verify-event also accepts.
+    received: Argo Events hands on a compacted copy, which verify-event also accepts. `received_at`
+    (RFC 3339) is what the EventSource's context says: when the request arrived.
     """
     canonical: dict[str, list[str]] = {}
     for name, value in headers:
@@ -75,7 +82,8 @@ def event_values(headers: Iterable[tuple[str, str]], body_text: str, payload: An
     event = {"header": canonical, "body": payload}
     values = {}
     for name, (path, default) in TRIGGER_PARAMETERS.items():
-        found = body_text if path == "body" else _lookup(event, path)
+        found = (body_text if path == "body" else received_at if path.startswith(CONTEXT)
+                 else _lookup(event, path))
         values[name] = (default or "") if found is None else found
     return values
 

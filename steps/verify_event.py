@@ -11,8 +11,10 @@ The secret comes from MLFERRY_WEBHOOK_SECRET (the bundle's webhook Secret).
 # the local receiver all run the very same code.
 
 import json
+import logging
 import os
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 from hera.workflows import Input, Output
@@ -23,12 +25,17 @@ from mlferry.steps.signature import (DELIVERY_ID_HEADER, SIGNATURE_HEADER, TIMES
 from mlferry.steps.outcome import as_argo_step
 from mlferry.steps.settings import Settings, load_settings
 
+log = logging.getLogger(__name__)
 SECRET_ENV = "MLFERRY_WEBHOOK_SECRET"
 # The workflow parameters that carry a webhook event to this step, each from a request header, and
 # the body. Declared once: the WorkflowTemplate takes them (workflows/promote.py), the Sensor fills them
 # (sensors/parameters.py).
 EVENT_HEADERS = {"delivery_id": DELIVERY_ID_HEADER, "timestamp": TIMESTAMP_HEADER, "signature": SIGNATURE_HEADER}
-EVENT_PARAMETERS = (*EVENT_HEADERS, "body")
+# When the event was received: the EventSource stamps each event (its CloudEvents `time`, set as it
+# dispatches the request; argo-events pkg/eventsources/eventing.go), the local receiver likewise.
+RECEIVED_AT = "received_at"
+EVENT_PARAMETERS = (*EVENT_HEADERS, "body", RECEIVED_AT)
+CLOCK_SKEW = 60  # seconds a receipt time may lie ahead of this pod's clock
 
 
 class VerifyEventInput(Input):
@@ -40,6 +47,7 @@ class VerifyEventInput(Input):
     timestamp: str = ""
     signature: str = ""
     body: str = ""  # the webhook body as a JSON string; empty when no event started the run
+    received_at: str = ""  # RFC 3339: when the event was received; "": measure the age now
 
 
 class VerifiedEvent(Output):
@@ -63,7 +71,8 @@ class EventRejected(ValueError):
 def verify_event(inputs: VerifyEventInput) -> VerifiedEvent:
     if not inputs.body:
         return VerifiedEvent(model=inputs.model, alias=inputs.alias, env=inputs.env)
-    return verified_event(inputs, os.environ.get(SECRET_ENV, ""), load_settings(), now=time.time())
+    return verified_event(inputs, os.environ.get(SECRET_ENV, ""), load_settings(),
+                          now=receipt_time(inputs.received_at, time.time()))
 
 
 def verified_event(inputs: VerifyEventInput, secret: str, settings: Settings, *, now: float) -> VerifiedEvent:
@@ -78,6 +87,26 @@ def verified_event(inputs: VerifyEventInput, secret: str, settings: Settings, *,
     _check_parameters(inputs, decision)
     return VerifiedEvent(verified=True, delivery_id=inputs.delivery_id, action=decision.action,
                          model=decision.model, alias=decision.alias, version=decision.version, env=decision.env)
+
+
+def receipt_time(received_at: str, now: float) -> float:
+    """The moment the signature's age is measured at: when the event was received, so that a queue
+    or a slow image pull before this pod cannot make a fresh event look stale. A receipt time that
+    is unreadable or in the future is not used: the age is measured now, the stricter reading."""
+    if not received_at:
+        return now
+    try:
+        stamp = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
+    except ValueError:
+        log.warning("the event's receipt time %r is not RFC 3339: measuring its age now", received_at[:40])
+        return now
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    received = stamp.timestamp()
+    if received > now + CLOCK_SKEW:
+        log.warning("the event's receipt time %s is ahead of this clock: measuring its age now", received_at)
+        return now
+    return min(received, now)
 
 
 def _check_parameters(inputs: VerifyEventInput, decision) -> None:

@@ -160,14 +160,17 @@ def fired_triggers(sensor_doc: dict, data: Any) -> list[dict]:
     return fired
 
 
-def submitted_parameters(trigger: dict, data: Any) -> dict[str, str]:
-    """The Workflow the trigger submits, its parameters set from the event as the Sensor sets them."""
+def submitted_parameters(trigger: dict, data: Any, context: dict | None = None) -> dict[str, str]:
+    """The Workflow the trigger submits, its parameters set from the event as the Sensor sets them
+    (`context`: the event's CloudEvents context, stamped by the EventSource)."""
     workflow = copy.deepcopy(trigger["template"]["argoWorkflow"]["source"]["resource"])
     parameters = workflow["spec"]["arguments"]["parameters"]
+    context = context or {"time": "2026-01-01T00:00:00Z"}
     for parameter in trigger["template"]["argoWorkflow"]["parameters"]:
         src = parameter["src"]
-        exists, node = gjson_get(data, src["dataKey"])
-        assert exists or "value" in src, f"the Sensor would fail: no {src['dataKey']} and no default"
+        key = src.get("dataKey") or src["contextKey"]
+        exists, node = gjson_get(data if "dataKey" in src else context, key)
+        assert exists or "value" in src, f"the Sensor would fail: no {key} and no default"
         value = gjson_string(node) if exists else src["value"]
         index = re.fullmatch(r"spec\.arguments\.parameters\.(\d+)\.value", parameter["dest"]).group(1)
         parameters[int(index)]["value"] = value
@@ -371,7 +374,8 @@ def test_unsigned_mlflow_delivery_is_rejected(sent_by_mlflow) -> None:
 def run_verify_event(tmp_path: Path, inputs: dict[str, str], secret: str = SECRET) -> tuple[subprocess.CompletedProcess, Path]:
     args = tmp_path / "args.json"
     # Argo passes every input the template declares; the run's own parameters default to "".
-    inputs = {"model": "", "alias": "", "env": "", **inputs}
+    inputs = {"model": "", "alias": "", "env": "", "received_at": "", **inputs}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     args.write_text(json.dumps([{"name": k, "value": v} for k, v in inputs.items()]))
     outputs = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFERRY_")}
@@ -387,6 +391,22 @@ def argo_inputs(event: Any, **override: str) -> dict[str, str]:
     body, headers = delivery(event)
     return {"delivery_id": "d-1", "timestamp": headers["X-Mlflow-Timestamp"],
             "signature": headers["X-Mlflow-Signature"], "body": go_reencode(body), **override}
+
+
+def test_the_age_is_measured_at_receipt_not_when_the_pod_starts(tmp_path: Path) -> None:
+    from mlferry.receiver import rfc3339
+
+    sent = time.time() - 400  # queued, then a slow image pull: the pod starts 400 s after MLflow signed
+    body, headers = delivery(alias_event("staging"), at=sent)
+    inputs = {"delivery_id": "d-1", "timestamp": headers["X-Mlflow-Timestamp"],
+              "signature": headers["X-Mlflow-Signature"], "body": go_reencode(body)}
+    received, _ = run_verify_event(tmp_path / "at-receipt", {**inputs, "received_at": rfc3339(sent + 5)})
+    assert received.returncode == 0, received.stderr
+    late, _ = run_verify_event(tmp_path / "no-receipt", inputs)
+    assert late.returncode == 1 and "too old to trust" in late.stderr
+    # A receipt time ahead of the clock is not believed: the age is measured now, and is too old.
+    future, _ = run_verify_event(tmp_path / "future", {**inputs, "received_at": rfc3339(time.time() + 3600)})
+    assert future.returncode == 1 and "too old to trust" in future.stderr
 
 
 def test_verify_event_step_accepts_a_signed_event(tmp_path: Path) -> None:

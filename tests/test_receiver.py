@@ -7,6 +7,7 @@ on its own port) and deletes it at the end, and every assertion looks at the tes
 """
 
 import json
+from datetime import datetime
 import os
 import signal
 import socket
@@ -361,9 +362,14 @@ def test_the_receiver_submits_what_the_sensor_would(tmp_path, action):
     names = [p["name"] for p in workflow["spec"]["arguments"]["parameters"]]
     expected = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
     argo_event = {"header": {k.title(): [v] for k, v in raw.items()}, "body": event}
+    # The EventSource's CloudEvents context: `time` is when it received the request (RFC 3339).
+    received = delivery.parameters["received_at"]
+    assert abs(datetime.fromisoformat(received.replace("Z", "+00:00")).timestamp() - time.time()) < 60
+    context = {"time": received}
     for parameter in trigger["template"]["argoWorkflow"]["parameters"]:
         index = int(parameter["dest"].rsplit(".", 2)[1])
-        value = argo_data_key(argo_event, parameter["src"]["dataKey"])
+        src = parameter["src"]
+        value = argo_data_key(context, src["contextKey"]) if "contextKey" in src else argo_data_key(argo_event, src["dataKey"])
         expected[names[index]] = value if isinstance(value, str) else json.dumps(value)
     assert delivery.parameters.keys() == expected.keys() and "version" not in expected
     assert expected["trigger"] == "webhook" and expected["env"] == "production"
@@ -371,7 +377,8 @@ def test_the_receiver_submits_what_the_sensor_would(tmp_path, action):
            {k: v for k, v in expected.items() if k != "body"}
     # Argo Events re-encodes the body; the receiver hands on the signed bytes themselves.
     assert delivery.parameters["body"] == body.decode() and json.loads(expected["body"]) == event
-    assert trigger_parameters(BUNDLE, "production", headers_of(raw).items(), body.decode(), event) == delivery.parameters
+    assert trigger_parameters(BUNDLE, "production", headers_of(raw).items(), body.decode(), event,
+                              received) == delivery.parameters
 
 
 def test_a_queued_promotion_is_replaced_by_a_newer_event_for_the_same_model_and_environment(tmp_path):
