@@ -30,8 +30,7 @@ def plan_lines(plan: Mapping[str, list[dict[str, str]]]) -> list[str]:
               + (f" (the rule selects v{h['wanted']})" if h.get("wanted") and h["wanted"] != h["version"] else "")
               for h in plan.get("held", [])]
     lines += [f"  kept     {name(k)} v{k['version']} in {k['env']}: {k['why']}" for k in plan.get("kept", [])]
-    lines += [f"  refused  {name(c)} in {c['env']}: its folder {c['folder']} belongs to model "
-              f"{printable(c['owner'], 64)!r}; rename one of them" for c in plan.get("conflicts", [])]
+    lines += [f"  refused  {name(c)} in {c['env']}: {printable(c['why'], 200)}" for c in plan.get("conflicts", [])]
     return lines
 
 

@@ -119,6 +119,11 @@ def rollback(model: str, env: str, *, to: str = "", reason: str = "", runs_root:
 
 def run_promotion(template: str, parameters: dict[str, str], what: str, *, runs_root: str | Path,
                   config: str | None, on_event: Callable[[NodeEvent], None] | None) -> PromotionResult:
+    for name, value in parameters.items():
+        if "{{" in value:  # Argo would substitute it as a template variable, here as on a cluster
+            raise ValueError(f"{name} {value[:80]!r} holds '{{{{', which Argo reads as a template variable in a "
+                             "workflow parameter: " + ("rename the registered model" if name == "model"
+                                                       else "leave it out"))
     local = LocalArgo.from_environment(config, runs_root)
     run = local.submit(template, parameters, on_event=on_event)
     if run.phase != "Succeeded":

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from hera.events.models import DataFilter
 
-from mlferry.steps.event_filter import ACTIONS, ENTITY
+from mlferry.steps.event_filter import ACTIONS, ENTITY, TEMPLATE_START
 from mlferry.steps.verify_event import EVENT_HEADERS, EVENT_PARAMETERS, RECEIVED_AT
 
 # Argo Events matches a string filter value as an unanchored Go regexp: any one character,
@@ -27,6 +27,7 @@ def data_filters(aliases: tuple[str, ...]) -> list[DataFilter]:
         DataFilter(path="body.entity", type="string", value=[exactly(ENTITY)]),
         DataFilter(path="body.action", type="string", value=[exactly(a) for a in ACTIONS]),
         DataFilter(path="body.data.name", type="string", value=[NON_EMPTY]),
+        DataFilter(path="body.data.name", type="string", comparator="!=", value=[exactly(TEMPLATE_START)[1:-1]]),
         DataFilter(path="body.data.alias", type="string", value=[exactly(a) for a in aliases]),
     ]
 

@@ -17,6 +17,8 @@ from typing import Any
 from mlferry.steps.settings import Settings
 
 ENTITY = "model_version_alias"
+# Argo substitutes `{{…}}` in every parameter it passes on: a name holding one cannot travel as one.
+TEMPLATE_START = "{{"
 ACTIONS = ("created", "deleted")
 
 
@@ -73,6 +75,9 @@ def accept(event: Any, settings: Settings) -> Decision:
     model, alias = data.get("name"), data.get("alias")
     if not isinstance(model, str) or not model:
         return _ignored("the event names no model")
+    if TEMPLATE_START in model:
+        return _ignored(f"the model name {model[:80]!r} holds {TEMPLATE_START!r}, which Argo reads as a template "
+                        "variable in the workflow's parameters: rename the registered model")
     if not isinstance(alias, str):
         return _ignored("the event names no alias")
     env = settings.environment_for_alias(alias)

@@ -21,6 +21,7 @@ import yaml
 from hera.workflows import Input, Output
 
 from mlferry.steps import gitops, registry, rule
+from mlferry.steps.event_filter import TEMPLATE_START
 from mlferry.steps.layout import gitops_folder, parse_gitops_folder, team_prefix
 from mlferry.steps.naming import slugify
 from mlferry.steps.outcome import as_argo_step
@@ -43,7 +44,7 @@ class Plan(Output):
     removals: list[dict[str, str]] = []  # [{model, version, env, folder, why}]: positive evidence only
     held: list[dict[str, str]] = []  # [{model, version, env, reason, wanted}]: a hold keeps the folder
     kept: list[dict[str, str]] = []  # [{model, version, env, folder, why}]: nothing selects it, not removed
-    conflicts: list[dict[str, str]] = []  # [{model, owner, env, folder}]: another model owns the folder
+    conflicts: list[dict[str, str]] = []  # [{model, env, why}]: refused (another model owns the folder, …)
     promotion_count: int = 0
     removal_count: int = 0
     unchanged: int = 0
@@ -77,7 +78,7 @@ def plan(inputs: PlanInput) -> Plan:
     for entry in found.kept:
         log.info("kept: %s v%s in %s: %s", entry["model"], entry["version"], entry["env"], entry["why"])
     for entry in found.conflicts:
-        log.warning("refused: %s in %s: its folder belongs to %s", entry["model"], entry["env"], entry["owner"])
+        log.warning("refused: %s in %s: %s", entry["model"], entry["env"], entry["why"])
     return found
 
 
@@ -146,10 +147,15 @@ def plan_changes(selected: dict[tuple[str, str], rule.Selection], deployed: dict
     promotions, held, conflicts, unchanged = [], [], [], 0
     for (model, env), chosen in sorted(selected.items()):
         there = deployed.get((model, env))
+        if TEMPLATE_START in model:
+            conflicts.append({"model": model, "env": env, "why": f"its name holds {TEMPLATE_START!r}, which Argo "
+                              "reads as a template variable in the fan-out: rename the registered model"})
+            continue
         owner = owners.setdefault((slugify(model), env), model)
         if owner != model:
-            conflicts.append({"model": model, "owner": owner, "env": env,
-                              "folder": gitops_folder(settings.team, slugify(model), env)})
+            folder = gitops_folder(settings.team, slugify(model), env)
+            conflicts.append({"model": model, "env": env, "why": f"its folder {folder} belongs to model "
+                                                               f"{owner!r}; rename one of them"})
         elif there and there.hold:
             held.append(_held(there, env, chosen.version))
         elif there and there.version == chosen.version:

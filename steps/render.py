@@ -50,6 +50,9 @@ class RenderInput(Input):
     description: str = ""
     serving: ModelServing = ModelServing()  # the registered model's mlferry.* tags, checked by resolve
     hold: str = ""  # why this version is held here (steps/rule.py); "" when it follows the rule
+    # The workflow passes description and source_commit here, as resolve's Argo-safe JSON: registry
+    # text holding `{{` would otherwise be read by Argo as a template variable. Given, it wins.
+    registry_text: str = ""
 
 
 class Rendered(Output):
@@ -64,6 +67,7 @@ def render(inputs: RenderInput) -> Rendered:
 
 
 def render_folder(inputs: RenderInput, settings: Settings) -> Rendered:
+    inputs = with_registry_text(inputs)
     runtime = inputs.serving.runtime or settings.runtime  # the model's tag wins over the team's setting
     resource_files = runtime_files(runtime)
     values = template_values(inputs, settings, resource_files)
@@ -75,6 +79,16 @@ def render_folder(inputs: RenderInput, settings: Settings) -> Rendered:
     folder = gitops_folder(settings.team, inputs.slug, inputs.env)
     validate_folder(files, folder)
     return Rendered(folder=folder, files=files, digest=folder_digest(files))
+
+
+def with_registry_text(inputs: RenderInput) -> RenderInput:
+    if not inputs.registry_text:
+        return inputs
+    try:
+        text = json.loads(inputs.registry_text)
+    except ValueError as err:
+        raise ValueError(f"registry_text is not JSON ({err}); it comes from resolve's output") from None
+    return inputs.model_copy(update={k: str(text.get(k, "")) for k in ("description", "source_commit")})
 
 
 def runtime_files(runtime: str) -> tuple[str, ...]:
@@ -208,7 +222,7 @@ def yaml_scalar(value: Any) -> str:
     """Any template value as one YAML scalar that cannot span lines or change structure.
 
     Strings become JSON strings, which are YAML double-quoted scalars, with every character
-    outside printable ASCII escaped. Not ``json.dumps(ensure_ascii=True)`` alone: it writes
+    outside printable ASCII escaped, and no `{{` (see below). Not ``json.dumps(ensure_ascii=True)`` alone: it writes
     characters beyond U+FFFF as surrogate pairs, which YAML parsers decode as two broken
     characters; YAML's own ``\\UXXXXXXXX`` escape keeps them whole.
     """
@@ -220,7 +234,9 @@ def yaml_scalar(value: Any) -> str:
         raise TypeError(f"template value {value!r} is a {type(value).__name__}, not a string or integer")
     if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
         raise ValueError(f"{value[:80]!r}… holds an unpaired surrogate, which is not valid Unicode")
-    return _NOT_PRINTABLE_ASCII.sub(_escape, json.dumps(value, ensure_ascii=False))
+    # `{{` is written `{\x7b`: the folder travels to the commit step as an Argo parameter, and Argo
+    # would read `{{…}}` as a template variable (YAML reads the escape back as `{`).
+    return _NOT_PRINTABLE_ASCII.sub(_escape, json.dumps(value, ensure_ascii=False)).replace("{{", "{\\x7b")
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -15,7 +15,7 @@ from mlferry.steps.model_settings import TAG_PREFIX, ModelServing, check_request
 from mlferry.steps.outcome import as_argo_step
 from mlferry.steps.naming import slugify
 from mlferry.steps.settings import Settings, load_settings
-from mlferry.steps.trailers import one_line
+from mlferry.steps.trailers import argo_safe_json, one_line
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class ModelVersion(Output):
     run_id: str = ""
     source_commit: str = ""
     description: str = ""
+    # description and source_commit again, as JSON no Argo substitution can touch (render reads it)
+    registry_text: str = ""
     flavors: list[str] = []
     signature: dict[str, Any] = {}
     metrics: dict[str, float] = {}
@@ -83,6 +85,7 @@ def resolve_version(inputs: ResolveInput, settings: Settings, mlflow) -> ModelVe
     check_source_allowed(source_uri, mlflow.tracking_uri, settings.allowed_sources)  # before any credential goes
     mlmodel = registry.read_mlmodel(source_uri)
     metrics, commit = registry.run_facts(mlflow, found.run_id or "")
+    source_commit = commit or (found.tags or {}).get(registry.GIT_COMMIT_TAG, "")
     return ModelVersion(
         why=decision.why,
         name=found.name,
@@ -93,8 +96,9 @@ def resolve_version(inputs: ResolveInput, settings: Settings, mlflow) -> ModelVe
         release=inputs.release,
         source_uri=source_uri,
         run_id=found.run_id or "",
-        source_commit=commit or (found.tags or {}).get(registry.GIT_COMMIT_TAG, ""),
+        source_commit=source_commit,
         description=found.description or "",
+        registry_text=argo_safe_json({"description": found.description or "", "source_commit": source_commit}),
         flavors=sorted(mlmodel.get("flavors") or {}),
         signature=_signature(mlmodel.get("signature")),
         metrics=metrics,

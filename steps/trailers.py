@@ -22,9 +22,19 @@ def parse_trailer_value(value: str) -> str:
 
 
 def one_line(text: str, most: int = 300) -> str:
-    """A reason as one printable line (it becomes an annotation, a tag and a commit trailer)."""
-    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    """A reason as one printable line (it becomes an annotation, a tag and a commit trailer, and
+    travels between Argo tasks, where `{{` would start a template variable: it is kept apart)."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split()).replace("{{", "{ {")
     return flat if len(flat) <= most else flat[: most - 1] + "…"
+
+
+def argo_safe_json(values: dict[str, str]) -> str:
+    """Registry text as one JSON object in which no `{{` appears: Argo substitutes `{{…}}` in every
+    parameter it passes from task to task (a description saying "{{7*7}}" failed the run), while
+    a JSON reader turns `\u007b` back into `{`. The receiving step json-loads it: byte for byte."""
+    fields = (f"{json.dumps(key)}:{json.dumps(value).replace('{', chr(92) + 'u007b').replace('}', chr(92) + 'u007d')}"
+              for key, value in values.items())
+    return "{" + ",".join(fields) + "}"
 
 
 def trailer_lines(trailers: Mapping[str, str]) -> list[str]:

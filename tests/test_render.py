@@ -450,7 +450,7 @@ def test_hera_runner_writes_the_rendered_folder_as_output_parameters(tmp_path):
             {"name": "run_id", "value": RUN_ID}, {"name": "source_commit", "value": ""},
             {"name": "description", "value": "line one\nline: two"},
             {"name": "serving", "value": json.dumps({"replicas": 2, "memory_limit": "3Gi"})},  # resolve's output
-            {"name": "hold", "value": ""}]
+            {"name": "hold", "value": ""}, {"name": "registry_text", "value": ""}]
     (tmp_path / "args.json").write_text(json.dumps(args))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFERRY_", "MLFLOW_"))}
     env.update(PYTHONPATH=str(ROOT), hera__outputs_directory=str(tmp_path / "out"), MLFERRY_TEAM="fraud")

@@ -96,9 +96,14 @@ def test_two_names_for_one_folder_promote_only_the_owner():
     owner = {("Wine", "staging"): Deployed("Wine", "1", f"teams/ml/{slugify('Wine')}/staging")}
     twin = slugify("Wine")
     plan = plan_changes({**selected, (twin, "staging"): rule.Selection("3")}, owner, SETTINGS, prune=True)
-    assert plan.conflicts == [{"model": twin, "owner": "Wine", "env": "staging",
-                               "folder": f"teams/ml/{twin}/staging"}]
+    assert plan.conflicts == [{"model": twin, "env": "staging",
+                               "why": f"its folder teams/ml/{twin}/staging belongs to model 'Wine'; rename one of them"}]
     assert {p["model"] for p in plan.promotions} == {"wine"}
+
+
+def test_a_name_argo_would_read_as_a_template_is_refused_by_the_plan():
+    plan = plan_changes({("m {{7*7}}", "staging"): rule.Selection("1")}, {}, SETTINGS, prune=True)
+    assert plan.promotions == [] and "holds '{{', which Argo reads as a template variable" in plan.conflicts[0]["why"]
 
 
 def test_a_removal_needs_the_models_own_answer():

@@ -117,9 +117,8 @@ def promotion_tasks(steps: StepTemplates, request: dict[str, str], trigger: str,
         **version, "slug": out("resolve", "slug"), "source_uri": out("resolve", "source_uri")})
     steps.render(name="render", depends="resolve.Succeeded", when=promoting, arguments={
         **version, "slug": out("resolve", "slug"), "env": out("resolve", "env"),
-        "run_id": out("resolve", "run_id"), "source_commit": out("resolve", "source_commit"),
-        "description": out("resolve", "description"), "serving": out("resolve", "serving"),
-        "hold": out("resolve", "hold")})
+        "run_id": out("resolve", "run_id"), "registry_text": out("resolve", "registry_text"),
+        "serving": out("resolve", "serving"), "hold": out("resolve", "hold")})
     steps.commit(name="commit", depends="publish.Succeeded && render.Succeeded", arguments={
         **version, "env": out("resolve", "env"), "folder": out("render", "folder"),
         "files": out("render", "files"), "run_id": out("resolve", "run_id"), "trigger": trigger,
