@@ -45,3 +45,14 @@ def test_the_wheel_has_one_top_level_package(tmp_path):
     assert "mlferry/steps/gitops/publish.py" in names  # a subpackage needs its own packaging lines
     # maintainer and test tools stay in the repo: the product ships only the product
     assert not [n for n in names if n.endswith("/vendor_kserve.py") or n == "mlferry/tools.py"]
+
+
+def test_no_tracked_file_holds_a_merge_conflict_marker():
+    """A merge resolved by `git add` alone once left markers in the README; none may land again."""
+    import re
+
+    marker = re.compile("^(" + "<" * 7 + "|" + ">" * 7 + ") ", re.M)
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    found = [path for path in tracked.split("\n") if path and (REPO / path).is_file()
+             and marker.search((REPO / path).read_text(errors="replace"))]
+    assert found == []
