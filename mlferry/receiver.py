@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.message import Message
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Mapping
-from urllib.parse import urlsplit
 
 from mlferry.local import LocalArgo
+from mlferry.receiver_http import HttpServer
 from mlferry.promotion import TEMPLATE, PromotionResult, failure_line
 from mlferry.sensors.objects import trigger_parameters
 from mlferry.steps.gitops.credentials import display_url
@@ -42,9 +41,6 @@ log = logging.getLogger("mlferry.receiver")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 HEALTH_PATH = "/healthz"
-MAX_BODY_BYTES = 1024 * 1024  # MLflow's alias events are a few hundred bytes
-DRAIN_LIMIT = 8 * MAX_BODY_BYTES  # an oversized body up to this is read and dropped, so the client sees the 413
-SOCKET_TIMEOUT = 10.0  # seconds a client may take to send its request
 # A queued event whose signed timestamp gets older than this is not run: verify-event would reject it as
 # stale (MAX_AGE_SECONDS), and the failure would be tagged on the version as if the promotion had failed.
 QUEUE_AGE_LIMIT = MAX_AGE_SECONDS - 10
@@ -362,79 +358,6 @@ def _folders(text: str) -> list[str]:
 
 # --- HTTP --------------------------------------------------------------------------------------
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], receiver: Receiver):
-        self.receiver = receiver
-        super().__init__(address, _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "mlferry-receiver"
-    timeout = SOCKET_TIMEOUT
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        path = urlsplit(self.path).path
-        if path == HEALTH_PATH:
-            self._reply(Reply(HTTPStatus.OK, self.server.receiver.health()), level=logging.DEBUG)
-        elif path == self.server.receiver.path:
-            self._reply(Reply(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "use POST"}, "use POST",
-                              headers=(("Allow", "POST"),)))
-        else:
-            self._reply(Reply.error(HTTPStatus.NOT_FOUND, f"no such path; MLflow posts to {self.server.receiver.path}"))
-
-    def do_POST(self) -> None:  # noqa: N802
-        receiver = self.server.receiver
-        if urlsplit(self.path).path != receiver.path:
-            return self._reply(Reply.error(HTTPStatus.NOT_FOUND, f"no such path; MLflow posts to {receiver.path}"))
-        if self.headers.get("Transfer-Encoding"):
-            return self._reply(Reply.error(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length"))
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            return self._reply(Reply.error(HTTPStatus.LENGTH_REQUIRED, "a valid Content-Length is required"))
-        if length > MAX_BODY_BYTES:
-            if length <= DRAIN_LIMIT:
-                self._discard(length)
-            return self._reply(Reply.error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                                           f"the body is {length} bytes; the limit is {MAX_BODY_BYTES}"))
-        body = self.rfile.read(length)
-        if len(body) != length:
-            return self._reply(Reply.error(HTTPStatus.BAD_REQUEST, "the body ended before its Content-Length"))
-        try:
-            reply = receiver.receive(self.headers, body)
-        except Exception:  # a bug: say so to MLflow (it retries a 500) and in the log, keep serving
-            log.exception("delivery %s: the receiver failed", self.headers.get(DELIVERY_ID_HEADER, "-"))
-            reply = Reply.error(HTTPStatus.INTERNAL_SERVER_ERROR, "the receiver failed; see its log")
-        self._reply(reply)
-
-    def _discard(self, length: int) -> None:
-        while length > 0:
-            chunk = self.rfile.read(min(length, 65536))
-            if not chunk:
-                return
-            length -= len(chunk)
-
-    def _reply(self, reply: Reply, level: int = logging.INFO) -> None:
-        data = json.dumps(reply.body).encode() + b"\n"
-        self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in reply.headers:
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-        log.log(level, "%s %s %s %d %s", self.client_address[0], self.command, urlsplit(self.path).path,
-                reply.status, reply.note or HTTPStatus(reply.status).phrase)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
-        log.debug("%s %s", self.client_address[0], format % args)  # our own line is logged in _reply
-
-
 # --- the command -------------------------------------------------------------------------------
 
 def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, runs_root: str | Path, config: str | None = None,
@@ -452,17 +375,16 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, runs_root: str 
     local.runs_root.mkdir(parents=True, exist_ok=True)
     receiver = Receiver(local, secret, on_event=on_event, seen_file=local.runs_root.parent / SEEN_FILE)
     try:
-        server = _Server((host, port), receiver)
+        server = HttpServer(host, port, receiver)
     except OSError as err:
         raise RuntimeError(f"cannot listen on {host}:{port}: {err.strerror}; is another receiver running? "
                            "choose another --port") from None
     aliases = ", ".join(f"{a}→{env}" for env, names in environment_aliases(settings).items() for a in names)
-    bound_host, bound_port = server.server_address[:2]
+    bound_host, bound_port = server.address
     log.info("listening on http://%s:%d%s (health: %s); aliases %s; promotions run %d at a time into %s (%s); "
              "runs in %s", bound_host, bound_port, receiver.path, HEALTH_PATH, aliases or "none",
              receiver.parallelism, display_url(settings.gitops_repo), settings.gitops_branch, local.runs_root)
-    http = threading.Thread(target=server.serve_forever, name="mlferry-receiver-http", daemon=True)
-    http.start()
+    server.start()
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
     try:
@@ -474,8 +396,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, runs_root: str 
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
-        server.shutdown()
-        server.server_close()
+        server.stop()
         for delivery in receiver.queue.drain():
             log.warning("dropped queued %s; `mlferry reconcile` catches up", delivery.describe())
         local.close()

@@ -27,7 +27,8 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 
 from mlferry import webhooks
 from mlferry.local import LocalArgo
-from mlferry.receiver import MAX_BODY_BYTES, Receiver
+from mlferry.receiver import Receiver
+from mlferry.receiver_http import MAX_BODY_BYTES
 from mlferry.sensors.objects import sensor, trigger_parameters
 from mlferry.steps.naming import slugify
 from mlferry.steps.settings import Settings
@@ -420,3 +421,46 @@ def test_a_delivery_id_is_remembered_while_its_signature_is_fresh():
     assert not seen.first_time("d1", sent, now=sent + 300)  # a replay still passes the signature check
     assert seen.first_time("d1", sent, now=sent + 302)  # by now a replay fails it: the id may be forgotten
     assert seen.first_time("d2", sent, now=sent + 302)
+
+
+def raw_request(port: int, head: bytes, timeout: float = 15) -> tuple[int, float]:
+    """(status, seconds) of one request written as raw bytes: what a misbehaving client sends."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(head)
+        answer = conn.recv(65536)
+    return int(answer.split(b" ", 2)[1]), time.monotonic() - started
+
+
+def test_slow_clients_hold_no_threads_and_are_answered_within_the_deadline(receiver):
+    from mlferry.receiver_http import REQUEST_DEADLINE
+
+    head = (b"POST /mlflow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    slow = [socket.create_connection(("127.0.0.1", receiver.port), timeout=30) for _ in range(150)]
+    try:
+        for conn in slow:
+            conn.sendall(head)  # the headers, one byte of a 100-byte body, then nothing
+        started = time.monotonic()
+        assert receiver.health()["status"] == "ok"  # others are still answered, at once
+        assert time.monotonic() - started < 3
+        threads = int(next(line.split()[1] for line in Path(f"/proc/{receiver.proc.pid}/status").read_text()
+                           .splitlines() if line.startswith("Threads:")))
+        assert threads < 40, threads  # a coroutine per slow client, not a thread
+        answers = []
+        for conn in slow:
+            conn.settimeout(REQUEST_DEADLINE + 10)
+            answers.append(conn.recv(200).split(b" ", 2)[1])
+        assert set(answers) == {b"408"}
+        assert time.monotonic() - started < REQUEST_DEADLINE + 8
+    finally:
+        for conn in slow:
+            conn.close()
+
+
+@pytest.mark.parametrize("lengths", [[b"1_0"], [b"10", b"11"], [b"-1"], [b"0x10"]])
+def test_a_malformed_or_doubled_content_length_is_refused(receiver, lengths):
+    head = b"POST /mlflow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"".join(b"Content-Length: " + value + b"\r\n" for value in lengths) + b"\r\n" + b"{}" + b" " * 9
+    status, took = raw_request(receiver.port, head)
+    assert status == 400 and took < 5
+    assert receiver.health()["finished"] == 0
