@@ -21,11 +21,14 @@ log = logging.getLogger(__name__)
 
 
 class ResolveInput(Input):
-    model: str
+    model: str = ""
     version: str = ""  # a deliberate choice: a hold when the rule selects another version
     alias: str = ""  # must be one of the environment's aliases (or `force`); the rule then picks
     stage: str = ""
-    env: str
+    env: str = ""
+    # A reconcile fan-out item, {model, env, …}, passed whole: Argo escapes string values inside object
+    # items once more when they are substituted one by one (argo-workflows issue 16061), not `{{item}}`.
+    item: dict[str, str] = {}
     event: str = ""  # created | deleted: a verified webhook started the run; its alias is only a hint
     hold: str = ""  # a reason: deploy the version and hold it there until released
     release: bool = False  # end the environment's hold: deploy what the rule selects (or retire)
@@ -72,6 +75,7 @@ def resolve(inputs: ResolveInput) -> ModelVersion:
 
 
 def resolve_version(inputs: ResolveInput, settings: Settings, mlflow) -> ModelVersion:
+    inputs = from_item(inputs)
     settings.environment(inputs.env)  # an unknown environment fails before any registry call
     check_one_selector(inputs)
     decision = decide(inputs, registry.model_view(mlflow, inputs.model), settings)
@@ -125,6 +129,16 @@ def decide(inputs: ResolveInput, view: registry.RegisteredModelView, settings: S
         return Decision("retire", why=f"no alias or stage of {inputs.env} selects a version (the registry's "
                                       "answer about this model says so)")
     return Decision("promote", chosen.version, hold=inputs.hold, why=f"the rule selects {chosen.words()}")
+
+
+def from_item(inputs: ResolveInput) -> ResolveInput:
+    """The model and environment, from the fan-out item when there is one."""
+    if inputs.item:
+        inputs = inputs.model_copy(update={"model": str(inputs.item.get("model", "")),
+                                           "env": str(inputs.item.get("env", ""))})
+    if not inputs.model or not inputs.env:
+        raise ValueError("resolve needs a model and an environment (or a fan-out item naming both)")
+    return inputs
 
 
 def check_one_selector(inputs: ResolveInput) -> None:

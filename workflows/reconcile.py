@@ -40,16 +40,16 @@ def reconcile_template(bundle: Bundle) -> WorkflowTemplate:
         prune_t = step_script(bundle, "retire", retire,
                               synchronization=gitops_lock(bundle))
         steps = StepTemplates.of(bundle)
-        with DAG(name="promote-one", inputs=[Parameter(name=n) for n in ("model", "version", "env", "trigger")]) \
-                as promote_one:
-            # No version: the rule decides again at resolve time; the plan's version only names the item.
-            promotion_tasks(steps, {"model": inp("model"), "env": inp("env")}, inp("trigger"))
+        with DAG(name="promote-one", inputs=[Parameter(name=n) for n in ("item", "trigger")]) as promote_one:
+            # The item whole, as JSON: Argo escapes string values of object items once more when they
+            # are substituted field by field (argo-workflows issue 16061), so `"` or `\` in a model name
+            # would arrive altered. No version: the rule decides again at resolve time.
+            promotion_tasks(steps, {"item": inp("item")}, inp("trigger"))
         with DAG(name=ENTRYPOINT, parallelism=bundle.parallelism):
             plan_t(name="plan", arguments={"prune": wf("prune")})
             Task(name="promote", template=promote_one, depends="plan.Succeeded",
                  with_param=out("plan", "promotions"),
-                 arguments={"model": "{{item.model}}", "version": "{{item.version}}", "env": "{{item.env}}",
-                            "trigger": wf("trigger")})
+                 arguments={"item": "{{item}}", "trigger": wf("trigger")})
             prune_t(name="prune", depends="plan.Succeeded", when=f"{out('plan', 'removal_count')} > 0",
                     arguments={"targets": out("plan", "removals"), "prune": wf("prune"), "trigger": wf("trigger"),
                                "workflow": "{{workflow.name}}"})
