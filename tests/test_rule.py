@@ -140,3 +140,13 @@ def test_the_prune_guard(removals, folders, allowed):
         with pytest.raises(PruneRefused, match=f"refusing to remove {removals} of the {folders}"):
             guard_prune(plan, folders, 0.5)
         assert guard_prune(plan, folders, 0.5, force=True) is plan
+
+
+def test_a_removal_commit_names_each_model_on_one_printable_line():
+    from mlferry.steps.retire import retirement
+
+    odd = "Wine\nForged-Trailer: yes \u202eevil"
+    change = retirement([("staging", Deployed(odd, "3", "unused"))], "ml", "webhook", "mlferry-promote-x")
+    subject, _, rest = change.message.partition("\n")
+    assert subject.isprintable() and "\n" not in subject and "\u202e" not in change.message
+    assert "\nForged-Trailer" not in change.message  # the name cannot start a trailer of its own
