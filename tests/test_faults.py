@@ -134,7 +134,7 @@ def test_a_registry_answering_5xx_fails_the_step_as_transient_within_bounds(tmp_
                                 {"name": "alias", "value": ""}, {"name": "stage", "value": ""},
                                 {"name": "env", "value": "production"},
                                 # the template's other inputs, at their defaults, as Argo passes them
-                                *({"name": k, "value": v} for k, v in (("event", ""), ("hold", ""), ("release", "false"),
+                                *({"name": k, "value": v} for k, v in (("event", ""), ("hold", ""), ("release", "false"), ("item", "{}"),
                                                                        ("force", "false"), ("trigger", "manual")))]))
     # The retry settings the WorkflowTemplate gives every step (workflows/tasks.py).
     from mlferry.workflows.bundle import Bundle
