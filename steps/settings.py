@@ -2,10 +2,10 @@
 
 Per-run values (model, version, environment) travel as workflow parameters; everything that
 is fixed for a team's installation comes from here. Sources, strongest first: explicit
-overrides (CLI flags), environment variables (``ENV_VARS``, and ``MLFLOW_S3_ENDPOINT_URL`` for
-``s3_endpoint``), the file (``--config``, else ``$MLFERRY_CONFIG``, else ``./mlferry.yaml``; with
-none of those, the YAML in ``MLFERRY_SETTINGS``, how the bundle's ConfigMap hands it to a step
-pod without a volume), then the defaults below. A step pod and a laptop read the same names.
+overrides (CLI flags), environment variables (``ENV_VARS``), the file (``--config``, else
+``$MLFERRY_CONFIG``, else ``./mlferry.yaml``; with none of those, the YAML in
+``MLFERRY_SETTINGS``, how the bundle's ConfigMap hands it to a step pod without a volume), then
+``MLFLOW_S3_ENDPOINT_URL`` for ``s3_endpoint`` alone, then the defaults below. A step pod and a laptop read the same names.
 docs/configuration.md is the reference; `mlferry config` shows where each value came from.
 Credentials are never fields here: the AWS/MLflow/git clients read them from the environment.
 """
@@ -158,6 +158,7 @@ ENV_VARS = {
     "MLFERRY_RUNTIME": "runtime",
     "MLFERRY_SERVING_IMAGE": "serving_image",
     "MLFERRY_S3_SECRET": "s3_secret",
+    "MLFERRY_S3_ENDPOINT": "s3_endpoint",
     "MLFERRY_PRUNE": "prune",
     "MLFERRY_PRUNE_MAX_SHARE": "prune_max_share",
     "MLFERRY_ALLOWED_SOURCES": "allowed_sources",
@@ -207,7 +208,11 @@ def load_settings_with_origins(
         take(_read_file(file), ("file", str(file.resolve())))
     elif environ.get("MLFERRY_SETTINGS"):
         take(_parse(environ["MLFERRY_SETTINGS"], "MLFERRY_SETTINGS"), ("variable", "MLFERRY_SETTINGS"))
-    for var, field in (("MLFLOW_S3_ENDPOINT_URL", "s3_endpoint"), *ENV_VARS.items()):
+    if environ.get("MLFLOW_S3_ENDPOINT_URL") and not values.get("s3_endpoint"):
+        # Only a fallback: it is where this process reaches the store (a step pod's ConfigMap sets
+        # the promoter's endpoint), not necessarily where serving pods do, which the file says.
+        take({"s3_endpoint": environ["MLFLOW_S3_ENDPOINT_URL"]}, ("variable", "MLFLOW_S3_ENDPOINT_URL"))
+    for var, field in ENV_VARS.items():
         if environ.get(var):  # an empty variable is unset, as in the shell's ${VAR:-default}
             take({field: environ[var]}, ("variable", var))
     for field, value in (overrides or {}).items():

@@ -19,6 +19,17 @@ def test_settings_handed_over_by_the_configmap():
     assert (settings.team, settings.runtime, settings.s3_endpoint) == ("fraud", "kserve", "http://minio:9000")
 
 
+def test_the_serving_endpoint_is_not_the_promoters():
+    """A step pod's ConfigMap sets MLFLOW_S3_ENDPOINT_URL to where the promoter reaches MinIO; the
+    settings' s3_endpoint (where serving pods reach it) must survive it (issue 16, point 11)."""
+    pod = {"MLFERRY_SETTINGS": "s3_endpoint: http://minio.ml-serving.svc:9000\n",
+           "MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9000"}
+    assert load_settings(environ=pod).s3_endpoint == "http://minio.ml-serving.svc:9000"
+    assert load_settings(environ={**pod, "MLFERRY_S3_ENDPOINT": "http://other:9000"}).s3_endpoint == "http://other:9000"
+    assert load_settings(environ={"MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9000"}).s3_endpoint == \
+        "http://127.0.0.1:9000"  # nothing else says: the one endpoint there is
+
+
 def test_environments_map_aliases_and_stages():
     settings = load_settings(environ={})
     assert settings.environment_for_alias("champion") == "production"
@@ -64,10 +75,11 @@ def test_each_value_says_where_it_came_from(tmp_path):
     settings, origins = load_settings_with_origins(file, environ=env, overrides={"runtime": "deployment",
                                                                                  "team": None})
     assert (settings.team, settings.bucket, settings.runtime, settings.s3_endpoint) == (
-        "from-file", "env-bucket", "deployment", "http://env:9000")
+        "from-file", "env-bucket", "deployment", "http://file:9000")
     assert origins["team"] == ("file", str(file.resolve()))  # an empty variable and a None flag are unset
     assert origins["bucket"] == ("variable", "MLFERRY_BUCKET")
-    assert origins["s3_endpoint"] == ("variable", "MLFLOW_S3_ENDPOINT_URL")
+    # MLflow's own variable is where this process reaches the store, so it never beats the file
+    assert origins["s3_endpoint"] == ("file", str(file.resolve()))
     assert origins["runtime"] == ("flag", "--runtime")
     assert origins["prune"] == ("default", "")
     assert list(origins) == list(Settings.model_fields)
@@ -89,11 +101,13 @@ def test_the_file_is_config_else_mlferry_config_else_the_working_folder(tmp_path
 def test_every_variable_sets_its_field():
     values = {"team": "t", "bucket": "b", "gitops_repo": "/r", "gitops_branch": "br", "runtime": "kserve",
               "serving_image": "img:1", "s3_secret": "sec", "prune": "false", "prune_max_share": "0.25",
-              "gitops_create_branch": "true", "allowed_sources": "s3://a/, s3://b/"}
+              "gitops_create_branch": "true", "allowed_sources": "s3://a/, s3://b/",
+              "s3_endpoint": "http://serving:9000"}
     settings = load_settings(environ={var: values[field] for var, field in ENV_VARS.items()})
     assert settings.model_dump(include=set(values)) == {**values, "prune": False, "prune_max_share": 0.25,
                                                          "gitops_create_branch": True,
-                                                         "allowed_sources": ["s3://a/", "s3://b/"]}
+                                                         "allowed_sources": ["s3://a/", "s3://b/"],
+                                                         "s3_endpoint": "http://serving:9000"}
 
 
 def test_the_bundle_reads_the_same_file_and_takes_flags(tmp_path):
