@@ -124,3 +124,14 @@ def test_submit_refuses_an_unknown_parameter_before_running(stack, tmp_path):
                  "--stack-dir", str(tmp_path / "local"))
     assert result.returncode == 1 and "modle" in result.stderr
     assert not (tmp_path / "local" / "runs").exists() or not any((tmp_path / "local" / "runs").iterdir())
+
+
+def test_no_step_retry_is_cut_short_by_a_max_duration():
+    """Argo counts backoff.maxDuration from the first attempt and makes it each retry's deadline: a
+    step that fails after it (MLflow's 60 s timeout, three tries) would never be retried."""
+    from mlferry.generate import GENERATED_DIR
+
+    for path in sorted(GENERATED_DIR.glob("*.yaml")):
+        for template in (yaml.safe_load(path.read_text()).get("spec") or {}).get("templates", []):
+            backoff = (template.get("retryStrategy") or {}).get("backoff") or {}
+            assert "maxDuration" not in backoff and "cap" not in backoff, (path.name, template["name"])

@@ -91,7 +91,11 @@ def retry_strategy(bundle: Bundle) -> RetryStrategy:
         retry_policy="Always",
         # Only what the step itself calls transient: validation errors fail at once.
         expression=f"asInt(lastRetry.exitCode) == {TRANSIENT_EXIT}",
-        backoff=Backoff(duration="5s", factor="2", max_duration="2m"),
+        # No maxDuration: Argo counts it from the first attempt and makes it every retry's deadline, so a
+        # step that fails after two minutes (MLflow's 60 s timeout, three tries) would never be retried.
+        # `limit` bounds the tries (waits 5, 10, 20 s …), the workflow's activeDeadlineSeconds the
+        # whole; no `cap` either, which Argo Workflows only reads from 3.7.
+        backoff=Backoff(duration="5s", factor="2"),
     )
 
 
