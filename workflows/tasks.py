@@ -11,6 +11,8 @@ from hera.workflows import ConfigMapEnv, Env, Script, SecretEnv
 from hera.workflows.models import (
     Mutex,
     PodGC,
+    PodSecurityContext,
+    SeccompProfile,
     TTLStrategy,
     Backoff,
     Capabilities,
@@ -52,6 +54,10 @@ def workflow_settings(bundle: Bundle) -> dict:
         "active_deadline_seconds": bundle.workflow_deadline_seconds,
         "pod_gc": PodGC(strategy="OnPodSuccess", delete_delay_duration="10m"),
         "ttl_strategy": TTLStrategy(seconds_after_completion=bundle.ttl_seconds),
+        # Every pod of the workflow, Argo's own init and wait containers included, fits a namespace
+        # that enforces Pod Security "restricted": non-root, the runtime's seccomp profile.
+        "security_context": PodSecurityContext(run_as_non_root=True, run_as_user=1000, run_as_group=1000,
+                                               seccomp_profile=SeccompProfile(type="RuntimeDefault")),
     }
 
 
@@ -106,6 +112,7 @@ def security_context() -> SecurityContext:
         allow_privilege_escalation=False,
         read_only_root_filesystem=False,  # steps write to /tmp (clones, staged uploads)
         capabilities=Capabilities(drop=["ALL"]),
+        seccomp_profile=SeccompProfile(type="RuntimeDefault"),
     )
 
 
