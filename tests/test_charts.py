@@ -64,7 +64,13 @@ def helm() -> Path:
     return ensure_helm()
 
 
+# The workspace's "default" case: its defaults plus the one value it cannot default, where the API
+# server is (without it the chart refuses to render; test_an_empty_egress_list_refuses_to_render).
+WORKSPACE_MINIMAL = "examples/minimal-values.yaml"
+
+
 def values_file(chart: str, values: str | None) -> list[str]:
+    values = values or (WORKSPACE_MINIMAL if chart == "team-workspace" else None)
     return ["-f", str(CHARTS / chart / values)] if values else []
 
 
@@ -151,6 +157,18 @@ def test_vendored_schemas_are_strict():
               "spec": {"rules": [{"from": [{"source": {"principal": ["x"]}}]}]}}
     assert any("principal" in e.message for e in _vendored(VENDORED[(policy["apiVersion"], "AuthorizationPolicy")])
                .iter_errors(policy))
+
+
+def test_an_empty_egress_list_refuses_to_render(helm):
+    """Deny-by-default egress with no CIDR would cut every step pod off the API server: a warning in
+    NOTES was easy to miss, and every promotion would then hang. The render fails, saying what to add."""
+    result = subprocess.run([str(helm), "template", "t", str(CHARTS / "team-workspace"), "-n", "ml"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "networkPolicy.egressCIDRs is empty" in result.stderr and "cidr: 10.96.0.1/32" in result.stderr
+    off = subprocess.run([str(helm), "template", "t", str(CHARTS / "team-workspace"), "-n", "ml",
+                          "--set", "networkPolicy.enabled=false"], capture_output=True, text=True)
+    assert off.returncode == 0, off.stderr
 
 
 @pytest.mark.parametrize("chart", ["mlferry", "team-workspace"])
