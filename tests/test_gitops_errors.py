@@ -106,3 +106,15 @@ def test_a_branch_the_remote_lacks_is_an_error_never_an_orphan(tmp_path: Path) -
         gitops.read_snapshot(str(remote), "main", "teams/ml/")
     after = gitops.Git(tmp_path, os.environ).run("--git-dir", str(remote), "for-each-ref", action="list")
     assert after == before and "refs/heads/main" not in after
+
+
+def test_a_pods_ssh_key_without_the_hosts_key_is_refused_before_connecting(tmp_path) -> None:
+    """In a pod, new every time, trust on first use would never check the host: the Secret must say."""
+    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+    url = "ssh://git@git.example.invalid/team/gitops.git"
+    with pytest.raises(gitops.InvalidSetting, match="add MLFERRY_GIT_SSH_KNOWN_HOSTS to the same Secret"):
+        gitops.remote_for(url, {"MLFERRY_GIT_SSH_PRIVATE_KEY": key}, tmp_path)
+    known = "git.example.invalid ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+    remote = gitops.remote_for(url, {"MLFERRY_GIT_SSH_PRIVATE_KEY": key, "MLFERRY_GIT_SSH_KNOWN_HOSTS": known},
+                               tmp_path)
+    assert "StrictHostKeyChecking=yes" in remote.env["GIT_SSH_COMMAND"]

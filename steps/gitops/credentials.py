@@ -159,7 +159,13 @@ def _ssh_remote(url: str, environ: Mapping[str, str], scratch: Path) -> Remote:
         if not Path(known_hosts).is_file():
             raise InvalidSetting(f"MLFERRY_GIT_KNOWN_HOSTS {known_hosts} is not a readable file")
         options += ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}"]
-    elif key:  # a pod has no known_hosts of its own: trust on first use, and say so
+    elif key_source == "MLFERRY_GIT_SSH_PRIVATE_KEY":
+        # A key handed over as text comes from the mlferry-git Secret: a pod, new every time, where
+        # "trust on first use" would trust every first use, i.e. never check the host at all.
+        raise InvalidSetting(f"GitOps remote {display}: an ssh key from MLFERRY_GIT_SSH_PRIVATE_KEY needs the "
+                             "host's key too: add MLFERRY_GIT_SSH_KNOWN_HOSTS to the same Secret (the output of "
+                             "`ssh-keyscan HOST`, checked against the host's published fingerprints)")
+    elif key:  # a laptop's key file: trust on first use, and say so
         logger.warning("no known hosts given (MLFERRY_GIT_SSH_KNOWN_HOSTS or MLFERRY_GIT_KNOWN_HOSTS): "
                        "trusting %s's host key on first use", display)
         options += ["-o", "StrictHostKeyChecking=accept-new"]
