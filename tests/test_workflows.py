@@ -1,6 +1,7 @@
 """The generated Argo YAML: current, strictly valid, and runnable as `argo submit` would run it."""
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -135,3 +136,17 @@ def test_no_step_retry_is_cut_short_by_a_max_duration():
         for template in (yaml.safe_load(path.read_text()).get("spec") or {}).get("templates", []):
             backoff = (template.get("retryStrategy") or {}).get("backoff") or {}
             assert "maxDuration" not in backoff and "cap" not in backoff, (path.name, template["name"])
+
+
+def test_metric_names_say_what_their_values_are():
+    """A gauge fed {{workflow.creationTimestamp}} holds a start time; its name and help say so, and
+    the install guide names the metrics as Argo exports them (argo_workflows_ prefix, 3.6+)."""
+    from mlferry.generate import GENERATED_DIR
+
+    doc = yaml.safe_load((GENERATED_DIR / "01-workflowtemplate-mlferry-promote.yaml").read_text())
+    for metric in doc["spec"]["metrics"]["prometheus"]:
+        if "creationTimestamp" in json.dumps(metric.get("gauge", {})):
+            assert "started" in metric["name"] and "started" in metric["help"]
+    guide = (Path(__file__).resolve().parent.parent / "charts" / "README.md").read_text()
+    for metric in doc["spec"]["metrics"]["prometheus"]:
+        assert f"argo_workflows_{metric['name']}" in guide

@@ -190,6 +190,8 @@ def _metrics() -> Metrics:
                                                       buckets=["5", "15", "30", "60", "120", "300", "900"])),
         Prometheus(name="mlferry_promotions_total", help="mlferry promotions by outcome",
                    labels=[*labels, {"key": "status", "value": "{{workflow.status}}"}], counter=Counter(value="1")),
-        Prometheus(name="mlferry_promotion_last_timestamp_seconds", help="When the last promotion ended",
+        # Argo offers a workflow's start (creationTimestamp), not its end: the gauge says so by its name.
+        Prometheus(name="mlferry_promotion_last_started_timestamp_seconds",
+                   help="When the last promotion that ended had started",
                    labels=labels, gauge=Gauge(value="{{workflow.creationTimestamp.s}}", realtime=False)),
     ])
