@@ -48,12 +48,9 @@ def plan_lists(outputs: Mapping[str, str]) -> dict[str, list[dict[str, str]]]:
 
 def preview_reconcile(settings, prune: str = "auto") -> tuple[str, int]:
     """(the plan in words, exit code) of a reconcile that is not run."""
-    from mlferry.steps import gitops, registry
-    from mlferry.steps.layout import team_prefix
-    from mlferry.steps.plan import reconcile_plan
+    from mlferry.steps.plan import current_plan
 
-    snapshot = gitops.read_snapshot(settings.require_gitops_repo(), settings.gitops_branch, team_prefix(settings.team))
-    plan = reconcile_plan(registry.client(), snapshot, settings, prune)
+    plan = current_plan(settings, prune)
     lines = plan_lines(plan.model_dump())
     pending = plan.promotion_count + plan.removal_count
     head = (f"reconcile plan (dry run, nothing changed): {plan.promotion_count} to promote, "
@@ -75,7 +72,7 @@ class PromotionPreview:
 def preview_promotion(settings, request) -> PromotionPreview:
     """What `mlferry promote` would do for ``request`` (a PromotionRequest), read-only."""
     from mlferry.steps import registry
-    from mlferry.steps.commit import current_owner
+    from mlferry.steps.commit import check_owner, current_owner
     from mlferry.steps.layout import gitops_folder
     from mlferry.steps.naming import slugify
     from mlferry.steps.resolve import ResolveInput, decide
@@ -89,11 +86,9 @@ def preview_promotion(settings, request) -> PromotionPreview:
     folder = gitops_folder(settings.team, slugify(request.model), request.env)
     _, there = current_owner(settings.require_gitops_repo(), settings.gitops_branch, folder)
     model = printable(request.model, 64)
-    if there and there.model != request.model:
-        raise ValueError(f"folder {folder} belongs to model {there.model!r}; {request.model!r} maps to the same "
-                         "folder name, so it cannot be deployed: rename one of them")
+    blocked = check_owner(request.model, folder, there, hold=decision.hold, release=request.release)  # as commit
     was = f"git holds v{there.version}" + (f", held: {there.hold}" if there.hold else "") if there else "not deployed"
-    if there and there.hold and not (decision.hold or request.release):
+    if blocked:
         return PromotionPreview("blocked", f"held: {model} stays at v{there.version} in {request.env} ({there.hold}); "
                                            f"the rule selects v{decision.version or ' nothing'}; `mlferry release` "
                                            "ends the hold")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from mlferry.local import LocalArgo
+from mlferry.steps.event_filter import TEMPLATE_START
 from mlferry.steps.outcome import node_line, readable_failure
 from mlferry.engine import NodeEvent, RunResult
 
@@ -120,8 +121,8 @@ def rollback(model: str, env: str, *, to: str = "", reason: str = "", runs_root:
 def run_promotion(template: str, parameters: dict[str, str], what: str, *, runs_root: str | Path,
                   config: str | None, on_event: Callable[[NodeEvent], None] | None) -> PromotionResult:
     for name, value in parameters.items():
-        if "{{" in value:  # Argo would substitute it as a template variable, here as on a cluster
-            raise ValueError(f"{name} {value[:80]!r} holds '{{{{', which Argo reads as a template variable in a "
+        if TEMPLATE_START in value:  # Argo would substitute it as a template variable, here as on a cluster
+            raise ValueError(f"{name} {value[:80]!r} holds {TEMPLATE_START!r}, which Argo reads as a template variable in a "
                              "workflow parameter: " + ("rename the registered model" if name == "model"
                                                        else "leave it out"))
     local = LocalArgo.from_environment(config, runs_root)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from mlferry.local import LocalArgo
-from mlferry.receiver_http import HttpServer
+from mlferry.receiver_http import HEALTH_PATH, HttpServer, Reply
 from mlferry.promotion import TEMPLATE, PromotionResult, failure_line
 from mlferry.sensors.objects import trigger_parameters
 from mlferry.steps.gitops.credentials import display_url
@@ -40,24 +40,9 @@ log = logging.getLogger("mlferry.receiver")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
-HEALTH_PATH = "/healthz"
 # A queued event whose signed timestamp gets older than this is not run: verify-event would reject it as
 # stale (MAX_AGE_SECONDS), and the failure would be tagged on the version as if the promotion had failed.
 QUEUE_AGE_LIMIT = MAX_AGE_SECONDS - 10
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An HTTP answer: status, one-line JSON body, and what the log line says about it."""
-
-    status: int
-    body: dict[str, Any]
-    note: str = ""
-    headers: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def error(cls, status: int, message: str, note: str = "") -> "Reply":
-        return cls(status, {"error": message}, note or message)
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,33 @@ import socket
 import threading
 from email.message import Message
 from http import HTTPStatus
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 if TYPE_CHECKING:
-    from mlferry.receiver import Receiver, Reply
+    from mlferry.receiver import Receiver
 
 log = logging.getLogger("mlferry.receiver")
 
+HEALTH_PATH = "/healthz"
 MAX_BODY_BYTES = 1024 * 1024  # MLflow's alias events are a few hundred bytes
 MAX_CONNECTIONS = 256  # open connections at once (a coroutine each, no thread); more are answered 503
 REQUEST_DEADLINE = 10.0  # seconds a client may take to send its whole request body
 KEEP_ALIVE = 5  # seconds an idle keep-alive connection is kept
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer: status, one-line JSON body, and what the log line says about it."""
+
+    status: int
+    body: dict[str, Any]
+    note: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def error(cls, status: int, message: str, note: str = "") -> "Reply":
+        return cls(status, {"error": message}, note or message)
+
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -50,8 +66,6 @@ def asgi_app(receiver: Receiver):
 
 
 async def _answer(receiver: Receiver, scope: dict[str, Any], receive: Receive) -> tuple[Reply, int]:
-    from mlferry.receiver import HEALTH_PATH, Reply
-
     method, path = scope["method"], scope["path"]
     if method == "GET" and path == HEALTH_PATH:
         return Reply(HTTPStatus.OK, receiver.health()), logging.DEBUG
@@ -87,8 +101,6 @@ def _headers(scope: dict[str, Any]) -> Message:
 
 
 def _length_problem(headers: Message) -> Reply | None:
-    from mlferry.receiver import Reply
-
     if headers.get("Transfer-Encoding"):
         return Reply.error(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length")
     length = headers.get("Content-Length", "")

@@ -95,7 +95,7 @@ def commit(inputs: CommitInput) -> Commit:
     # Read under the GitOps mutex (workflows/tasks.py), so no other mlferry writer moves the folder
     # between this read and the push.
     head, there = current_owner(repo, settings.gitops_branch, inputs.folder)
-    blocked = check_owner(inputs, there)
+    blocked = check_owner(inputs.model, inputs.folder, there, hold=inputs.hold, release=inputs.release)
     previous = there.version if there else ""
     if blocked:
         logger.warning("%s is held at v%s (%s): v%s is not committed; `mlferry release` ends the hold",
@@ -112,10 +112,10 @@ def current_owner(repo: str, branch: str, folder: str):
 
     snapshot = gitops.read_snapshot(repo, branch, folder + "/")
     files = snapshot.folders(depth=4).get(folder, {})
-    return snapshot.sha, folder_owner(files) if files else None
+    return snapshot.sha, folder_owner(files, folder) if files else None
 
 
-def check_owner(inputs: CommitInput, there) -> str:
+def check_owner(model: str, folder: str, there, *, hold: str = "", release: bool = False) -> str:
     """Refuse another model's folder; the hold that keeps this run out, or "" when it may write.
 
     Two registered names can share a folder name (`Wine` and `wine-3889e6c049`): the first to be
@@ -123,10 +123,10 @@ def check_owner(inputs: CommitInput, there) -> str:
     """
     if there is None:
         return ""
-    if there.model != inputs.model:
-        raise CommitRefused(f"folder {inputs.folder!r} belongs to model {there.model!r}; model {inputs.model!r} "
+    if there.model != model:
+        raise CommitRefused(f"folder {folder!r} belongs to model {there.model!r}; model {model!r} "
                             "maps to the same folder name, so it is not deployed: rename one of them")
-    if there.hold and not (inputs.hold or inputs.release):
+    if there.hold and not (hold or release):
         return there.hold
     return ""
 

@@ -65,11 +65,7 @@ class PruneRefused(ValueError):
 
 @as_argo_step
 def plan(inputs: PlanInput) -> Plan:
-    settings = load_settings()
-    repo = settings.require_gitops_repo()
-    mlflow = registry.client()
-    snapshot = gitops.read_snapshot(repo, settings.gitops_branch, team_prefix(settings.team))
-    found = reconcile_plan(mlflow, snapshot, settings, inputs.prune)
+    found = current_plan(load_settings(), inputs.prune)
     # The plan, in the step's log before anything happens: what goes, what stays and why.
     for entry in found.removals:
         log.info("will remove %s v%s from %s: %s", entry["model"], entry["version"], entry["env"], entry["why"])
@@ -80,6 +76,12 @@ def plan(inputs: PlanInput) -> Plan:
     for entry in found.conflicts:
         log.warning("refused: %s in %s: %s", entry["model"], entry["env"], entry["why"])
     return found
+
+
+def current_plan(settings: Settings, prune: str = "auto") -> Plan:
+    """The plan against the registry and the GitOps branch as they are now (the step, and dry runs)."""
+    snapshot = gitops.read_snapshot(settings.require_gitops_repo(), settings.gitops_branch, team_prefix(settings.team))
+    return reconcile_plan(registry.client(), snapshot, settings, prune)
 
 
 def reconcile_plan(mlflow, snapshot: gitops.Snapshot, settings: Settings, prune: str = "auto") -> Plan:
@@ -108,20 +110,19 @@ def deployed_state(snapshot: gitops.Snapshot) -> dict[tuple[str, str], Deployed]
             _, slug, env = parse_gitops_folder(folder)
         except ValueError:
             continue  # not a folder mlferry owns
-        found = _annotations(files.values())
-        model = found.get(MODEL_ANNOTATION, "")
-        if model and slugify(model) == slug:
-            deployed[(model, env)] = Deployed(model, found.get(VERSION_ANNOTATION, ""), folder,
-                                              found.get(HOLD_ANNOTATION, ""))
+        there = folder_owner(files, folder)
+        if there and slugify(there.model) == slug:
+            deployed[(there.model, env)] = there
     return deployed
 
 
-def folder_owner(files: dict[str, str]) -> Deployed | None:
+def folder_owner(files: dict[str, str], folder: str = "") -> Deployed | None:
     """Who a folder's files say it belongs to (model, version, hold), or None for no annotation."""
     found = _annotations(files.values())
-    if MODEL_ANNOTATION not in found:
+    if not found.get(MODEL_ANNOTATION):
         return None
-    return Deployed(found[MODEL_ANNOTATION], found.get(VERSION_ANNOTATION, ""), "", found.get(HOLD_ANNOTATION, ""))
+    return Deployed(found[MODEL_ANNOTATION], found.get(VERSION_ANNOTATION, ""), folder,
+                    found.get(HOLD_ANNOTATION, ""))
 
 
 def _annotations(texts: Iterable[str]) -> dict[str, str]:

@@ -72,6 +72,11 @@ def find_version(mlflow: MlflowApi, name: str, *, version: str = "", alias: str 
     return check_ready(found)
 
 
+def ready_version(mlflow: MlflowApi, name: str, version: str) -> Version:
+    """Version `version` of a model already known to exist (its view was read): one request."""
+    return check_ready(_by_version(mlflow, name, version))
+
+
 def check_ready(found: Version) -> Version:
     if found.status != "READY":
         raise RegistryError(f"model {found.name!r} version {found.version} is {found.status}, not READY; "
@@ -122,11 +127,6 @@ def did_you_mean(name: str, names: list[str], most: int = 3) -> str:
         return ""
     quoted = [repr(known) for known in found]
     return "; did you mean " + (quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]) + "?"
-
-
-def model_tags(mlflow: MlflowApi, name: str) -> dict[str, str]:
-    """The registered model's own tags (not a version's): per-model settings live there."""
-    return _pairs(_registered(mlflow, name).get("tags"))
 
 
 def _by_version(mlflow: MlflowApi, name: str, version: str) -> Version:
@@ -250,6 +250,7 @@ class RegisteredModelView:
     name: str
     aliases: dict[str, str]  # alias → version
     stages: dict[str, str]  # legacy stage → latest version in it
+    tags: dict[str, str] = field(default_factory=dict)  # the model's own tags (per-model settings)
 
 
 def list_models(mlflow: MlflowApi, page_size: int = 1000) -> list[RegisteredModelView]:
@@ -267,4 +268,4 @@ def list_models(mlflow: MlflowApi, page_size: int = 1000) -> list[RegisteredMode
 def _view(model: Mapping[str, Any]) -> RegisteredModelView:
     stages = {v["current_stage"]: str(v["version"]) for v in model.get("latest_versions") or []
               if v.get("current_stage") and v["current_stage"] != "None"}
-    return RegisteredModelView(model["name"], _aliases(model), stages)
+    return RegisteredModelView(model["name"], _aliases(model), stages, _pairs(model.get("tags")))

@@ -78,13 +78,14 @@ def resolve_version(inputs: ResolveInput, settings: Settings, mlflow) -> ModelVe
     inputs = from_item(inputs)
     settings.environment(inputs.env)  # an unknown environment fails before any registry call
     check_one_selector(inputs)
-    decision = decide(inputs, registry.model_view(mlflow, inputs.model), settings)
+    view = registry.model_view(mlflow, inputs.model)
+    decision = decide(inputs, view, settings)
     log.info("%s in %s: %s", inputs.model, inputs.env, decision.why)
     if decision.action == "retire":
         return ModelVersion(action="retire", why=decision.why, name=inputs.model, env=inputs.env,
                             release=inputs.release)
-    found = registry.find_version(mlflow, inputs.model, version=decision.version)
-    serving = _model_serving(registry.model_tags(mlflow, found.name), settings)  # a bad tag fails here, first
+    found = registry.ready_version(mlflow, inputs.model, decision.version)
+    serving = _model_serving(view.tags, settings)  # a bad tag fails here, first
     source_uri = registry.download_uri(mlflow, found.name, found.version)
     check_source_allowed(source_uri, mlflow.tracking_uri, settings.allowed_sources)  # before any credential goes
     mlmodel = registry.read_mlmodel(source_uri)

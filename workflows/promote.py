@@ -151,8 +151,8 @@ def _promote_dag(bundle: Bundle) -> Script:
                            synchronization=gitops_lock(bundle))
     steps = StepTemplates.of(bundle)
     with DAG(name=ENTRYPOINT, outputs=promotion_outputs()):
-        verified = verify_t(name="verify-event", arguments={
-            **{k: wf(k) for k in ("model", "alias", "env")}, **{k: wf(k) for k in EVENT_PARAMETERS}})
+        verified = verify_t(name="verify-event",
+                            arguments={k: wf(k) for k in ("model", "alias", "env", *EVENT_PARAMETERS)})
         # Only what verify-event vouches for drives the run: the model, alias and environment of the
         # signed event (or the parameters, when no event started it), and whether one did.
         request = {"model": out("verify-event", "model"), "env": out("verify-event", "env"),
