@@ -256,9 +256,8 @@ def _run_promotion(args, request) -> int:
 
     if getattr(args, "dry_run", False):
         from mlferry.plans import preview_promotion
-        from mlferry.steps.settings import load_settings
 
-        preview = preview_promotion(load_settings(args.config), request)
+        preview = preview_promotion(_operator_view_settings(args), request)
         print(preview.line)
         return preview.exit_code
     with local_run_hints(args.stack_dir):
@@ -411,9 +410,8 @@ def _reconcile(args) -> int:
     use_local_stack_if_unset(args.stack_dir)
     if args.dry_run:
         from mlferry.plans import preview_reconcile
-        from mlferry.steps.settings import load_settings
 
-        text, code = preview_reconcile(load_settings(args.config), args.prune)
+        text, code = preview_reconcile(_operator_view_settings(args), args.prune)
         print(text, end="")
         return code
     local = LocalArgo.from_environment(args.config, args.stack_dir / "runs")
@@ -715,7 +713,7 @@ def _operator_view_settings(args):
     from mlferry.steps.settings import load_settings
 
     use_local_stack_if_unset(args.stack_dir)
-    if not args.verbose:  # progress and retry lines are noise in a report; failures still say one line
+    if not args.verbose:  # progress and retry lines are noise in a report (status, a dry run); failures still say one line
         logging.getLogger("mlferry.steps.gitops").setLevel(logging.WARNING)
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     return load_settings(args.config)
