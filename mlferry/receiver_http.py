@@ -28,6 +28,7 @@ log = logging.getLogger("mlferry.receiver")
 
 HEALTH_PATH = "/healthz"
 MAX_BODY_BYTES = 1024 * 1024  # MLflow's alias events are a few hundred bytes
+DRAIN_LIMIT = 8 * MAX_BODY_BYTES  # an oversized body up to this is read and dropped, so the client sees the 413
 MAX_CONNECTIONS = 256  # open connections at once (a coroutine each, no thread); more are answered 503
 REQUEST_DEADLINE = 10.0  # seconds a client may take to send its whole request body
 KEEP_ALIVE = 5  # seconds an idle keep-alive connection is kept
@@ -77,6 +78,13 @@ async def _answer(receiver: Receiver, scope: dict[str, Any], receive: Receive) -
     headers = _headers(scope)
     problem = _length_problem(headers)
     if problem:
+        if problem.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE and int(headers["Content-Length"]) <= DRAIN_LIMIT:
+            # Read and drop the body first: a server that answers and closes while the client is still
+            # sending makes it see a broken pipe instead of the 413.
+            try:
+                await asyncio.wait_for(_drain(receive), REQUEST_DEADLINE)
+            except asyncio.TimeoutError:
+                pass
         return problem, logging.INFO
     try:
         body = await asyncio.wait_for(_body(receive, int(headers["Content-Length"])), REQUEST_DEADLINE)
@@ -114,6 +122,13 @@ def _length_problem(headers: Message) -> Reply | None:
 
 class _Disconnected(Exception):
     pass
+
+
+async def _drain(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body"):
+            return
 
 
 async def _body(receive: Receive, length: int) -> bytes:
