@@ -89,6 +89,10 @@ class PromotionResult:
         if moved:
             took += (f"; @{moved} moved back from v{self.output('rollback', 'bad')} "
                      f"to v{self.output('rollback', 'to')}")
+        overtaken = self.output("commit", "overtaken")
+        if overtaken:
+            return (f"superseded: the rule selects {overtaken} in {env} now; v{version} of {name} was not "
+                    f"deployed (the run of that change deploys it) {took}")
         blocked = self.output("commit", "blocked")
         if blocked:
             return (f"held: {env} stays at v{self.output('commit', 'previous')} of {name} ({blocked}); v{version} "

@@ -67,6 +67,9 @@ class CommitInput(Input):
     workflow: str = ""  # the Argo workflow's name ({{workflow.name}})
     alias: str = ""  # the registry alias that selected the version, if one did
     delivery_id: str = ""  # the MLflow webhook delivery that started the workflow, if one did
+    # Ask the registry again, under the GitOps mutex, whether the rule still selects this version
+    # (promotions that follow the rule; a hold is deliberate and skips it).
+    follow_rule: bool = False
 
 
 class Commit(Output):
@@ -77,6 +80,7 @@ class Commit(Output):
     repo: str
     previous: str = ""  # the version the folder held before ("" when it did not exist)
     blocked: str = ""  # the hold that kept this version out (nothing was committed), else ""
+    overtaken: str = ""  # what the rule selects now, when it no longer is this version (nothing committed)
 
 
 class CommitRefused(ValueError):
@@ -92,6 +96,12 @@ def commit(inputs: CommitInput) -> Commit:
     if team != settings.team:
         raise CommitRefused(f"folder {inputs.folder!r} belongs to team {team!r}, not to this installation's "
                             f"team {settings.team!r}")
+    overtaken = rule_moved_on(inputs, settings) if inputs.follow_rule and not (inputs.hold or inputs.remove) else ""
+    if overtaken:
+        logger.warning("%s: the rule selects %s now, no longer v%s: nothing is committed; the run the change "
+                       "started deploys it", inputs.folder, overtaken, inputs.version)
+        return Commit(sha="", changed=False, folder=inputs.folder, branch=settings.gitops_branch,
+                      repo=gitops.display_url(repo), overtaken=overtaken)
     # Read under the GitOps mutex (workflows/tasks.py), so no other mlferry writer moves the folder
     # between this read and the push.
     head, there = current_owner(repo, settings.gitops_branch, inputs.folder)
@@ -104,6 +114,19 @@ def commit(inputs: CommitInput) -> Commit:
                       repo=gitops.display_url(repo), previous=previous, blocked=blocked)
     done = commit_folder(inputs, repo, settings.gitops_branch, create_branch=settings.gitops_create_branch)
     return done.model_copy(update={"previous": previous})
+
+
+def rule_moved_on(inputs: CommitInput, settings) -> str:
+    """"" when the registry still selects ``inputs.version`` for the environment; else what it selects.
+
+    Runs for one model and environment may overlap (an alias moved twice in a minute), and the
+    GitOps mutex orders their commits, not their decisions: without this, the older decision could
+    land last. Asked while holding the mutex, so a later move starts a run that commits after this.
+    """
+    from mlferry.steps import registry, rule
+
+    chosen = rule.select(registry.model_view(registry.client(), inputs.model), inputs.env, settings)
+    return "" if chosen.version == inputs.version else chosen.words()
 
 
 def current_owner(repo: str, branch: str, folder: str):

@@ -5,7 +5,8 @@ tag writes, so reporting can never trigger another promotion. `mlferry.<env>.sta
 
 - `deployed`: the environment's folder holds this version, as the rule selects it;
 - `held`: the folder holds this version under a hold (`reason` says whose and why);
-- `superseded`: it was deployed there, and another version replaced it;
+- `superseded`: it was deployed there, and another version replaced it (or, before its run could
+  commit, the rule came to select another version, whose own run deploys it);
 - `retired`: its folder was removed (nothing selects a version for the environment any more);
 - `blocked`: the rule selects it, but a hold keeps the folder at another version;
 - `failed`: the promotion failed (`error`: the failing step's own line).
@@ -42,6 +43,7 @@ class ReportInput(Input):
     status: Status = ""  # "": from the promotion's outcome (hold, blocked)
     hold: str = ""  # the hold the promotion recorded (resolve's output)
     blocked: str = ""  # the hold that kept this version out (commit's output)
+    overtaken: str = ""  # what the rule selected by commit time instead of this version (commit's output)
     previous: str = ""  # the version the folder held before: superseded when it is another
     commit: str = ""
     uri: str = ""
@@ -100,6 +102,8 @@ def write_tags(inputs: ReportInput) -> dict[str, str]:
 def status_of(inputs: ReportInput) -> str:
     if inputs.status:
         return inputs.status
+    if inputs.overtaken:
+        return "superseded"
     return "blocked" if inputs.blocked else "held" if inputs.hold else "deployed"
 
 
@@ -123,7 +127,9 @@ def outcome_tags(inputs: ReportInput, now: datetime) -> dict[str, str]:
     if inputs.uri and status in ("deployed", "held"):
         tags[f"mlferry.{env}.uri"] = inputs.uri
     reason = {"held": inputs.hold, "blocked": f"held at v{inputs.previous}: {inputs.blocked}; "
-                                              "`mlferry release` ends the hold"}.get(status, "")
+                                              "`mlferry release` ends the hold",
+              "superseded": inputs.overtaken and f"not deployed: the rule selected {inputs.overtaken} "
+                                                 "before this run could commit"}.get(status, "")
     tags[f"mlferry.{env}.reason"] = one_line(reason or (inputs.message if status in ("superseded", "retired") else ""))
     # A stale error from an earlier failed try would mislead; clear it on success.
     tags[f"mlferry.{env}.error"] = one_line(inputs.message, MAX_TAG_VALUE) if status == "failed" else ""

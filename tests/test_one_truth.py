@@ -292,3 +292,55 @@ def test_an_empty_gitops_repo_gets_its_branch_only_when_asked(registered_model, 
     ok(cli(work, "promote", name, "--alias", alias,
            env={"MLFERRY_GITOPS_REPO": str(empty), "MLFERRY_GITOPS_CREATE_BRANCH": "true"}))
     assert annotations(empty, f"teams/ml/{slugify(name)}/staging")["mlferry.io/version"] == version
+
+
+def run_step(step: str, inputs: dict, cwd: Path, out: Path) -> dict[str, str]:
+    """One step as its pod runs it (Hera's runner, the team's settings from mlferry.yaml in cwd)."""
+    args = out / f"{step}-args.json"
+    args.parent.mkdir(parents=True, exist_ok=True)
+    from mlferry.steps.commit import CommitInput
+    from mlferry.steps.report import ReportInput
+
+    # Argo hands a script every input its template declares; Hera's runner expects them all.
+    declared = {"commit": CommitInput, "report": ReportInput}[step].model_validate(inputs).model_dump()
+    args.write_text(json.dumps([{"name": k, "value": v if isinstance(v, str) else json.dumps(v)}
+                                for k, v in declared.items()]))
+    done = subprocess.run([sys.executable, "-m", "hera.workflows.runner", "-e", f"mlferry.steps.{step}:{step}",
+                           str(args)], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "hera__outputs_directory": str(out / step)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {p.name: p.read_text() for p in (out / step / "parameters").iterdir()}
+
+
+def test_an_older_decision_never_lands_after_a_newer_one(registered_model, gitops_remote, work, tmp_path):
+    """Runs for one model and environment overlap on a cluster (the mutex orders commits, not
+    decisions): a run that chose v1, slow to commit after the alias moved on to v2, commits nothing."""
+    alias = names(work)["staging"]
+    name, v1 = registered_model(alias=alias)
+    _, v2 = registered_model(name)
+    folder = f"teams/ml/{slugify(name)}/staging"
+    ok(cli(work, "promote", name, "--alias", alias))
+    v1_files = folder_files(gitops_remote, folder)  # what run A rendered, deciding v1
+
+    MlflowClient().set_registered_model_alias(name, alias, v2)
+    ok(cli(work, "promote", name, "--alias", alias))  # run B, started by the move, deploys v2
+    assert annotations(gitops_remote, folder)["mlferry.io/version"] == v2
+    landed = head(gitops_remote)
+
+    # Run A's commit comes last, holding the mutex now: the registry is asked once more.
+    stale = {"model": name, "version": v1, "env": "staging", "folder": folder, "files": v1_files,
+             "trigger": "webhook", "alias": alias, "follow_rule": True}
+    outputs = run_step("commit", stale, work, tmp_path / "run-a")
+    assert outputs["changed"] == "false" and outputs["overtaken"] == f"v{v2} (@{alias})"
+    assert head(gitops_remote) == landed
+    assert annotations(gitops_remote, folder)["mlferry.io/version"] == v2
+
+    run_step("report", {"model": name, "version": v1, "env": "staging", "overtaken": outputs["overtaken"],
+                        "commit": outputs["sha"]}, work, tmp_path / "run-a")
+    assert tags(name, v1)["mlferry.staging.status"] == "superseded"
+    assert tags(name, v1)["mlferry.staging.reason"] == f"not deployed: the rule selected v{v2} (@{alias}) before this run could commit"
+    assert tags(name, v2)["mlferry.staging.status"] == "deployed"
+
+    # A hold is deliberate: the same late commit, as a hold, is not second-guessed.
+    held = run_step("commit", {**stale, "hold": "pinned by hand"}, work, tmp_path / "hold")
+    assert held["changed"] == "true" and held["overtaken"] == ""

@@ -173,10 +173,10 @@ def test_each_step_reads_only_the_secrets_it_uses():
     # The step that reads an unsigned request gets the webhook secret and nothing else.
     assert keys["verify-event"] == {"MLFERRY_WEBHOOK_SECRET"}
     assert keys["render"] == set()
-    assert keys["commit"] == git
+    assert keys["commit"] == git | mlflow
     assert keys["publish"] == aws | mlflow
     assert keys["resolve"] == keys["report"] == mlflow
-    assert keys["retire"] == keys["plan"] == keys["rollback"] == git | mlflow
+    assert keys["retire"] == keys["plan"] == keys["rollback"] == keys["commit"]
     # Only publish writes objects; only the git writers and readers hold the git credential.
     assert [name for name, held in keys.items() if held & aws] == ["publish"]
     assert {name for name, held in keys.items() if held & git} == {"commit", "retire", "plan", "rollback"}

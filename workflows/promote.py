@@ -124,10 +124,12 @@ def promotion_tasks(steps: StepTemplates, request: dict[str, str], trigger: str,
         "files": out("render", "files"), "run_id": out("resolve", "run_id"), "trigger": trigger,
         "hold": out("resolve", "hold"), "release": out("resolve", "release"),
         # The commit's trailers name the workflow, the alias and the webhook delivery behind it.
-        "workflow": "{{workflow.name}}", "alias": request.get("alias", ""), "delivery_id": delivery_id})
+        "workflow": "{{workflow.name}}", "alias": request.get("alias", ""), "delivery_id": delivery_id,
+        "follow_rule": "true"})
     steps.report(name="report", depends="commit.Succeeded", arguments={
         **version, "env": out("resolve", "env"), "hold": out("resolve", "hold"),
-        "blocked": out("commit", "blocked"), "previous": out("commit", "previous"),
+        "blocked": out("commit", "blocked"), "overtaken": out("commit", "overtaken"),
+        "previous": out("commit", "previous"),
         "commit": out("commit", "sha"), "uri": out("publish", "uri")})
     return found
 
@@ -140,6 +142,7 @@ def promotion_outputs(retire: bool = True) -> list[ModelParameter]:
     return [output("commit", "commit", "sha"), output("changed", "commit", "changed"),
             output("folder", "commit", "folder"), output("uri", "publish", "uri"),
             output("blocked", "commit", "blocked"), output("previous", "commit", "previous"),
+            output("overtaken", "commit", "overtaken"),
             *([output("retired", "retire", "changed")] if retire else [])]
 
 

@@ -76,7 +76,7 @@ STEP_CREDENTIALS: dict[str, frozenset[str]] = {
     "resolve": frozenset({MLFLOW}),  # reads the registry
     "publish": frozenset({MLFLOW, S3}),  # reads the version's files, writes the published copy
     "render": frozenset(),  # text in, text out
-    "commit": frozenset({GIT}),  # reads and writes the model's folder
+    "commit": frozenset({GIT, MLFLOW}),  # reads and writes the folder; asks the rule once more
     "report": frozenset({MLFLOW}),  # tags the version
     "retire": frozenset({GIT, MLFLOW}),  # removes a folder, tags the version it held
     "plan": frozenset({MLFLOW, GIT}),  # compares the registry with the folders
