@@ -203,7 +203,13 @@ def test_chart_embeds_exactly_what_mlferry_generate_writes(helm, values):
     docs = rendered(helm, "mlferry", values)
     namespace = CASES[("mlferry", values)]
     argo = [d for d in docs if (d["apiVersion"], d["kind"]) in ARGO_KINDS]
-    expected = [moved(d, d["metadata"]["namespace"], namespace) for d in generated_documents()]
+    # The full example pulls its own images, tagged as the chart: the steps image moves registry.
+    given = yaml.safe_load((CHARTS / "mlferry" / values).read_text()) if values else {}
+    registry = given.get("image", {}).get("registry", "ghcr.io/mlferry")
+    image = f"{registry}/mlferry-steps:{mlferry.__version__}"
+    expected = [with_images(moved(d, d["metadata"]["namespace"], namespace), image,
+                            given.get("image", {}).get("pullPolicy", "IfNotPresent"), given.get("imagePullSecrets", []))
+                for d in generated_documents()]
 
     def key(doc):  # helm orders documents by its own idea of install order
         return doc["kind"], doc["metadata"]["name"]
@@ -215,6 +221,98 @@ def test_chart_embeds_exactly_what_mlferry_generate_writes(helm, values):
     text = _render(helm, "mlferry", values, namespace)
     assert text.count("{{workflow.parameters.model}}") == sum(
         p.read_text().count("{{workflow.parameters.model}}") for p in GENERATED_DIR.glob("*.yaml")) > 0
+
+
+# Images pushed somewhere of one's own, pulled with a Secret: what issue 16 asked the chart to take.
+OWN_IMAGES = ("image.repository=registry.example/me/steps,image.tag=1.2.3,image.pullPolicy=Always,"
+              "imagePullSecrets[0].name=regcred")
+
+
+def with_images(doc: dict[str, Any], image: str, pull_policy: str, pull_secrets: list[dict[str, str]]) -> dict[str, Any]:
+    """A generated object with the chart's image substitutions: the default steps image and pull
+    policy wherever a container names them, and a WorkflowTemplate's spec.imagePullSecrets."""
+    default = Bundle()
+
+    def swap(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: image if k == "image" and v == default.image
+                    else pull_policy if k == "imagePullPolicy" and v == default.image_pull_policy
+                    else swap(v) for k, v in node.items()}
+        return [swap(v) for v in node] if isinstance(node, list) else node
+
+    doc = swap(doc)
+    if pull_secrets and doc["kind"] == "WorkflowTemplate":
+        doc["spec"] = {"imagePullSecrets": pull_secrets, **doc["spec"]}
+    return doc
+
+
+def test_chart_runs_the_steps_from_the_images_it_is_given(helm):
+    """A registry of one's own: every step container runs that image with that pull policy, every
+    workflow pulls with the Secret, nothing else changes, and the default image is gone."""
+    text = _render(helm, "mlferry", None, "ml", "--set", OWN_IMAGES)
+    docs = parse_documents(text, "mlferry (own images)")
+    argo = {(d["kind"], d["metadata"]["name"]): d for d in docs if (d["apiVersion"], d["kind"]) in ARGO_KINDS}
+    expected = [with_images(d, "registry.example/me/steps:1.2.3", "Always", [{"name": "regcred"}])
+                for d in generated_documents()]
+    assert sorted(argo) == sorted((d["kind"], d["metadata"]["name"]) for d in expected)
+    for want in expected:
+        assert argo[want["kind"], want["metadata"]["name"]] == want
+    containers = [t["script"] for d in argo.values() for t in d["spec"].get("templates", []) if "script" in t]
+    assert containers and {(c["image"], c["imagePullPolicy"]) for c in containers} == {
+        ("registry.example/me/steps:1.2.3", "Always")}
+    # Every workflow: the templates carry the Secret; the CronWorkflow and the Sensor's Workflows
+    # run a template by reference, and Argo merges the referenced template's spec into theirs.
+    templates = {name: d for (kind, name), d in argo.items() if kind == "WorkflowTemplate"}
+    assert templates and all(t["spec"]["imagePullSecrets"] == [{"name": "regcred"}] for t in templates.values())
+    refs = [value["name"] for d in argo.values() if d["kind"] != "WorkflowTemplate"
+            for _, key, value in walk(d) if key == "workflowTemplateRef"]
+    assert refs and set(refs) <= set(templates)
+    assert "ghcr.io/mlferry/mlferry-steps" not in text and "mlferry-steps:" + mlferry.__version__ not in text
+    for doc in docs:
+        validate_object(doc, "mlferry (own images)")
+
+
+def test_the_chart_knows_the_image_the_generated_objects_name(helm):
+    """The substitution is keyed on the default bundle's image; were the generated files to name
+    another, it would silently change nothing."""
+    images = {(t["script"]["image"], t["script"]["imagePullPolicy"]) for d in generated_documents()
+              for t in d["spec"].get("templates", []) if "script" in t}
+    assert images == {(f"ghcr.io/mlferry/mlferry-steps:{mlferry.__version__}", "IfNotPresent")}
+    assert images == {(Bundle().image, Bundle().image_pull_policy)}
+
+
+def test_a_registry_of_ones_own_holds_both_images(helm):
+    docs = parse_documents(_render(helm, "mlferry", None, "ml", "--set", "image.registry=registry.example/me,"
+                                                                         "image.tag=1.2.3"), "mlferry")
+    scripts = {t["script"]["image"] for d in docs if d["kind"] == "WorkflowTemplate" for t in d["spec"]["templates"]
+               if "script" in t}
+    assert scripts == {"registry.example/me/mlferry-steps:1.2.3"}
+    settings = yaml.safe_load(one(docs, "ConfigMap", "mlferry-config")["data"][SETTINGS_KEY])
+    assert settings["serving_image"] == "registry.example/me/mlferry-serving:1.2.3"
+    assert not [d for d in docs if d["kind"] == "WorkflowTemplate" and "imagePullSecrets" in d["spec"]]
+
+
+def test_configmap_names_the_serving_image_the_image_values_give(helm):
+    own = one(parse_documents(_render(helm, "mlferry", None, "ml", "--set", OWN_IMAGES), "mlferry"),
+              "ConfigMap", "mlferry-config")["data"]
+    # image.repository names the steps image alone; the tag is both images'.
+    assert Settings.model_validate(yaml.safe_load(own[SETTINGS_KEY])).serving_image \
+        == "ghcr.io/mlferry/mlferry-serving:1.2.3"
+    named = one(parse_documents(_render(helm, "mlferry", None, "ml", "--set", OWN_IMAGES + ","
+                                        "settings.serving_image=registry.example/me/serve:9,"
+                                        "settings.serving_image_pull_secrets[0]=serving-regcred"), "mlferry"),
+                "ConfigMap", "mlferry-config")["data"]
+    settings = Settings.model_validate(yaml.safe_load(named[SETTINGS_KEY]))
+    assert (settings.serving_image, settings.serving_image_pull_secrets) == ("registry.example/me/serve:9",
+                                                                             ["serving-regcred"])
+
+
+def test_values_schema_refuses_a_malformed_image(helm):
+    for value in ("image.tag=1.2.3 latest", "image.pullPolicy=Sometimes", "imagePullSecrets[0].nam=x",
+                  "image.repository=registry.example/me/steps:1.2.3"):
+        result = subprocess.run([str(helm), "template", "t", str(CHARTS / "mlferry"), "--set", value],
+                                capture_output=True, text=True)
+        assert result.returncode != 0, value
 
 
 def test_generated_objects_leave_no_trace_of_the_bundle_namespace(helm):
@@ -254,13 +352,15 @@ def test_names_the_generated_objects_use_exist_in_the_chart(helm):
 def test_configmap_hands_the_steps_valid_settings(helm):
     default = one(rendered(helm, "mlferry"), "ConfigMap", "mlferry-config")["data"]
     settings = Settings.model_validate(yaml.safe_load(default[SETTINGS_KEY]))
-    # The chart's defaults are the steps' defaults, but for the image it serves models with.
-    assert settings.model_dump() == Settings(serving_image=f"ghcr.io/mlferry/mlferry-serving:{mlferry.__version__}"
-                                             ).model_dump()
+    # The chart's defaults are the steps' defaults, the serving image the one this version built.
+    assert settings.model_dump() == Settings().model_dump()
+    assert settings.serving_image == f"ghcr.io/mlferry/mlferry-serving:{mlferry.__version__}"
     assert default[TRACKING_URI_KEY] == "http://mlflow.ml.svc:5000" == Bundle().mlflow_tracking_uri
     assert default[S3_ENDPOINT_KEY] == "http://minio.ml.svc:9000" == Bundle().s3_endpoint
     full = one(rendered(helm, "mlferry", "examples/full-values.yaml"), "ConfigMap", "mlferry-config")["data"]
-    assert Settings.model_validate(yaml.safe_load(full[SETTINGS_KEY])).team == "fraud"
+    full_settings = Settings.model_validate(yaml.safe_load(full[SETTINGS_KEY]))
+    assert full_settings.team == "fraud"
+    assert full_settings.serving_image == f"registry.fraud.example.com/mlferry/mlferry-serving:{mlferry.__version__}"
     # The commit author: mlferry's own unless gitAuthor names one; the steps read the keys as variables.
     assert identity_from(default) == identity_from({})  # mlferry <mlferry@users.noreply.local>
     assert (identity_from(full).name, identity_from(full).email) == ("fraud-ml-bot", "fraud-ml-bot@example.com")
@@ -688,7 +788,8 @@ def test_versions_follow_the_package():
         assert meta["version"] == meta["appVersion"] == version
     assert Bundle().image == f"ghcr.io/mlferry/mlferry-steps:{version}"
     values = yaml.safe_load((CHARTS / "mlferry" / "values.yaml").read_text())
-    assert values["settings"]["serving_image"] == f"ghcr.io/mlferry/mlferry-serving:{version}"
+    # Empty: both images are tagged with the chart's appVersion (test_configmap_hands_the_steps_valid_settings).
+    assert values["image"]["tag"] == values["settings"]["serving_image"] == ""
     workspace = yaml.safe_load((CHARTS / "team-workspace" / "values.yaml").read_text())
     assert workspace["mlflow"]["image"] == f"ghcr.io/mlferry/mlferry-mlflow:{version}"
 
