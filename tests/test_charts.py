@@ -817,17 +817,61 @@ def test_serving_image_serves_what_the_render_step_runs():
     assert ("EXPOSE", str(SERVING_PORT)) in instructions(text)
 
 
+def set_version_tool():
+    """tools/set_version.py, loaded by path: a maintainer tool, not an installed module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("set_version", ROOT / "tools" / "set_version.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_versions_follow_the_package():
-    version = mlferry.__version__
+    """One number: the package's. Every copy tools/set_version.py writes equals it, the defaults in
+    code derive from it, and no file names an mlferry image by a tag the tool would not rewrite."""
+    version, tool = mlferry.__version__, set_version_tool()
+    found = tool.copies(ROOT)
+    assert {f for f, _, _ in found} >= {"charts/mlferry/Chart.yaml", "charts/team-workspace/Chart.yaml",
+                                        "charts/team-workspace/values.yaml", "docs/mlferry.example.yaml",
+                                        *(str(p.relative_to(ROOT)) for p in GENERATED_DIR.glob("*.yaml"))}
+    assert [c for c in found if c[2] != version] == []
     for chart in ("mlferry", "team-workspace"):
         meta = yaml.safe_load((CHARTS / chart / "Chart.yaml").read_text())
         assert meta["version"] == meta["appVersion"] == version
     assert Bundle().image == f"ghcr.io/mlferry/mlferry-steps:{version}"
+    assert Settings().serving_image == f"ghcr.io/mlferry/mlferry-serving:{version}"
     values = yaml.safe_load((CHARTS / "mlferry" / "values.yaml").read_text())
     # Empty: both images are tagged with the chart's appVersion (test_configmap_hands_the_steps_valid_settings).
     assert values["image"]["tag"] == values["settings"]["serving_image"] == ""
     workspace = yaml.safe_load((CHARTS / "team-workspace" / "values.yaml").read_text())
     assert workspace["mlflow"]["image"] == f"ghcr.io/mlferry/mlferry-mlflow:{version}"
+    # A tag written anywhere else would be left behind by the next release (tests choose their own).
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    listed = {f for f, _, _ in found}
+    stray = [name for name in tracked.split("\n") if name and not name.startswith("tests/")
+             and (ROOT / name).is_file() and name not in listed
+             and re.search(tool.IMAGE_TAG, (ROOT / name).read_text(errors="replace"))]
+    assert stray == []
+
+
+def test_set_version_writes_one_number_everywhere(tmp_path):
+    tool, version = set_version_tool(), mlferry.__version__
+    originals = {}
+    for path, _ in tool.files(ROOT):
+        name = str(path.relative_to(ROOT))
+        originals[name] = path.read_text()
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(originals[name])
+    assert tool.main(["--check", "--root", str(tmp_path)]) == 0
+    assert tool.main(["9.8.7-rc.1", "--root", str(tmp_path)]) == 0
+    assert {v for _, _, v in tool.copies(tmp_path)} == {"9.8.7-rc.1"}
+    for name, text in originals.items():  # the version, and nothing else, changed
+        assert (tmp_path / name).read_text() == text.replace(version, "9.8.7-rc.1"), name
+    (tmp_path / "charts/team-workspace/Chart.yaml").write_text(originals["charts/team-workspace/Chart.yaml"])
+    assert tool.main(["--check", "--root", str(tmp_path)]) == 1
+    with pytest.raises(SystemExit):
+        tool.set_version("1.2.3+build", tmp_path)  # a chart takes it, an image tag does not
 
 
 def walk(node: Any, path: list[Any] | None = None) -> Iterator[tuple[list[Any], Any, Any]]:
