@@ -23,7 +23,8 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from mlferry.steps.naming import is_dns_1035_label, is_dns_label, is_dns_subdomain, is_label_value, is_qualified_key
+from mlferry.steps.naming import (KSERVE_HOST_INFIX, is_dns_1035_label, is_dns_label, is_dns_subdomain, is_label_value,
+                                  is_qualified_key)
 
 # The oldest Kubernetes mlferry supports. A strict schema of an older version rejects fields
 # that only newer clusters know, so what passes here applies on every supported cluster.
@@ -201,6 +202,9 @@ def _name_problems(doc: Mapping[str, Any]) -> list[str]:
         problems.append("metadata.name: required")
     elif name is not None:
         problems += _object_name_problems(doc["kind"], name)
+        if doc["kind"] == "InferenceService" and namespace and len(host := name + KSERVE_HOST_INFIX + namespace) > 63:
+            problems.append(f"metadata.name: {name!r} is too long for namespace {namespace!r}: KServe's host label "
+                            f"'{host}' has {len(host)} characters, at most 63 allowed")
     if namespace is not None and not is_dns_label(namespace):
         problems.append(f"metadata.namespace: {namespace!r} is not a DNS-1123 label")
     return problems

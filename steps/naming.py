@@ -85,3 +85,40 @@ def check_environment_name(env: str) -> str:
 
 def kubernetes_name(slug: str, env: str) -> str:
     return f"{slug}-{check_environment_name(env)}"
+
+
+# KServe names an InferenceService's host from its default domain template
+# `{{ .Name }}-{{ .Namespace }}.{{ .IngressDomain }}` with Name `<isvc>-predictor`
+# (kserve pkg/apis/serving/v1beta1/configmap.go, constants.PredictorServiceName): the first
+# label, `<isvc>-predictor-<namespace>`, must fit 63 characters, so the namespace takes its share.
+KSERVE_HOST_INFIX = "-predictor-"
+MIN_SERVING_NAME = 20  # what a namespace must leave: a readable stem, a dash and a hash
+
+
+def serving_name_budget(namespace: str, runtime: str) -> int:
+    """The longest object name the runtime can serve in `namespace`."""
+    return 63 - len(KSERVE_HOST_INFIX) - len(namespace) if runtime == "kserve" else 63
+
+
+def check_serving_namespace(namespace: str, runtime: str) -> int:
+    """The name budget of `namespace`, refusing one that leaves no room for a readable name."""
+    budget = serving_name_budget(namespace, runtime)
+    if budget < MIN_SERVING_NAME:
+        raise ValueError(f"namespace {namespace!r} is too long for runtime {runtime}: KServe's host "
+                         f"<name>-predictor-<namespace> must fit 63 characters, so its namespaces may have at "
+                         f"most {63 - len(KSERVE_HOST_INFIX) - MIN_SERVING_NAME} characters")
+    return budget
+
+
+def serving_name(slug: str, env: str, namespace: str, runtime: str) -> str:
+    """`<slug>-<env>`, or when that is too long for the namespace, a stem and a hash of it.
+
+    The same model and environment always get the same name, so a new version replaces the old
+    object; two names never share a shortened one but by a hash collision.
+    """
+    name = kubernetes_name(slug, env)
+    budget = check_serving_namespace(namespace, runtime)
+    if len(name) <= budget:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return f"{name[:budget - len(digest) - 1].rstrip('-')}-{digest}"

@@ -24,7 +24,7 @@ from mlferry.steps.outcome import as_argo_step
 from mlferry.steps.layout import check_version, gitops_folder, model_uri
 from mlferry.steps.manifests import KUSTOMIZATION, validate_folder
 from mlferry.steps.model_settings import ModelServing
-from mlferry.steps.naming import is_dns_subdomain, is_label_value, kubernetes_name, slugify
+from mlferry.steps.naming import is_dns_subdomain, is_label_value, serving_name, slugify
 from mlferry.steps.settings import Settings, load_settings
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -118,11 +118,12 @@ def template_values(inputs: RenderInput, settings: Settings, resource_files: tup
     check_slug(inputs.model, inputs.slug)
     check_version(inputs.version)
     environment = settings.environment(inputs.env)  # unknown environment: SettingsError
-    name = kubernetes_name(inputs.slug, inputs.env)
+    namespace = settings.namespace(inputs.env)
+    name = serving_name(inputs.slug, inputs.env, namespace, settings.runtime)
     uri = model_uri(settings.bucket, inputs.slug, inputs.version)
     return {
         "name": name,
-        "namespace": settings.namespace(inputs.env),
+        "namespace": namespace,
         "labels": labels(inputs),
         "selector": selector_labels(inputs.slug, inputs.env),
         "annotations": annotations(inputs),
@@ -132,7 +133,7 @@ def template_values(inputs: RenderInput, settings: Settings, resource_files: tup
         "image": settings.serving_image,
         "command": serve_command(uri),
         "port": SERVING_PORT,
-        "s3_endpoint": settings.s3_endpoint,
+        "s3_endpoint": settings.serving_endpoint(inputs.env),
         "s3_secret": check_secret_name(settings.s3_secret),
         "image_pull_secrets": [check_secret_name(s, "serving_image_pull_secrets")
                                for s in settings.serving_image_pull_secrets],

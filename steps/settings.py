@@ -14,16 +14,29 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlferry import __version__
 from mlferry.steps.model_settings import QUANTITY, QUANTITY_RULE
-from mlferry.steps.naming import check_environment_name, is_dns_label
+from mlferry.steps.naming import check_environment_name, check_serving_namespace, is_dns_label
 
 Runtime = Literal["deployment", "kserve"]
+
+
+def check_endpoint(url: str) -> str:
+    """An object store URL serving pods are handed: http(s)://host[:port], or "" for AWS S3."""
+    parts = urlsplit(url)
+    if url and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/")
+                or parts.username or parts.query):
+        raise ValueError(f"s3_endpoint {url!r} must be http(s)://host[:port] (or empty for AWS S3)")
+    return url
+
+
+Endpoint = Annotated[str, AfterValidator(check_endpoint)]
 
 
 class SettingsError(ValueError):
@@ -55,6 +68,9 @@ class EnvironmentSettings(BaseModel):
     stages: list[str] = Field(default_factory=list)
     namespace: str = ""  # empty: "<team>-<environment>"
     replicas: int = Field(default=1, ge=0, le=100)
+    # Where this environment's model servers reach the object store, when not the team's
+    # `s3_endpoint` (say production runs in another cluster, behind another address).
+    s3_endpoint: Endpoint = ""
 
 
 def _default_environments() -> dict[str, EnvironmentSettings]:
@@ -78,7 +94,7 @@ class Settings(BaseModel):
     serving_image: str = f"ghcr.io/mlferry/mlferry-serving:{__version__}"
     # Secrets (in each serving namespace) the model servers pull it with: their imagePullSecrets.
     serving_image_pull_secrets: list[str] = Field(default_factory=list)
-    s3_endpoint: str = ""  # what serving pods use to reach the object store
+    s3_endpoint: Endpoint = ""  # what serving pods use to reach the object store
     s3_secret: str = "mlferry-s3"  # Secret (in each serving namespace) with AWS_* keys
     prune: bool = True
     # Model sources read besides the tracking server's artifact proxy (e.g. "s3://mlflow-artifacts/"):
@@ -121,6 +137,12 @@ class Settings(BaseModel):
                 seen[alias] = env
         return self
 
+    @model_validator(mode="after")
+    def _namespaces_leave_room_for_names(self) -> "Settings":
+        for env in self.environments:
+            check_serving_namespace(self.namespace(env), self.runtime)
+        return self
+
     def require_gitops_repo(self) -> str:
         """The GitOps remote, for the commands that cannot work without one: one check, one message."""
         if not self.gitops_repo:
@@ -136,6 +158,10 @@ class Settings(BaseModel):
 
     def namespace(self, env: str) -> str:
         return self.environment(env).namespace or f"{self.team}-{env}"
+
+    def serving_endpoint(self, env: str) -> str:
+        """The object store's URL as the environment's model servers reach it ("": AWS S3)."""
+        return self.environment(env).s3_endpoint or self.s3_endpoint
 
     def environment_for_alias(self, alias: str) -> str | None:
         for env, cfg in self.environments.items():

@@ -352,8 +352,9 @@ def test_names_the_generated_objects_use_exist_in_the_chart(helm):
 def test_configmap_hands_the_steps_valid_settings(helm):
     default = one(rendered(helm, "mlferry"), "ConfigMap", "mlferry-config")["data"]
     settings = Settings.model_validate(yaml.safe_load(default[SETTINGS_KEY]))
-    # The chart's defaults are the steps' defaults, the serving image the one this version built.
-    assert settings.model_dump() == Settings().model_dump()
+    # The chart's defaults are the steps' defaults, but for the object store's endpoint; the
+    # serving image is the one this version built.
+    assert settings.model_dump() == Settings(s3_endpoint="http://minio.ml.svc:9000").model_dump()
     assert settings.serving_image == f"ghcr.io/mlferry/mlferry-serving:{mlferry.__version__}"
     assert default[TRACKING_URI_KEY] == "http://mlflow.ml.svc:5000" == Bundle().mlflow_tracking_uri
     assert default[S3_ENDPOINT_KEY] == "http://minio.ml.svc:9000" == Bundle().s3_endpoint
@@ -895,3 +896,29 @@ def test_the_minimum_versions_table_covers_what_the_generated_yaml_uses():
     if '"contextKey"' in text or '"comparator"' in text:
         assert minimum["Argo Events"] >= (1, 9)
     assert {"Argo Workflows", "Argo Events", "Argo CD", "Kubernetes"} <= minimum.keys()
+
+
+def test_notes_say_how_kserve_finds_each_environments_object_store(helm):
+    """KServe's storage initializer reads the endpoint from the serving Secret's annotations
+    (kserve pkg/credentials/s3); without them it downloads from AWS. The notes give the command,
+    per environment, with the endpoint that environment's servers use."""
+    result = subprocess.run([str(helm), "install", "t", str(CHARTS / "mlferry"), "-n", "fraud", "--dry-run=client",
+                             "--set", "settings.runtime=kserve", "--set", "settings.team=fraud",
+                             "--set", "settings.environments.production.s3_endpoint=https://minio.prod.example:9443"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert ("kubectl -n fraud-production annotate secret mlferry-s3 --overwrite "
+            "serving.kserve.io/s3-endpoint=minio.prod.example:9443 serving.kserve.io/s3-usehttps=1\n") in notes
+    assert ("kubectl -n fraud-staging annotate secret mlferry-s3 --overwrite "
+            "serving.kserve.io/s3-endpoint=minio.fraud.svc:9000 serving.kserve.io/s3-usehttps=0\n") in notes
+    deployment = subprocess.run([str(helm), "install", "t", str(CHARTS / "mlferry"), "-n", "fraud", "--dry-run=client"],
+                                capture_output=True, text=True)
+    assert "serving.kserve.io" not in deployment.stdout.split("NOTES:", 1)[1]
+
+
+def test_the_steps_get_the_serving_endpoint_from_settings_not_from_their_own_variable(helm):
+    """settings.s3_endpoint is written out (the chart's s3Endpoint when empty), so a step pod never
+    falls back to MLFLOW_S3_ENDPOINT_URL, its own way to the store, for what serving pods use."""
+    data = one(rendered(helm, "mlferry"), "ConfigMap", "mlferry-config")["data"]
+    assert yaml.safe_load(data[SETTINGS_KEY])["s3_endpoint"] == data[S3_ENDPOINT_KEY] == "http://minio.ml.svc:9000"

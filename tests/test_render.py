@@ -482,3 +482,62 @@ def test_hera_runner_writes_the_rendered_folder_as_output_parameters(tmp_path):
     deployment = yaml.safe_load(files["deployment.yaml"])["spec"]
     assert deployment["replicas"] == 2
     assert deployment["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "3Gi"
+
+
+@pytest.mark.parametrize("team", ["ml", "fraud-detection-emea"])
+def test_kserve_host_label_fits_63_characters_with_the_namespace(team):
+    """KServe's host is <isvc>-predictor-<namespace>: the longest model name still fits, as a stable
+    shortened name, in every environment's namespace (it did not over 39 characters in ml-production)."""
+    settings = Settings(team=team, runtime="kserve", s3_endpoint="http://minio:9000")
+    model = "a model name far longer than any Kubernetes label could ever hold " * 2
+    for env in settings.environments:
+        namespace = settings.namespace(env)
+        rendered = render_folder(make_input(model, env=env), settings)  # validates every object
+        isvc = parsed(rendered)["inferenceservice.yaml"]
+        name = isvc["metadata"]["name"]
+        assert len(f"{name}-predictor-{namespace}") <= 63
+        assert render_folder(make_input(model, version="8", env=env), settings).files.keys() == rendered.files.keys()
+        assert parsed(render_folder(make_input(model, version="8", env=env), settings))[
+            "inferenceservice.yaml"]["metadata"]["name"] == name  # the next version replaces this object
+    short = parsed(render_folder(make_input("churn", env="production"), settings))["inferenceservice.yaml"]
+    assert short["metadata"]["name"] == "churn-production"  # a name that fits stays as it is
+
+
+def test_a_namespace_too_long_for_kserve_hosts_is_refused_with_the_limit():
+    with pytest.raises(ValueError, match="may have at most 32 characters"):
+        Settings(runtime="kserve", environments={"production": EnvironmentSettings(
+            aliases=["production"], namespace="a-namespace-far-too-long-for-kserve-hosts")})
+    Settings(runtime="deployment", environments={"production": EnvironmentSettings(
+        aliases=["production"], namespace="a-namespace-far-too-long-for-kserve-hosts")})
+
+
+def test_an_inferenceservice_whose_host_label_overflows_is_rejected():
+    doc = _isvc()
+    doc["metadata"]["name"], doc["metadata"]["namespace"] = "m" * 40, "ml-production"
+    with pytest.raises(ManifestError, match="KServe's host label .* has 64 characters"):
+        validate_manifest(doc, "inferenceservice.yaml")
+
+
+def test_each_environment_serves_from_its_own_object_store_endpoint():
+    """The serving endpoint comes from the environment's configuration, never from the promoter's own
+    MLFLOW_S3_ENDPOINT_URL (on a laptop, 127.0.0.1)."""
+    settings = make_settings(environments={
+        "staging": EnvironmentSettings(aliases=["staging"]),
+        "production": EnvironmentSettings(aliases=["production"], s3_endpoint="https://minio.prod.example:9000")})
+
+    def endpoint(env: str) -> str:
+        (container,) = parsed(render_folder(make_input(env=env), settings))["deployment.yaml"][
+            "spec"]["template"]["spec"]["containers"]
+        return {var["name"]: var.get("value") for var in container["env"]}["MLFLOW_S3_ENDPOINT_URL"]
+
+    assert endpoint("production") == "https://minio.prod.example:9000"
+    assert endpoint("staging") == "http://minio.fraud.svc:9000"
+
+
+@pytest.mark.parametrize("url", ["minio:9000", "ftp://minio", "http://", "http://user:pw@minio:9000",
+                                 "http://minio:9000/bucket"])
+def test_an_endpoint_that_is_no_server_url_is_refused(url):
+    with pytest.raises(ValueError, match="must be http\\(s\\)://host\\[:port\\]"):
+        make_settings(s3_endpoint=url)
+    with pytest.raises(ValueError, match="must be http\\(s\\)://host\\[:port\\]"):
+        EnvironmentSettings(aliases=["x"], s3_endpoint=url)

@@ -150,3 +150,33 @@ def test_metric_names_say_what_their_values_are():
     guide = (Path(__file__).resolve().parent.parent / "charts" / "README.md").read_text()
     for metric in doc["spec"]["metrics"]["prometheus"]:
         assert f"argo_workflows_{metric['name']}" in guide
+
+
+def secret_keys_by_template() -> dict[str, set[str]]:
+    """Every step template's Secret keys (name → keys), over all generated WorkflowTemplates."""
+    keys: dict[str, set[str]] = {}
+    for doc in documents(Bundle()):
+        for template in doc.get("spec", {}).get("templates", []):
+            container = template.get("script") or template.get("container")
+            if container:
+                keys.setdefault(template["name"], set()).update(
+                    e["valueFrom"]["secretKeyRef"]["key"] for e in container.get("env", [])
+                    if "secretKeyRef" in e.get("valueFrom", {}))
+    return keys
+
+
+def test_each_step_reads_only_the_secrets_it_uses():
+    keys = secret_keys_by_template()
+    aws = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    git = {"MLFERRY_GIT_TOKEN", "MLFERRY_GIT_SSH_PRIVATE_KEY", "MLFERRY_GIT_SSH_KNOWN_HOSTS"}
+    mlflow = {"MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+    # The step that reads an unsigned request gets the webhook secret and nothing else.
+    assert keys["verify-event"] == {"MLFERRY_WEBHOOK_SECRET"}
+    assert keys["render"] == set()
+    assert keys["commit"] == git
+    assert keys["publish"] == aws | mlflow
+    assert keys["resolve"] == keys["report"] == mlflow
+    assert keys["retire"] == keys["plan"] == keys["rollback"] == git | mlflow
+    # Only publish writes objects; only the git writers and readers hold the git credential.
+    assert [name for name, held in keys.items() if held & aws] == ["publish"]
+    assert {name for name, held in keys.items() if held & git} == {"commit", "retire", "plan", "rollback"}

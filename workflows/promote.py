@@ -16,7 +16,7 @@ Submitted by the Sensor on an alias webhook, by the reconcile fan-out, by `mlfer
 
 from dataclasses import dataclass
 
-from hera.workflows import DAG, Parameter, Script, SecretEnv, WorkflowTemplate
+from hera.workflows import DAG, Parameter, Script, WorkflowTemplate
 from hera.workflows.models import (
     Counter,
     Gauge,
@@ -34,7 +34,7 @@ from mlferry.steps.render import render
 from mlferry.steps.report import report
 from mlferry.steps.resolve import resolve
 from mlferry.steps.retire import retire
-from mlferry.steps.verify_event import EVENT_PARAMETERS, SECRET_ENV, verify_event
+from mlferry.steps.verify_event import EVENT_PARAMETERS, verify_event
 from mlferry.workflows.bundle import Bundle
 from mlferry.workflows.tasks import gitops_lock, out, step_script, wf, workflow_settings
 
@@ -145,8 +145,6 @@ def promotion_outputs(retire: bool = True) -> list[ModelParameter]:
 
 def _promote_dag(bundle: Bundle) -> Script:
     verify_t = step_script(bundle, "verify-event", verify_event)
-    verify_t.env = [*verify_t.env, SecretEnv(name=SECRET_ENV, secret_name=bundle.secrets.webhook,
-                                             secret_key=SECRET_ENV, optional=True)]
     retire_t = step_script(bundle, "retire", retire,
                            synchronization=gitops_lock(bundle))
     steps = StepTemplates.of(bundle)

@@ -22,6 +22,7 @@ from hera.workflows.models import (
 )
 
 from mlferry.steps.outcome import TRANSIENT_EXIT
+from mlferry.steps.verify_event import SECRET_ENV as WEBHOOK_SECRET_KEY
 from mlferry.workflows.bundle import Bundle
 
 # ConfigMap keys the bundle chart writes (charts/mlferry/templates: the settings ConfigMap).
@@ -66,22 +67,51 @@ def gitops_lock(bundle: Bundle) -> Synchronization:
     return Synchronization(mutexes=[Mutex(name=bundle.gitops_mutex)])
 
 
-def step_env(bundle: Bundle) -> list:
-    cm, secrets = bundle.config_map, bundle.secrets
+# What each step may read, by the credential it needs: a step gets only the Secrets it uses,
+# so a compromised or buggy step cannot reach what it has no business with (verify-event cannot
+# push to git, render reaches nothing at all). tests/test_workflows.py holds every template to it.
+MLFLOW, S3, GIT, WEBHOOK = "mlflow", "s3", "git", "webhook"
+STEP_CREDENTIALS: dict[str, frozenset[str]] = {
+    "verify-event": frozenset({WEBHOOK}),  # checks the HMAC signature, nothing else
+    "resolve": frozenset({MLFLOW}),  # reads the registry
+    "publish": frozenset({MLFLOW, S3}),  # reads the version's files, writes the published copy
+    "render": frozenset(),  # text in, text out
+    "commit": frozenset({GIT}),  # reads and writes the model's folder
+    "report": frozenset({MLFLOW}),  # tags the version
+    "retire": frozenset({GIT, MLFLOW}),  # removes a folder, tags the version it held
+    "plan": frozenset({MLFLOW, GIT}),  # compares the registry with the folders
+    "rollback": frozenset({MLFLOW, GIT}),  # reads the folder's history, moves the alias back
+}
+
+
+def credential_env(bundle: Bundle, needs: frozenset[str]) -> list:
+    """The Secret keys behind each credential a step needs."""
+    secrets = bundle.secrets
+    keys = {
+        S3: [SecretEnv(name=key, secret_name=secrets.s3, secret_key=key)
+             for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")],
+        # A token, or the user and password of MLflow's basic-auth app: whichever the Secret holds.
+        MLFLOW: [SecretEnv(name=key, secret_name=secrets.mlflow, secret_key=key, optional=True)
+                 for key in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")],
+        # The GitOps remote's credential: an https token, or an ssh key and the host's known_hosts
+        # lines (text, not files: the step writes them 0600 into its scratch folder).
+        GIT: [SecretEnv(name=key, secret_name=secrets.git, secret_key=key, optional=True)
+              for key in ("MLFERRY_GIT_TOKEN", "MLFERRY_GIT_SSH_PRIVATE_KEY", "MLFERRY_GIT_SSH_KNOWN_HOSTS")],
+        # Optional in the template: without it verify-event refuses every event, with that reason.
+        WEBHOOK: [SecretEnv(name=WEBHOOK_SECRET_KEY, secret_name=secrets.webhook, secret_key=WEBHOOK_SECRET_KEY,
+                            optional=True)],
+    }
+    return [env for credential in (S3, MLFLOW, GIT, WEBHOOK) if credential in needs for env in keys[credential]]
+
+
+def step_env(bundle: Bundle, name: str) -> list:
+    cm = bundle.config_map
     return [
         ConfigMapEnv(name="MLFERRY_SETTINGS", config_map_name=cm, config_map_key=SETTINGS_KEY),
         ConfigMapEnv(name="MLFLOW_TRACKING_URI", config_map_name=cm, config_map_key=TRACKING_URI_KEY),
         ConfigMapEnv(name="MLFLOW_S3_ENDPOINT_URL", config_map_name=cm, config_map_key=S3_ENDPOINT_KEY),
         *(ConfigMapEnv(name=key, config_map_name=cm, config_map_key=key, optional=True) for key in GIT_AUTHOR_KEYS),
-        SecretEnv(name="AWS_ACCESS_KEY_ID", secret_name=secrets.s3, secret_key="AWS_ACCESS_KEY_ID"),
-        SecretEnv(name="AWS_SECRET_ACCESS_KEY", secret_name=secrets.s3, secret_key="AWS_SECRET_ACCESS_KEY"),
-        # A token, or the user and password of MLflow's basic-auth app: whichever the Secret holds.
-        *(SecretEnv(name=key, secret_name=secrets.mlflow, secret_key=key, optional=True)
-          for key in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")),
-        # The GitOps remote's credential: an https token, or an ssh key and the host's known_hosts
-        # lines (text, not files: the step writes them 0600 into its scratch folder).
-        *(SecretEnv(name=key, secret_name=secrets.git, secret_key=key, optional=True)
-          for key in ("MLFERRY_GIT_TOKEN", "MLFERRY_GIT_SSH_PRIVATE_KEY", "MLFERRY_GIT_SSH_KNOWN_HOSTS")),
+        *credential_env(bundle, STEP_CREDENTIALS[name]),
         Env(name="MLFERRY_LOG_FORMAT", value="json"),
         # MLflow's client retries 5xx on its own for minutes by default; keep its retries short
         # and let the template's retryStrategy (with its backoff) do the patient retrying.
@@ -125,7 +155,7 @@ def step_script(bundle: Bundle, name: str, fn: Callable, **kwargs) -> Script:
         constructor="runner",
         image=bundle.image,
         image_pull_policy=bundle.image_pull_policy,
-        env=step_env(bundle),
+        env=step_env(bundle, name),
         security_context=security_context(),
         # On failure Kubernetes keeps the last log lines as the termination message, which Argo
         # shows as the node message and hands to the exit handler in {{workflow.failures}}.

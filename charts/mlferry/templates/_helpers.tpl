@@ -58,6 +58,21 @@ mlferry.io/team: {{ .Values.settings.team }}
 {{- .Values.s3Endpoint | default (printf "http://minio.%s.svc:9000" .Release.Namespace) -}}
 {{- end }}
 
+{{/* An environment's serving namespace: include "mlferry.servingNamespace" (list $ ENV). */}}
+{{- define "mlferry.servingNamespace" -}}
+{{- $root := index . 0 }}{{ $env := index . 1 }}
+{{- (index $root.Values.settings.environments $env).namespace | default (printf "%s-%s" $root.Values.settings.team $env) -}}
+{{- end }}
+
+{{/*
+Where an environment's model servers reach the object store (steps.settings.Settings.serving_endpoint,
+with the ConfigMap's default): include "mlferry.servingEndpoint" (list $ ENV).
+*/}}
+{{- define "mlferry.servingEndpoint" -}}
+{{- $root := index . 0 }}{{ $env := index . 1 }}
+{{- (index $root.Values.settings.environments $env).s3_endpoint | default $root.Values.settings.s3_endpoint | default (include "mlferry.s3Endpoint" $root) -}}
+{{- end }}
+
 {{/* The generated objects, parsed: a list of {path, doc}. */}}
 {{- define "mlferry.generatedDocs" -}}
 {{- $docs := list }}
