@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: venv demo test generate clean
+.PHONY: venv demo test generate version clean
 
 venv: $(VENV)/.installed
 
@@ -24,6 +24,11 @@ test: venv
 # The Argo YAML the chart embeds, regenerated from the Hera definitions (a test fails when stale).
 generate: venv
 	$(BIN)/mlferry generate --out charts/mlferry/generated
+
+# One version for the package, both charts and every image tag: make version V=0.2.0
+version: venv
+	@test -n "$(V)" || { echo "usage: make version V=MAJOR.MINOR.PATCH" >&2; exit 2; }
+	$(BIN)/python tools/set_version.py $(V)
 
 clean:
 	-$(BIN)/mlferry stack down

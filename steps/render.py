@@ -135,6 +135,8 @@ def template_values(inputs: RenderInput, settings: Settings, resource_files: tup
         "port": SERVING_PORT,
         "s3_endpoint": settings.serving_endpoint(inputs.env),
         "s3_secret": check_secret_name(settings.s3_secret),
+        "image_pull_secrets": [check_secret_name(s, "serving_image_pull_secrets")
+                               for s in settings.serving_image_pull_secrets],
         # One ServiceAccount per folder: a shared one would be owned by several Argo CD
         # Applications, and pruning one model would take the credentials from the others.
         "service_account": name,
@@ -150,9 +152,9 @@ def check_slug(model: str, slug: str) -> str:
     return slug
 
 
-def check_secret_name(secret: str) -> str:
+def check_secret_name(secret: str, setting: str = "s3_secret") -> str:
     if not is_dns_subdomain(secret):
-        raise ValueError(f"s3_secret {secret!r} is not a valid Secret name (a DNS-1123 subdomain)")
+        raise ValueError(f"{setting} {secret!r} is not a valid Secret name (a DNS-1123 subdomain)")
     return secret
 
 

