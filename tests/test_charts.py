@@ -13,10 +13,12 @@ what pyproject.toml says. helm itself comes from tests/helm.py (ensure_helm).
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
 import json
 import re
 import subprocess
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -28,6 +30,7 @@ import yaml
 import mlferry
 from tests.helm import ensure_helm
 from mlferry.steps.manifests import parse_documents, validate_manifest
+from mlferry.steps.naming import MAX_ENV_LENGTH, MAX_SLUG_LENGTH, is_dns_label, slugify
 from mlferry.steps.render import SERVING_PORT
 from mlferry.steps.settings import EnvironmentSettings, Resources, Settings
 from mlferry.workflows.bundle import Bundle
@@ -447,28 +450,121 @@ def test_argocd_project_confines_the_team(helm):
     assert template["spec"]["project"] == "mlferry-fraud"
     assert template["spec"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
     # What Argo CD's goTemplate makes of one folder of the GitOps contract.
-    app = go_template(template, "teams/fraud/wine-quality/staging")
+    app, stray = go_template(helm, template, ["teams/fraud/wine-quality/staging", "teams/fraud/wine-quality/dev"])
     assert app["metadata"]["name"] == "fraud-wine-quality-staging"
+    assert app["metadata"]["labels"] == {"mlferry.io/team": "fraud", "mlferry.io/model": "wine-quality",
+                                         "mlferry.io/environment": "staging"}
     assert app["spec"]["source"]["path"] == "teams/fraud/wine-quality/staging"
     assert app["spec"]["destination"]["namespace"] in {d["namespace"] for d in project["destinations"]}
     # A folder for an environment the team does not have lands outside the project.
-    stray = go_template(template, "teams/fraud/wine-quality/dev")
     assert stray["spec"]["destination"]["namespace"] not in {d["namespace"] for d in project["destinations"]}
 
 
-def go_template(node: Any, path: str) -> Any:
-    """The three goTemplate expressions the ApplicationSet uses, evaluated for one folder."""
-    values = {"{{ .path.path }}": path, "{{ .path.basename }}": path.rsplit("/", 1)[-1],
-              "{{ index .path.segments 2 }}": path.split("/")[2]}
+# Functions Helm's engine has and Argo CD's ApplicationSet controller has not: Argo CD offers Go's
+# text/template with sprig's GenericFuncMap minus env, expandenv and getHostByName, plus its own
+# normalize, slugify, toYaml, fromYaml, fromYamlArray (applicationset/utils/utils.go).
+NOT_IN_ARGOCD = {"env", "expandenv", "getHostByName", "include", "tpl", "required", "lookup", "fromJson",
+                 "fromJsonArray", "toToml", "fromToml", "mustToJson"}
+
+
+def go_template(helm: Path, node: Any, folders: list[str]) -> list[Any]:
+    """`node` as Argo CD's ApplicationSet controller renders it (goTemplate) for each folder of the
+    git directory generator: every templated string is run through Go's text/template with sprig,
+    for real, by helm's engine (a throwaway chart), not by an imitation of it. The parameters
+    are the generator's (`.path.path`, `.path.basename`, `.path.basenameNormalized`,
+    `.path.segments`)."""
+    expressions = sorted({value for _, _, value in walk(node) if isinstance(value, str) and "{{" in value})
+    for expression in expressions:
+        actions = re.sub(r'"(?:[^"\\]|\\.)*"', '""', " ".join(re.findall(r"{{(.*?)}}", expression)))
+        used = set(re.findall(r"(?<![\w.$])([A-Za-z_]\w*)", actions))  # functions and keywords
+        assert not used & NOT_IN_ARGOCD, f"{expression!r} uses {used & NOT_IN_ARGOCD}, which Argo CD lacks"
+    fields = "\n".join(f"  f{i}: |-\n    {{{{ with $folder }}}}{e}{{{{ end }}}}" for i, e in enumerate(expressions))
+    chart_template = ("{{- range $i, $folder := .Values.folders }}\n---\napiVersion: v1\nkind: ConfigMap\n"
+                      "metadata:\n  name: folder-{{ $i }}\ndata:\n" + fields + "\n{{- end }}\n")
+    params = [{"path": {"path": f, "basename": f.rsplit("/", 1)[-1], "segments": f.split("/"),
+                        "basenameNormalized": re.sub(r"[^-a-z0-9.]", "-", f.rsplit("/", 1)[-1].lower()).strip("-.")}}
+              for f in folders]
+    with tempfile.TemporaryDirectory(prefix="gotemplate-") as tmp:
+        chart = Path(tmp)
+        (chart / "templates").mkdir()
+        (chart / "Chart.yaml").write_text("apiVersion: v2\nname: gotemplate\nversion: 0.0.0\n")
+        (chart / "templates" / "eval.yaml").write_text(chart_template)
+        (chart / "values.yaml").write_text(json.dumps({"folders": params}))
+        result = subprocess.run([str(helm), "template", "t", str(chart)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    maps = {d["metadata"]["name"]: d.get("data") or {} for d in yaml.safe_load_all(result.stdout) if d}
+    out = []
+    for i, _ in enumerate(folders):
+        values = {e: maps[f"folder-{i}"][f"f{n}"] for n, e in enumerate(expressions)}
+        assert all(values.values()), f"an expression rendered empty for {folders[i]}: {values}"
+        out.append(_substituted(node, values))
+    return out
+
+
+def _substituted(node: Any, values: Mapping[str, str]) -> Any:
     if isinstance(node, dict):
-        return {k: go_template(v, path) for k, v in node.items()}
+        return {k: _substituted(v, values) for k, v in node.items()}
     if isinstance(node, list):
-        return [go_template(v, path) for v in node]
-    if isinstance(node, str):
-        for expression, value in values.items():
-            node = node.replace(expression, value)
-        assert "{{" not in node, f"unexpected template expression in {node!r}"
-    return node
+        return [_substituted(v, values) for v in node]
+    return values.get(node, node) if isinstance(node, str) else node
+
+
+def application_name(team: str, folder: str) -> str:
+    """The rule the ApplicationSet's name template implements (charts/README.md, Argo CD): the
+    full `<team>-<slug>-<env>` when it fits a 63-character label, else its first 54 characters,
+    "-" and 8 hex digits of the folder path's sha256 (the path, not the name: `a-b`/`c` and
+    `a`/`b-c` join to the same name)."""
+    _, _, slug, env = folder.split("/")
+    name = f"{team}-{slug}-{env}"
+    return name if len(name) <= 63 else f"{name[:54]}-{hashlib.sha256(folder.encode()).hexdigest()[:8]}"
+
+
+def test_application_names_fit_a_label_for_the_longest_names_the_settings_allow(helm):
+    """Argo CD tracks resources by a label (`app.kubernetes.io/instance`, 63 characters) before
+    3.0 and on 3.x set to `label` tracking, and then an Application named `<team>-<slug>-<env>`
+    (up to 40 + 1 + 40 + 1 + 12 = 94 characters) cannot sync. Whatever the folder, the name is a
+    DNS label of at most 63 characters, the same for the same folder, and different for folders
+    that share its first 54 characters; names that fit are left as they were (a new name would
+    replace the Application, and its finalizer would delete what it deployed)."""
+    schema = json.loads((CHARTS / "mlferry" / "values.schema.json").read_text())["properties"]["settings"]
+    team_max = schema["properties"]["team"]["maxLength"]
+    Settings(team="t" * team_max)
+    with pytest.raises(ValueError):
+        Settings(team="t" * (team_max + 1))
+    assert schema["properties"]["environments"]["propertyNames"]["maxLength"] == MAX_ENV_LENGTH
+    longest_team = ("team-" * 10)[:team_max - 1] + "x"
+    longest_slug = slugify("A registered model whose name is far too long for any Kubernetes label")
+    assert len(longest_slug) == MAX_SLUG_LENGTH and len(longest_team) == team_max
+    longest_env = "e" * MAX_ENV_LENGTH
+    cases = {
+        longest_team: [f"teams/{longest_team}/{longest_slug}/{longest_env}",
+                       f"teams/{longest_team}/{longest_slug}/production",
+                       f"teams/{longest_team}/{longest_slug[:-1]}z/production",  # same first 54 characters
+                       f"teams/{longest_team}/a/{'e' * (63 - team_max - 3)}",  # 63: kept whole
+                       f"teams/{longest_team}/wine-quality/staging"],
+        "fraud": [f"teams/fraud/{'m' * 49}/staging",  # 63: kept whole
+                  f"teams/fraud/{'m' * 50}/staging",  # 64: shortened
+                  "teams/fraud/wine-quality/staging"],
+    }
+    names: dict[str, str] = {}
+    for team, folders in cases.items():
+        text = _render(helm, "mlferry", None, "ml", "--set", f"settings.team={team}", "--set", "argocd.enabled=true",
+                       "--set", "settings.gitops_repo=https://git.example.com/platform/gitops.git")
+        appset = one(parse_documents(text, "mlferry (argocd)"), "ApplicationSet", f"mlferry-{team}")
+        validate_object(appset, f"mlferry team {team}")
+        for folder, app in zip(folders, go_template(helm, appset["spec"]["template"], folders)):
+            name = app["metadata"]["name"]
+            assert is_dns_label(name), f"{folder} → {name!r} ({len(name)} characters)"
+            assert name == application_name(team, folder), folder
+            names[folder] = name
+    longest = cases[longest_team][0]
+    assert len(f"{longest_team}-{longest_slug}-{longest_env}") == 94 and len(names[longest]) == 63
+    assert names[longest].startswith(f"{longest_team}-{longest_slug}"[:54])
+    assert names[f"teams/fraud/{'m' * 49}/staging"] == f"fraud-{'m' * 49}-staging"
+    assert names["teams/fraud/wine-quality/staging"] == "fraud-wine-quality-staging"
+    assert names[cases[longest_team][3]] == f"{longest_team}-a-{'e' * (63 - team_max - 3)}"
+    shortened = [n for f, n in names.items() if n != "-".join([f.split("/")[1], *f.split("/")[2:]])]
+    assert len(shortened) == len(set(shortened)) == 4
 
 
 def test_chart_refuses_a_namespace_the_applicationset_cannot_reach(helm):
