@@ -331,6 +331,52 @@ def test_rbac_is_least_privilege(helm):
                                             "namespace": namespace}]
 
 
+def test_every_submitted_workflow_only_references_a_template(helm):
+    """Issue 16, point 17: whoever may create Workflows may run any pod with any Secret of the
+    namespace, unless the controller runs only Workflows that reference a WorkflowTemplate
+    (`templateReferencing: Strict` or `Secure`, which charts/README.md tells the operator to set).
+    That setting must not break mlferry: every Workflow the Sensor or the CronWorkflow submits is
+    a workflowTemplateRef to the bundle's templates plus arguments (and the steps' own account),
+    and an event can fill in
+    argument values only. The Sensor's account can create Workflows and nothing that runs code."""
+    templates = {d["metadata"]["name"] for d in generated_documents() if d["kind"] == "WorkflowTemplate"}
+    submitted = []
+    for doc in generated_documents():
+        if doc["kind"] == "Sensor":
+            for trigger in doc["spec"]["triggers"]:
+                workflow = trigger["template"]["argoWorkflow"]
+                assert workflow["operation"] == "submit"
+                submitted.append(workflow["source"]["resource"]["spec"])
+                for parameter in workflow.get("parameters", []):
+                    assert re.fullmatch(r"spec\.arguments\.parameters\.\d+\.value", parameter["dest"]), parameter
+        if doc["kind"] == "CronWorkflow":
+            submitted.append(doc["spec"]["workflowSpec"])
+    assert len(submitted) >= 3
+    for spec in submitted:
+        # The CronWorkflow names the steps' own account, the one the template runs as anyway.
+        assert set(spec) <= {"arguments", "workflowTemplateRef", "serviceAccountName"}, set(spec)
+        assert spec.get("serviceAccountName", Bundle().service_account) == Bundle().service_account
+        assert spec["workflowTemplateRef"]["name"] in templates and not spec["workflowTemplateRef"].get("clusterScope")
+    for values in (None, "examples/full-values.yaml"):
+        for rule in rules_of(rendered(helm, "mlferry", values), "mlferry-sensor"):
+            assert rule["apiGroups"] == ["argoproj.io"] and set(rule["resources"]) <= {"workflows", "workflowtemplates"}
+            assert "create" not in rule["verbs"] or rule["resources"] == ["workflows"]
+    guide = (CHARTS / "README.md").read_text()
+    assert "workflowRestrictions: |" in guide and "templateReferencing: Secure" in guide
+
+
+def test_the_install_guide_says_a_repo_per_team_is_the_isolated_setup(helm):
+    """Issue 16, point 18: an AppProject restricts repositories, not paths. What the chart can
+    enforce it does (the team's repo only, the team's namespaces only); the rest is said plainly."""
+    project = one(rendered(helm, "mlferry", "examples/full-values.yaml"), "AppProject", "mlferry-fraud")["spec"]
+    assert project["sourceRepos"] == ["https://git.example.com/platform/gitops.git"]
+    assert "*" not in json.dumps(project["sourceRepos"] + project["destinations"])
+    assert all(d["namespace"].startswith("fraud-") for d in project["destinations"])
+    guide = " ".join((CHARTS / "README.md").read_text().split())
+    assert "One GitOps repo per team is the isolated setup." in guide
+    assert "restricts repositories, not paths" in guide
+
+
 def test_argocd_objects_only_with_argocd_enabled(helm):
     assert not [d for d in rendered(helm, "mlferry") if d["kind"] in ("AppProject", "ApplicationSet")]
 
