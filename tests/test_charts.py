@@ -12,13 +12,17 @@ what pyproject.toml says. helm itself comes from tests/helm.py (ensure_helm).
 
 from __future__ import annotations
 
+import configparser
 import functools
 import hashlib
 import ipaddress
 import json
+import os
 import re
 import subprocess
+import sys
 import tempfile
+import time
 import tomllib
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -431,6 +435,52 @@ def test_rbac_is_least_privilege(helm):
                                             "namespace": namespace}]
 
 
+def test_every_submitted_workflow_only_references_a_template(helm):
+    """Issue 16, point 17: whoever may create Workflows may run any pod with any Secret of the
+    namespace, unless the controller runs only Workflows that reference a WorkflowTemplate
+    (`templateReferencing: Strict` or `Secure`, which charts/README.md tells the operator to set).
+    That setting must not break mlferry: every Workflow the Sensor or the CronWorkflow submits is
+    a workflowTemplateRef to the bundle's templates plus arguments (and the steps' own account),
+    and an event can fill in
+    argument values only. The Sensor's account can create Workflows and nothing that runs code."""
+    templates = {d["metadata"]["name"] for d in generated_documents() if d["kind"] == "WorkflowTemplate"}
+    submitted = []
+    for doc in generated_documents():
+        if doc["kind"] == "Sensor":
+            for trigger in doc["spec"]["triggers"]:
+                workflow = trigger["template"]["argoWorkflow"]
+                assert workflow["operation"] == "submit"
+                submitted.append(workflow["source"]["resource"]["spec"])
+                for parameter in workflow.get("parameters", []):
+                    assert re.fullmatch(r"spec\.arguments\.parameters\.\d+\.value", parameter["dest"]), parameter
+        if doc["kind"] == "CronWorkflow":
+            submitted.append(doc["spec"]["workflowSpec"])
+    assert len(submitted) >= 3
+    for spec in submitted:
+        # The CronWorkflow names the steps' own account, the one the template runs as anyway.
+        assert set(spec) <= {"arguments", "workflowTemplateRef", "serviceAccountName"}, set(spec)
+        assert spec.get("serviceAccountName", Bundle().service_account) == Bundle().service_account
+        assert spec["workflowTemplateRef"]["name"] in templates and not spec["workflowTemplateRef"].get("clusterScope")
+    for values in (None, "examples/full-values.yaml"):
+        for rule in rules_of(rendered(helm, "mlferry", values), "mlferry-sensor"):
+            assert rule["apiGroups"] == ["argoproj.io"] and set(rule["resources"]) <= {"workflows", "workflowtemplates"}
+            assert "create" not in rule["verbs"] or rule["resources"] == ["workflows"]
+    guide = (CHARTS / "README.md").read_text()
+    assert "workflowRestrictions: |" in guide and "templateReferencing: Secure" in guide
+
+
+def test_the_install_guide_says_a_repo_per_team_is_the_isolated_setup(helm):
+    """Issue 16, point 18: an AppProject restricts repositories, not paths. What the chart can
+    enforce it does (the team's repo only, the team's namespaces only); the rest is said plainly."""
+    project = one(rendered(helm, "mlferry", "examples/full-values.yaml"), "AppProject", "mlferry-fraud")["spec"]
+    assert project["sourceRepos"] == ["https://git.example.com/platform/gitops.git"]
+    assert "*" not in json.dumps(project["sourceRepos"] + project["destinations"])
+    assert all(d["namespace"].startswith("fraud-") for d in project["destinations"])
+    guide = " ".join((CHARTS / "README.md").read_text().split())
+    assert "One GitOps repo per team is the isolated setup." in guide
+    assert "restricts repositories, not paths" in guide
+
+
 def test_argocd_objects_only_with_argocd_enabled(helm):
     assert not [d for d in rendered(helm, "mlferry") if d["kind"] in ("AppProject", "ApplicationSet")]
 
@@ -602,20 +652,49 @@ def pod_labels(docs: list[dict[str, Any]], deployment: str) -> dict[str, str]:
     return one(docs, "Deployment", deployment)["spec"]["template"]["metadata"]["labels"]
 
 
+INGRESS_CONTROLLER = ("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx",
+                                         "app.kubernetes.io/component": "controller"})
+PROMETHEUS = ("monitoring", {"app.kubernetes.io/name": "prometheus"})
+
+
+def webhook_receiver() -> tuple[dict[str, str], int]:
+    """The generated EventSource's pods and port. Argo Events labels an EventSource's pods
+    `eventsource-name: <name>` (LabelEventSourceName, pkg/apis/events/v1alpha1/const.go, v1.9.9)."""
+    source = next(d for d in generated_documents() if d["kind"] == "EventSource")
+    port = int(next(iter(source["spec"]["webhook"].values()))["port"])
+    return {"eventsource-name": source["metadata"]["name"]}, port
+
+
 @pytest.mark.parametrize("values", [None, "examples/full-values.yaml"], ids=["default", "full"])
 def test_network_policies_admit_exactly_the_intended_peers(helm, values):
     docs = rendered(helm, "team-workspace", values)
     team = CASES[("team-workspace", values)]
     net = Network(of_kind(docs, "NetworkPolicy"))
     mlflow, minio = pod_labels(docs, "mlflow"), pod_labels(docs, "minio")
+    receiver, hook_port = webhook_receiver()
     step_pod = {"workflows.argoproj.io/workflow": "promote-x"}
     serving = [f"{team}-staging", f"{team}-production"]
-    platform = ["argo", "monitoring", "ingress-nginx"] if values else []
     other_team = "ml" if team != "ml" else "fraud"
 
-    for source in [(team, step_pod), (team, mlflow)] + [(ns, {}) for ns in platform]:
-        assert net.allows(source, (team, minio), 9000), source
-        assert net.allows(source, (team, mlflow), 5000), source
+    for target, port in ((minio, 9000), (mlflow, 5000), (receiver, hook_port)):
+        assert net.allows((team, step_pod), (team, target), port)
+    assert net.allows((team, mlflow), (team, minio), 9000)
+    # Platform callers are named pods, each admitted to its one port (issue 16, point 14): any
+    # other pod of a platform namespace - a job another team runs there - reaches nothing.
+    if values:
+        assert net.allows(INGRESS_CONTROLLER, (team, mlflow), 5000)
+        assert net.allows(("istio-system", {"istio": "ingressgateway"}), (team, mlflow), 5000)
+        assert net.allows(PROMETHEUS, (team, minio), 9000)
+        assert net.allows(INGRESS_CONTROLLER, (team, receiver), hook_port)
+        assert not net.allows(INGRESS_CONTROLLER, (team, minio), 9000)
+        assert not net.allows(INGRESS_CONTROLLER, (team, mlflow), 9001)
+        assert not net.allows(PROMETHEUS, (team, mlflow), 5000)
+        assert not net.allows(PROMETHEUS, (team, minio), 9001)
+        assert not net.allows(INGRESS_CONTROLLER, (team, step_pod), 8080)
+    for ns in ("ingress-nginx", "monitoring", "istio-system", "argo", "argo-events"):
+        for pod in ({}, {"app": "someone-elses-job"}):
+            for target, port in ((mlflow, 5000), (minio, 9000), (minio, 9001), (receiver, hook_port)):
+                assert not net.allows((ns, pod), (team, target), port), (ns, pod, port)
     for ns in serving:  # model servers read published models, and nothing else here
         assert net.allows((ns, {}), (team, minio), 9000)
         assert not net.allows((ns, {}), (team, minio), 9001)
@@ -634,6 +713,45 @@ def test_network_policies_admit_exactly_the_intended_peers(helm, values):
         assert net.allows((team, step_pod), "10.96.0.1", 443)
         assert not net.allows((team, step_pod), "10.96.0.1", 80)
         assert net.allows((team, step_pod), ("monitoring", {}), 9090)
+
+
+@pytest.mark.parametrize("values", [None, "examples/full-values.yaml"], ids=["default", "full"])
+def test_mlflow_reaches_only_dns_minio_and_the_webhook_receiver(helm, values):
+    """MLflow may deliver webhooks to private addresses and its webhook test returns the answer's
+    body (issue 16, point 15): whatever MLflow can reach, anyone who may create a webhook can
+    read. So it reaches DNS, MinIO's S3 port and the EventSource's pods on their port, nothing else."""
+    docs = rendered(helm, "team-workspace", values)
+    team = CASES[("team-workspace", values)]
+    net = Network(of_kind(docs, "NetworkPolicy"))
+    mlflow, minio = (team, pod_labels(docs, "mlflow")), (team, pod_labels(docs, "minio"))
+    labels, port = webhook_receiver()
+    receiver = (team, labels)
+    dns = ("kube-system", {"k8s-app": "kube-dns"})
+
+    assert net.allows(mlflow, minio, 9000) and net.allows(mlflow, receiver, port)
+    assert net.allows(mlflow, dns, 53, "UDP") and net.allows(mlflow, dns, 53, "TCP")
+    # The chart's defaults name the EventSource mlferry generates.
+    workspace = yaml.safe_load((CHARTS / "team-workspace" / "values.yaml").read_text())
+    assert workspace["networkPolicy"]["webhookReceiver"] == {"eventSourceName": labels["eventsource-name"],
+                                                             "port": port}
+    refused = [(minio, 9001), (receiver, port + 1), ((team, {"workflows.argoproj.io/workflow": "x"}), 8080),
+               ((team, {}), 80), ((team, {}), port), (dns, 443), (("kube-system", {}), 10250),
+               (("monitoring", {}), 9090), (("ml" if team != "ml" else "fraud", labels), port),
+               ("10.96.0.1", 443), ("169.254.169.254", 80), ("203.0.113.7", 443), ("192.0.2.10", 443)]
+    for destination, destination_port in refused:
+        assert not net.allows(mlflow, destination, destination_port), destination
+    if values:  # its Postgres, the one address the full example opens to MLflow
+        assert net.allows(mlflow, "198.51.100.20", 5432)
+        assert not net.allows(mlflow, "198.51.100.20", 443)
+        assert net.allows((team, {"workflows.argoproj.io/workflow": "x"}), "10.96.0.1", 443)  # the steps still may
+    # Every egress rule that applies to MLflow is one of those, each with its ports.
+    for policy in of_kind(docs, "NetworkPolicy"):
+        if "Egress" in _types(policy) and _selects(policy["spec"]["podSelector"], mlflow[1]):
+            for rule in policy["spec"].get("egress", []):
+                assert rule.get("to") and rule.get("ports"), (policy["metadata"]["name"], rule)
+                for peer in rule["to"]:
+                    assert "ipBlock" in peer or peer.get("podSelector", {}).get("matchLabels") or \
+                        {p["port"] for p in rule["ports"]} == {53}, (policy["metadata"]["name"], peer)
 
 
 class Network:
@@ -772,6 +890,199 @@ def test_mlflow_server_is_set_up_for_webhooks_and_proxied_artifacts(helm):
     assert "--workers=4" in container["args"]
 
 
+def mlflow_auth(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """MLflow's pod spec and the files of its basic-auth ConfigMap."""
+    return (one(docs, "Deployment", "mlflow")["spec"]["template"]["spec"],
+            one(docs, "ConfigMap", "mlflow-auth")["data"])
+
+
+@pytest.mark.parametrize("values", [None, "examples/full-values.yaml"], ids=["default", "full"])
+def test_mlflow_requires_a_user_and_other_users_cannot_edit(helm, values):
+    """Issue 16, point 14: MLflow's own basic-auth app is on; a user may not edit what another
+    created (default READ or NO_PERMISSIONS); the admin password comes from a Secret as a
+    variable, never from a value, an argument or the ConfigMap."""
+    pod, files = mlflow_auth(rendered(helm, "team-workspace", values))
+    container = pod["containers"][0]
+    assert "--app-name=basic-auth" in container["args"]
+    config = configparser.ConfigParser()
+    config.read_string(files["basic_auth.ini"])
+    assert config["mlflow"]["default_permission"] in ("READ", "NO_PERMISSIONS")
+    assert "admin_password" not in config["mlflow"] and "database_uri" not in config["mlflow"]
+    env = {e["name"]: e for e in container["env"]}
+    for key in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-auth", "key": key}
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"].startswith("/auth/")
+    init = {c["name"]: c for c in pod["initContainers"]}["auth-config"]
+    database = {e["name"]: e for e in init["env"]}["MLFLOW_AUTH_DATABASE_URI"]
+    if values:  # Postgres: its URL (a password in it) from the backend store's Secret
+        assert database["valueFrom"]["secretKeyRef"]["name"] == "mlflow-postgres"
+    else:
+        assert database["value"] == "sqlite:////data/basic_auth.db"
+    auth_volume = next(v for v in pod["volumes"] if v["name"] == "auth")
+    assert auth_volume["emptyDir"]["medium"] == "Memory"  # the written file never reaches a disk
+    off = parse_documents(_render(helm, "team-workspace", None, "ml", "--set", "mlflow.auth.enabled=false"), "off")
+    assert "--app-name=basic-auth" not in one(off, "Deployment", "mlflow")["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    for permission in ("EDIT", "MANAGE"):
+        result = subprocess.run([str(helm), "template", "t", str(CHARTS / "team-workspace"), "-f",
+                                 str(CHARTS / "team-workspace" / WORKSPACE_MINIMAL),
+                                 "--set", f"mlflow.auth.defaultPermission={permission}"], capture_output=True, text=True)
+        assert result.returncode != 0 and "defaultPermission" in result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_mlflow_with_the_charts_auth_config_refuses_anonymous_requests(helm, tmp_path):
+    """The chart's init step and ini, run as the pod would run them, in front of a real
+    `mlflow server --app-name basic-auth` on loopback: no credentials or a wrong password 401,
+    the admin whose password came from the Secret's variable 200."""
+    pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs Flask-WTF (mlflow[auth])")
+    pod, files = mlflow_auth(rendered(helm, "team-workspace"))
+    container = pod["containers"][0]
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    config_path = tmp_path / "auth" / "basic_auth.ini"
+    config_path.parent.mkdir()
+    # A '%' in the database URL (a URL-encoded password) must reach SQLAlchemy through configparser.
+    (tmp_path / "a b").mkdir()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    subprocess.run([sys.executable, str(tmp_path / "write_auth_config.py")], check=True, env={
+        **base, "MLFLOW_AUTH_DATABASE_URI": f"sqlite:///{tmp_path}/a%20b/basic_auth.db",
+        "MLFLOW_AUTH_CONFIG_PATH": str(config_path)})
+    assert oct(config_path.stat().st_mode & 0o777) == "0o600"
+    admin_password = "Adm1n-" + os.urandom(8).hex()
+    env = {**base, "MLFLOW_AUTH_CONFIG_PATH": str(config_path), "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex()}
+    port = free_port()
+    chart_args = [a for a in container["args"] if a.startswith("--app-name")]
+    log = tmp_path / "mlflow.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db", "--default-artifact-root",
+             str(tmp_path / "artifacts"), *chart_args], env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{url}/health", server, log)
+        search = f"{url}/api/2.0/mlflow/registered-models/search"
+        assert http_status(search) == 401
+        assert http_status(search, ("admin", "wrong")) == 401
+        assert http_status(search, ("admin", admin_password)) == 200
+        # Nor may an anonymous caller move an alias. (Each password check is a deliberate PBKDF2: few of them.)
+        alias = f"{url}/api/2.0/mlflow/registered-models/alias"
+        assert http_status(alias, None, {"name": "wine", "alias": "staging", "version": "1"}) == 401
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    assert (tmp_path / "a b" / "basic_auth.db").is_file()
+
+
+def wait_until_up(url: str, server: subprocess.Popen, log: Path, timeout: float = 45) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"mlflow server exited: {log.read_text()[-3000:]}")
+        if http_status(url) == 200:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer in {timeout}s: {log.read_text()[-3000:]}")
+
+
+def http_status(url: str, user: tuple[str, str] | None = None, body: dict[str, Any] | None = None) -> int:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
+                                     method="POST" if body is not None else "GET")
+    request.add_header("Content-Type", "application/json")
+    if user:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(user).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_policies(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    data = one(docs, "ConfigMap", "minio-setup")["data"]
+    return {k.removeprefix("policy-").removesuffix(".json"): json.loads(v) for k, v in data.items()
+            if k.startswith("policy-")}
+
+
+@pytest.mark.parametrize("values", [None, "examples/full-values.yaml"], ids=["default", "full"])
+def test_the_serving_user_may_only_read_published_models(helm, values):
+    """Issue 16, point 16: the model servers get their own MinIO user, allowed to get and list
+    objects under <bucket>/models/ and nothing else; the publisher's read-write key stays in
+    the team namespace."""
+    docs = rendered(helm, "team-workspace", values)
+    bucket = "fraud-models" if values else "mlferry"
+    policy = setup_policies(docs)["serving"]
+    actions = {(a, r) for st in policy["Statement"] for a in st["Action"] for r in st["Resource"]}
+    assert all(st["Effect"] == "Allow" for st in policy["Statement"])
+    assert {a for a, _ in actions} == {"s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"}
+    assert {r for a, r in actions if a == "s3:GetObject"} == {f"arn:aws:s3:::{bucket}/models/*"}
+    listing = [st for st in policy["Statement"] if "s3:ListBucket" in st["Action"]]
+    assert listing and all(st["Condition"] == {"StringLike": {"s3:prefix": ["models/*"]}} for st in listing)
+    assert {r for a, r in actions if a in ("s3:ListBucket", "s3:GetBucketLocation")} == {f"arn:aws:s3:::{bucket}"}
+    # Its key is its own Secret, not the publisher's.
+    job = one(docs, "Job", "minio-setup")["spec"]["template"]["spec"]["containers"][0]
+    secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in job["env"] if "valueFrom" in e}
+    assert {"mlferry-s3", "mlferry-s3-serving"} <= secrets
+    assert "PutObject" in json.dumps(setup_policies(docs)["mlferry"])  # the publisher still writes
+
+
+_SECRET_VARIABLE = re.compile(r"PASSWORD|SECRET|TOKEN|PRIVATE", re.I)
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "Job"):
+            yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("values", [None, "examples/full-values.yaml"], ids=["default", "full"])
+def test_no_credential_is_ever_an_argument(helm, values):
+    """Issue 16, point 19: a process's arguments are readable by anyone who can list processes
+    (and a pod's command by anyone who can read the pod). No container's command or args holds a
+    credential or a $(VAR) expansion of one; expansions of secret variables appear only in env.
+    The setup script, too, hands mc each secret on stdin or through MC_HOST_*, never as an argument."""
+    docs = rendered(helm, "team-workspace", values)
+    for where, pod in pod_specs(docs):
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            env = container.get("env", [])
+            secret_vars = {e["name"] for e in env if "secretKeyRef" in e.get("valueFrom", {})}
+            argv = " ".join(container.get("command", []) + container.get("args", []))
+            assert not re.search(r"\$\(\w+\)", argv), f"{where}: an expansion in argv: {argv}"
+            assert not list(credential_literals({"argv": argv})), where
+            for index, variable in enumerate(env):  # expansions refer to variables defined before them
+                for name in re.findall(r"\$\((\w+)\)", variable.get("value", "")):
+                    assert name in {e["name"] for e in env[:index]}, f"{where}: $({name}) before its definition"
+            assert secret_vars <= {e["name"] for e in env}
+    script = one(docs, "ConfigMap", "minio-setup")["data"]["setup.sh"]
+    runs_mc = [line.strip() for line in script.splitlines() if re.search(r"(^|\|\s*)mc\s", line.strip())]
+    assert runs_mc
+    for line in runs_mc:
+        command = line.split("|")[-1]  # what mc gets as arguments; what is piped in is its stdin
+        for variable in re.findall(r"\$\{?(\w+)", command):
+            assert not _SECRET_VARIABLE.search(variable), f"a secret as mc's argument: {line}"
+    assert "mc alias set" not in script
+    job = one(docs, "Job", "minio-setup")["spec"]["template"]["spec"]["containers"][0]
+    host = {e["name"]: e for e in job["env"]}["MC_HOST_ws"]["value"]
+    assert re.fullmatch(r"http://\$\(MINIO_ROOT_USER\):\$\(MINIO_ROOT_PASSWORD\)@minio\.[a-z0-9-]+\.svc:9000", host)
+
+
 # ---------------------------------------------------------------------------------------------
 # no credentials, anywhere
 
@@ -781,7 +1092,8 @@ _REFERENCE_KEY = re.compile(r"(secret|credentials?)(name|ref|s)?$|^s3_secret$|se
 _CREDENTIAL_TEXT = [
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
     re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),  # AWS access key ids
-    re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"),  # a URL with a password in it
+    # a URL with a password in it; Kubernetes' $(VAR) expansion of a secretKeyRef variable is a reference
+    re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:(?!\$\(\w+\)@)[^/\s@]+@"),
     re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{30,}|glpat-[A-Za-z0-9_-]{20,})"),  # GitHub / GitLab tokens
 ]
 

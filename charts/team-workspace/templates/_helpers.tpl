@@ -48,3 +48,10 @@ capabilities:
 {{- end }}
 {{- concat $hosts .Values.mlflow.allowedHosts | join "," }}
 {{- end }}
+
+{{/* Pod labels as a selector reads: {a=b,c=d}. */}}
+{{- define "ws.podLabels" -}}
+{{- $pairs := list }}
+{{- range $k, $v := . }}{{ $pairs = append $pairs (printf "%s=%s" $k $v) }}{{ end }}
+{{- printf "{%s}" (join "," $pairs) }}
+{{- end }}
