@@ -71,6 +71,11 @@ class EnvironmentSettings(BaseModel):
     # Where this environment's model servers reach the object store, when not the team's
     # `s3_endpoint` (say production runs in another cluster, behind another address).
     s3_endpoint: Endpoint = ""
+    # How long the verify step waits for the environment to run and answer a new version.
+    verify_timeout: int = Field(default=600, ge=10, le=3600)
+    # When it does not: roll the alias back (and redeploy the version before), keep the version
+    # before as a hold, or leave it. Unset: rollback for `production`, none elsewhere.
+    on_failure: Literal["rollback", "hold", "none"] | None = None
 
 
 def _default_environments() -> dict[str, EnvironmentSettings]:
@@ -105,6 +110,11 @@ class Settings(BaseModel):
     # "no models" (a failover to an empty database, a token that lost READ) must not undeploy all.
     prune_max_share: float = Field(default=0.5, gt=0, le=1)
     resources: Resources = Field(default_factory=Resources)
+    # Where the verify step learns what an environment runs: "argocd" (the Application the
+    # ApplicationSet made for the folder), "local" (the local applier), or "off": a promotion
+    # ends at its commit, unverified, and its tags say so.
+    verify: Literal["off", "argocd", "local"] = "off"
+    argocd_namespace: str = "argocd"  # where the team's Applications live (verify: argocd)
     environments: dict[str, EnvironmentSettings] = Field(default_factory=_default_environments)
 
     @field_validator("team")
@@ -159,6 +169,11 @@ class Settings(BaseModel):
     def namespace(self, env: str) -> str:
         return self.environment(env).namespace or f"{self.team}-{env}"
 
+    def on_failure(self, env: str) -> str:
+        """What a failed verification does in `env`: rollback | hold | none."""
+        chosen = self.environment(env).on_failure
+        return chosen or ("rollback" if env == "production" else "none")
+
     def serving_endpoint(self, env: str) -> str:
         """The object store's URL as the environment's model servers reach it ("": AWS S3)."""
         return self.environment(env).s3_endpoint or self.s3_endpoint
@@ -187,6 +202,7 @@ ENV_VARS = {
     "MLFERRY_SERVING_IMAGE": "serving_image",
     "MLFERRY_S3_SECRET": "s3_secret",
     "MLFERRY_S3_ENDPOINT": "s3_endpoint",
+    "MLFERRY_VERIFY": "verify",
     "MLFERRY_PRUNE": "prune",
     "MLFERRY_PRUNE_MAX_SHARE": "prune_max_share",
     "MLFERRY_ALLOWED_SOURCES": "allowed_sources",

@@ -102,7 +102,7 @@ def test_every_variable_sets_its_field():
     values = {"team": "t", "bucket": "b", "gitops_repo": "/r", "gitops_branch": "br", "runtime": "kserve",
               "serving_image": "img:1", "s3_secret": "sec", "prune": "false", "prune_max_share": "0.25",
               "gitops_create_branch": "true", "allowed_sources": "s3://a/, s3://b/",
-              "s3_endpoint": "http://serving:9000"}
+              "s3_endpoint": "http://serving:9000", "verify": "local"}
     settings = load_settings(environ={var: values[field] for var, field in ENV_VARS.items()})
     assert settings.model_dump(include=set(values)) == {**values, "prune": False, "prune_max_share": 0.25,
                                                          "gitops_create_branch": True,
