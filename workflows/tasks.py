@@ -81,6 +81,10 @@ STEP_CREDENTIALS: dict[str, frozenset[str]] = {
     "retire": frozenset({GIT, MLFLOW}),  # removes a folder, tags the version it held
     "plan": frozenset({MLFLOW, GIT}),  # compares the registry with the folders
     "rollback": frozenset({MLFLOW, GIT}),  # reads the folder's history, moves the alias back
+    # waits for the environment (the status source: Argo CD through the workflow's ServiceAccount,
+    # or the local applier), reads the input example, asks git whether a revision holds the commit
+    "verify": frozenset({MLFLOW, GIT}),
+    "give-up": frozenset(),  # ends a failed verification's run with its one line
 }
 
 
