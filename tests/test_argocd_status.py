@@ -383,6 +383,13 @@ def test_an_unreachable_api_server_is_transient(api_server):
     assert is_transient(caught.value) and "did not answer" in str(caught.value)
 
 
+def test_verify_argocd_gets_this_source_for_the_settings_namespace():
+    from mlferry.steps.deploy_status import status_source
+
+    source = status_source(Settings(verify="argocd", argocd_namespace="gitops"))
+    assert isinstance(source, ArgoCDSource) and source.namespace == "gitops"
+
+
 def test_a_folder_mlferry_does_not_own_is_refused():
     with pytest.raises(ValueError):
         ArgoCDSource("argocd", api=object()).read("teams/fraud/../other/staging")
