@@ -42,7 +42,7 @@ from mlferry.generate import GENERATED_DIR, render_files
 from mlferry.engine.schema import KINDS as ARGO_KINDS
 from mlferry.engine.schema import validate_argo
 from mlferry.steps.gitops import identity_from
-from mlferry.workflows.tasks import GIT_AUTHOR_KEYS, S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
+from mlferry.workflows.tasks import ARGO_UI_KEY, GIT_AUTHOR_KEYS, S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 CHARTS = ROOT / "charts"
@@ -350,7 +350,7 @@ def test_names_the_generated_objects_use_exist_in_the_chart(helm):
         for path, key, value in walk(doc):
             if key == "configMapKeyRef":
                 assert value["name"] == bundle.config_map
-                assert value["key"] in config_map["data"] or value.get("optional") and value["key"] in GIT_AUTHOR_KEYS
+                assert value["key"] in config_map["data"] or value.get("optional") and value["key"] in (*GIT_AUTHOR_KEYS, ARGO_UI_KEY)
             if key == "secretKeyRef":
                 assert value["name"] in bundle.secrets.model_dump().values()
     assert set(config_map["data"]) == {SETTINGS_KEY, TRACKING_URI_KEY, S3_ENDPOINT_KEY}

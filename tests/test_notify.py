@@ -81,6 +81,7 @@ def step_env(monkeypatch, listener) -> Listener:
     monkeypatch.setenv("MLFERRY_ARGO_UI_URL", "https://argo.example.com/")
     monkeypatch.setenv("MLFERRY_SETTINGS", yaml.safe_dump({"team": "fraud", "gitops_repo": REPO_WITH_TOKEN}))
     monkeypatch.delenv("MLFERRY_CONFIG", raising=False)
+    monkeypatch.delenv("MLFERRY_GITOPS_REPO", raising=False)  # the session's local stack exports its own
     monkeypatch.chdir(ROOT / "tests")  # no ./mlferry.yaml here
     for proxy in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(proxy, raising=False)

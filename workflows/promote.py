@@ -1,9 +1,11 @@
 """WorkflowTemplate `mlferry-promote`: make one environment of one model serve what the rule says.
 
-    verify-event ── resolve ─┬─ publish ──┬── commit ── report    (the rule selects a version)
+    verify-event ── resolve ─┬─ publish ──┬── commit ── verify ── report    (the rule selects a version)
                              ├─ render  ──┘   (mutex per GitOps repo and branch)
                              └─ retire                          (nothing selects one: the registry says so)
-    on exit, when the run failed: report-failure (tags the version with the error)
+    verify (the environment runs it and it answers its input example); when it does
+    not: restore-alias (rollback) and the restore-* promotion of the version before, then give-up
+    on exit, when the run failed: report-failure (tags the version with the error) and notify
 
 verify-event passes on only what it verified (or, without an event, the parameters as given);
 resolve applies the rule (steps/rule.py), so an event is only a hint to look again. An explicit
@@ -29,6 +31,7 @@ from hera.workflows.models import (
 from hera.workflows.models import Parameter as ModelParameter
 
 from mlferry.steps.commit import commit
+from mlferry.steps.notify import notify
 from mlferry.steps.publish import publish
 from mlferry.steps.render import render
 from mlferry.steps.report import report
@@ -80,7 +83,7 @@ def promote_template(bundle: Bundle) -> WorkflowTemplate:
         on_exit=EXIT_HANDLER,
     ) as template:
         report_t = _promote_dag(bundle)
-        _exit_handler(report_t)
+        _exit_handler(report_t, step_script(bundle, "notify", notify))
     return template
 
 
@@ -227,19 +230,25 @@ def _promote_dag(bundle: Bundle) -> Script:
     return steps.report
 
 
-def _exit_handler(report_t) -> None:
-    """Whatever failed, the version's tags say so, with the failing step's own error line.
+def _exit_handler(report_t, notify_t) -> None:
+    """Whatever failed, the version's tags say so, with the failing step's own error line, and the
+    team's notification webhook hears it (a failed verification says there what it restored).
 
     An exit handler because only there does Argo offer `{{workflow.failures}}`; before resolve
     the version may be unknown, so report looks it up from the alias or stage it was given.
     """
+    failed = "{{workflow.status}} != Succeeded"
     with DAG(name=EXIT_HANDLER):
         report_t(
             name="report-failure",
-            when="{{workflow.status}} != Succeeded",
+            when=failed,
             arguments={**{k: wf(k) for k in ("model", "version", "alias", "stage", "env")},
                        "status": "failed", "failures": "{{workflow.failures}}"},
         )
+        notify_t(name="notify", when=failed, arguments={
+            **{k: wf(k) for k in ("model", "version", "env")}, "status": "{{workflow.status}}",
+            "failures": "{{workflow.failures}}", "workflow": "{{workflow.name}}",
+            "namespace": "{{workflow.namespace}}"})
 
 
 def _metrics() -> Metrics:
