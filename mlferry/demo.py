@@ -1,9 +1,13 @@
-"""`make demo`: one model version from an MLflow alias to a GitOps commit and a prediction.
+"""`make demo`: one model version from an MLflow alias to a verified answer, and a bad one rolled back.
 
-Starts the local stack (unless it already runs), trains an ElasticNet on scikit-learn's bundled
-wine data, registers it, sets alias `production`, promotes it with mlferry, serves the
-*published* S3 copy with `mlflow models serve` exactly as the rendered Deployment would, prints
-two predictions and where to look, then stops what it started.
+Starts the local stack with its local applier (unless it already runs), trains an ElasticNet on
+scikit-learn's bundled wine data, registers it, sets alias `production` and promotes it with
+mlferry: the commit lands in the GitOps repo, the applier (playing Argo CD and the kubelet) runs
+the folder's Deployment, serving the *published* S3 copy with `mlflow models serve` as the
+manifest says, and the verify step smoke-tests it with the model's own input example. Then two
+predictions from that server. Second scene: a broken version (it answers NaN) gets the alias;
+its verification fails, the alias goes back by itself and the version before serves again. Last,
+where to look; then it stops what it started.
 
 `python -m mlferry.demo train` does only the training step, against the registry this shell
 points at (after `eval "$(mlferry stack env)"`): the README's by-hand block starts with it.
@@ -13,12 +17,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 from mlferry.stack import DEFAULT_DIR, Stack
@@ -35,28 +36,113 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stack = Stack(Path(os.environ.get("MLFERRY_STACK_DIR", DEFAULT_DIR)).resolve())
     started = not _stack_running(stack)
-    _say("1/5 local stack (MLflow, S3 server, GitOps remote)")
-    os.environ.update(stack.up(log=lambda line: print("    " + line)))
+    _say("1/6 local stack (MLflow, S3 server, GitOps remote, local applier)")
+    os.environ.update(stack.up(log=lambda line: print("    " + line), applier=True))
+    # Promotions end verified: the verify step reads what the local applier runs.
+    os.environ.setdefault("MLFERRY_VERIFY", "local")
     try:
         version, rows = _train_and_register()
-        _say(f"3/5 mlferry promote {MODEL} --alias production --env production "
+        _say(f"3/6 mlferry promote {MODEL} --alias production --env production "
              "(the mlferry-promote WorkflowTemplate, on the local executor)")
-        from mlferry.cli import print_event
-        from mlferry.promotion import PromotionRequest, promote
-
-        result = promote(PromotionRequest(model=MODEL, alias="production", env="production", trigger="demo"),
-                         runs_root=stack.dir / "runs", on_event=print_event)
+        result = _promote(stack)
         print(result.summary())
-        _say(f"4/5 serving the published copy {result.uri}")
-        predictions = _serve_and_predict(result.uri, rows, stack.dir / "logs" / "model-server.log")
-        _say("5/5 predictions from the served copy")
+        _say(f"4/6 predictions from the model server the applier runs (the published copy {result.uri})")
+        predictions = _predict(_endpoint(result.folder), rows)
         for row, prediction in zip(rows["data"], predictions):
             print(f"    alcohol={row[0]:<6} color_intensity={row[9]:<6} → {prediction:.3f}")
+        _broken_version_rolls_back(stack, version, rows)
         _where_to_look(stack, result)
     finally:
         if started:
             stack.down(log=lambda line: print("    " + line))
     return 0
+
+
+def _promote(stack: Stack):
+    from mlferry.cli import print_event
+    from mlferry.promotion import PromotionRequest, promote
+
+    return promote(PromotionRequest(model=MODEL, alias="production", env="production", trigger="demo"),
+                   runs_root=stack.dir / "runs", on_event=print_event)
+
+
+def _broken_version_rolls_back(stack: Stack, good: str, rows: dict) -> None:
+    """Scene two: a version that answers garbage gets the alias; verification fails and undoes it."""
+    from mlflow import MlflowClient
+
+    from mlferry.promotion import PromotionFailed
+
+    _say("5/6 a broken version: it loads, but answers NaN; the alias moves to it")
+    bad = _register_broken_version(rows)
+    print(f"    {MODEL} v{bad} now has alias production")
+    try:
+        _promote(stack)
+    except PromotionFailed as failed:
+        print(f"    the promotion failed, as it should: {failed}")
+    else:
+        raise RuntimeError(f"v{bad} answers NaN, but its promotion was verified: the smoke test missed it")
+    client = MlflowClient()
+    now = client.get_model_version_by_alias(MODEL, "production").version
+    tags = client.get_model_version(MODEL, bad).tags
+    print(f"    alias production points at v{now} again (it was v{bad}); v{bad} is tagged "
+          f"status={tags.get('mlferry.production.status')}, rollback={tags.get('mlferry.production.rollback')!r}")
+    if now != good:
+        raise RuntimeError(f"the alias should be back on v{good}, it is on v{now}")
+    predictions = _predict(_endpoint(_folder()), rows)
+    print(f"    v{good} serves again: {', '.join(f'{p:.3f}' for p in predictions)}")
+
+
+def _register_broken_version(rows: dict) -> str:
+    import math
+
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    class AnswersNaN(mlflow.pyfunc.PythonModel):
+        """A model that loads fine and answers garbage: what a bad feature pipeline looks like."""
+
+        def predict(self, context, model_input, params=None):
+            return [math.nan] * len(model_input)
+
+    example = pd.DataFrame(rows["data"], columns=rows["columns"])
+    mlflow.set_experiment("mlferry-demo")
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="model", python_model=AnswersNaN(), input_example=example,
+                                       registered_model_name=MODEL, pip_requirements=["pandas"])
+    version = str(info.registered_model_version)
+    MlflowClient().set_registered_model_alias(MODEL, "production", version)
+    return version
+
+
+def _folder() -> str:
+    from mlferry.steps.layout import gitops_folder
+    from mlferry.steps.naming import slugify
+    from mlferry.steps.settings import load_settings
+
+    return gitops_folder(load_settings().team, slugify(MODEL), "production")
+
+
+def _endpoint(folder: str) -> str:
+    """The model server the local applier runs for `folder`, once it is healthy."""
+    from mlferry.steps.local_status import local_source
+    from mlferry.steps.settings import load_settings
+
+    source = local_source(load_settings())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = source.read(folder)
+        if status.running and status.endpoint:
+            return status.endpoint
+        time.sleep(0.5)
+    raise RuntimeError(f"the local applier does not run {folder}: {status.health} {status.message}")
+
+
+def _predict(url: str, rows: dict) -> list[float]:
+    body = json.dumps({"dataframe_split": rows}).encode()
+    req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())["predictions"]
 
 
 def _train_only() -> int:
@@ -81,7 +167,7 @@ def _train_and_register() -> tuple[str, dict]:
     from sklearn.metrics import mean_squared_error
     from sklearn.model_selection import train_test_split
 
-    _say("2/5 train an ElasticNet on scikit-learn's wine data and register it")
+    _say("2/6 train an ElasticNet on scikit-learn's wine data and register it")
     X, y = load_wine(return_X_y=True, as_frame=True)
     X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=42)
     mlflow.set_experiment("mlferry-demo")
@@ -99,60 +185,18 @@ def _train_and_register() -> tuple[str, dict]:
     return version, {"columns": list(sample.columns), "data": sample.values.tolist()}
 
 
-def _serve_and_predict(uri: str, rows: dict, log: Path) -> list[float]:
-    with _model_server(uri, log) as url:
-        body = json.dumps({"dataframe_split": rows}).encode()
-        req = urllib.request.Request(f"{url}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.loads(resp.read())["predictions"]
-
-
-@contextmanager
-def _model_server(uri: str, log: Path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
-           "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
-    # mlflow execs `uvicorn` from PATH: make it the one beside this interpreter.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(f"{url}/ping", proc, log)
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-
-
-def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the model server exited ({proc.returncode}); see {log}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"the model server did not answer {url} within {timeout:.0f}s; see {log}")
-
-
 def _where_to_look(stack: Stack, result) -> None:
     env = stack.environment()
     folder = result.folder
     print(f"""
-where to look:
+==> 6/6 where to look
     MLflow UI        {env['MLFLOW_TRACKING_URI']}/#/models/{MODEL}   (tags mlferry.production.*)
     GitOps history   git --git-dir {stack.gitops_repo} log --stat
     manifests        git --git-dir {stack.gitops_repo} show HEAD:{folder}/kustomization.yaml
     published copy   {result.uri}  (mlferry-manifest.json lists sizes and sha256)
-    the run          mlferry runs show {result.run.run_id} --stack-dir {stack.dir}""")
+    the run          mlferry runs show {result.run.run_id} --stack-dir {stack.dir}
+    what runs        mlferry status   (DEPLOYED and HEALTH, from the local applier)
+    model servers    {stack.applier_status.parent}/  (status.json and each server's log)""")
 
 
 def _say(line: str) -> None:
