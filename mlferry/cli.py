@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     _events_commands(commands)
     _webhook_commands(commands)
     _operator_view_commands(commands)
+    _applier_command(commands)
     _config_command(commands)
     return parser
 
@@ -757,6 +758,37 @@ def _history_time(args):
                          f"(mlferry history {shlex.quote(args.model)} --env ENV --at {shlex.quote(args.at)})")
     return parse_time(args.at, datetime.now(timezone.utc).replace(microsecond=0))
 
+
+
+# -- mlferry applier: Argo CD and the kubelet on a laptop ----------------------------------------
+
+def _applier_command(commands) -> None:
+    sub = commands.add_parser(
+        "applier", help="run the GitOps branch's model servers locally and report them as Argo CD would",
+        description="Follow the GitOps branch; run each folder's Deployment (the deployment runtime) as a local "
+                    "`mlflow models serve` on a free loopback port; write each folder's revision, sync and "
+                    "health to a status file ($MLFERRY_APPLIER_STATUS, else STACK_DIR/applier/status.json) "
+                    "that `verify: local` and `mlferry status` read. Ctrl-C or SIGTERM stops every server it "
+                    "started. `mlferry stack up --applier` runs it in the background.")
+    sub.add_argument("--status-file", help="where to write the status (default $MLFERRY_APPLIER_STATUS, "
+                                           "else STACK_DIR/applier/status.json)")
+    sub.add_argument("--config", help="mlferry.yaml (default: $MLFERRY_CONFIG or ./mlferry.yaml)")
+    sub.add_argument("--stack-dir", help=STACK_DIR_HELP + "; used when MLFLOW_TRACKING_URI is unset")
+    _setting_flags(sub)
+    sub.set_defaults(func=_applier)
+
+
+def _applier(args) -> int:
+    from mlferry.applier import Applier, serve_forever
+    from mlferry.steps.local_status import STATUS_FILE, default_status_path
+    from mlferry.steps.settings import load_settings
+
+    use_local_stack_if_unset(args.stack_dir)
+    settings = load_settings(args.config)
+    status = (Path(args.status_file).resolve() if args.status_file else
+              default_status_path(os.environ) if os.environ.get("MLFERRY_APPLIER_STATUS") else
+              args.stack_dir / STATUS_FILE)
+    return serve_forever(Applier(settings.require_gitops_repo(), settings.gitops_branch, status, dict(os.environ)))
 
 
 # -- settings flags and `mlferry config` ---------------------------------------------------------
