@@ -121,6 +121,9 @@ def _stack_commands(commands) -> None:
                              help="default: the port used last time if free, else 9050; 0 picks a free port")
             sub.add_argument("--restore-last-save", action="store_true",
                              help="the S3 server stopped without `down` saving its objects: start with the last save")
+            sub.add_argument("--applier", action="store_true",
+                             help="also run `mlferry applier` in the background: the GitOps repo's model servers, "
+                                  "their status in DIR/applier/status.json (`down` stops them)")
         if name == "down":
             sub.add_argument("--purge", action="store_true",
                              help="delete the data (registry, S3 objects, GitOps repo, runs) instead of keeping it")
@@ -134,7 +137,7 @@ def _stack(args) -> Stack:
 
 
 def _stack_up(args) -> None:
-    _stack(args).up(restore_last_save=args.restore_last_save)
+    _stack(args).up(restore_last_save=args.restore_last_save, applier=args.applier)
     print(f"ready: run `eval \"$(mlferry stack env --dir {shlex.quote(str(args.dir))})\"` to use it from this shell")
 
 
