@@ -140,7 +140,10 @@ class Applier:
             spec = pod_spec(deployment, port, self.workdir / "pods" / f"{name}-{port}", self.environ)
             folder.rolling = Pod.start(spec, self.workdir / "logs" / f"{name}.log")
             log.info("%s at %s: v%s starting on %s", path, head[:12], folder.version, folder.rolling.endpoint)
-        except ManifestError as err:
+        except (ManifestError, OSError, LookupError, TypeError, AttributeError) as err:
+            # A folder that cannot run (a hand-edited manifest, a missing key) is reported, never
+            # allowed to stop the applier serving the others.
+            err = err if isinstance(err, ManifestError) else f"cannot run {DEPLOYMENT_FILE}: {err!r}"
             folder.note = (SYNCED, DEGRADED, str(err))
             if serving:
                 folder.note = (SYNCED, DEGRADED, f"{err}; the previous server still serves on {serving.endpoint}")

@@ -90,3 +90,25 @@ def test_verify_local_reads_the_applier_file_and_off_reads_nothing(tmp_path):
     by_stack_dir = status_source(load_settings(environ={"MLFERRY_VERIFY": "local"}), {"MLFERRY_STACK_DIR": str(tmp_path)})
     assert by_stack_dir.path == tmp_path / "applier" / "status.json"
     assert status_source(load_settings(environ={}), {}) is None
+
+
+def test_folders_that_run_nothing_are_reported_and_every_folder_follows_the_head(tmp_path):
+    from mlferry.applier import Applier
+
+    applier = Applier("unused", "main", tmp_path / "status.json", STACK_KEYS)
+    kserve, broken = "teams/ml/k/production", "teams/ml/b/staging"
+    applier.apply("1" * 40, {kserve: {"inferenceservice.yaml": "kind: InferenceService"},
+                             broken: {"deployment.yaml": "kind: Deployment\nspec: {}"},
+                             "teams/ml/notes/x": {"README.md": "not a model folder"}})
+    applier.write_status()
+    found = json.loads((tmp_path / "status.json").read_text())
+    assert set(found["folders"]) == {kserve, broken} and found["head"] == "1" * 40
+    assert (found["folders"][kserve]["health"], found["folders"][kserve]["revision"]) == ("Unknown", "1" * 40)
+    assert "deployment runtime only" in found["folders"][kserve]["message"]
+    assert found["folders"][broken]["health"] == "Degraded" and "no container" in found["folders"][broken]["message"]
+    assert LocalSource(tmp_path / "status.json").read(broken).failed
+
+    applier.apply("2" * 40, {kserve: {"inferenceservice.yaml": "kind: InferenceService"}})  # broken removed
+    assert applier.status()["folders"][kserve]["revision"] == "2" * 40 and broken not in applier.status()["folders"]
+    applier.shutdown()
+    assert not (tmp_path / "status.json").exists()
