@@ -100,12 +100,15 @@ class PromotionResult:
         out = lambda key: self.output("publish", key)  # noqa: E731
         change = f"commit {self.commit[:12]}" if self.changed else f"nothing to change (head {self.commit[:12]})"
         hold = self.output("resolve", "hold")
+        verified = self.output("verify", "outcome")
         return "\n".join([
             f"promoted {name} v{version} to {env} {took}: {self.output('resolve', 'why')}",
             *([f"  held       until `mlferry release {name} --env {env}`: {hold}"] if hold else []),
             f"  artifacts  {self.uri}  ({out('uploaded')} uploaded, {out('skipped')} already there, "
             f"{out('files')} files, {out('bytes_uploaded')} bytes sent)",
             f"  gitops     {self.output('commit', 'repo')} {self.output('commit', 'branch')}:{self.folder}/  {change}",
+            *([f"  verified   {verified}: {self.output('verify', 'reason')}"]
+              if verified and verified != "skipped" else []),
         ])
 
 

@@ -50,3 +50,16 @@ class StatusSource(Protocol):
         """The status of GitOps folder `teams/<team>/<slug>/<env>`; raise only when the source
         itself cannot answer (that is transient, and retried), never for a missing deployment."""
         ...
+
+
+def status_source(settings) -> StatusSource | None:
+    """The configured source (settings `verify`), or None when verification is off."""
+    if settings.verify == "off":
+        return None
+    if settings.verify == "local":
+        from mlferry.steps.local_status import local_source
+
+        return local_source(settings)
+    from mlferry.steps.argocd_status import argocd_source
+
+    return argocd_source(settings)

@@ -12,6 +12,8 @@ tag writes, so reporting can never trigger another promotion. `mlferry.<env>.sta
 - `failed`: the promotion failed (`error`: the failing step's own line).
 
 `commit` and `uri` are only ever those of this version's own commit: a failure clears them.
+`mlferry.<env>.verified` says how the deployed version was verified (steps/verify.py): `verified`
+(it answered its own input example), `health-only` (it has none), `skipped` or `failed`.
 """
 
 
@@ -49,6 +51,7 @@ class ReportInput(Input):
     uri: str = ""
     message: str = ""
     failures: str = ""  # Argo's {{workflow.failures}}, from the exit handler
+    verified: str = ""  # the verify step's outcome: verified | health-only | skipped | failed
 
 
 class Report(Output):
@@ -58,12 +61,18 @@ class Report(Output):
 # The step that checks a webhook event's signature. When it failed, nothing about the event can be
 # trusted, not the model it names nor the words it carries: the report writes nothing.
 VERIFY_STEP = "verify-event"
+# A failed verification's run ends in this step; the run's own report has tagged the version already,
+# and after a rollback the alias names the restored version, which must not be tagged failed.
+GIVE_UP_STEP = "give-up"
 
 
 @as_argo_step
 def report(inputs: ReportInput) -> Report:
     if inputs.status == "failed" and VERIFY_STEP in failed_steps(inputs.failures):
         log.warning("the webhook event was rejected by %s: nothing is written to the registry", VERIFY_STEP)
+        return Report()
+    if inputs.status == "failed" and GIVE_UP_STEP in failed_steps(inputs.failures):
+        log.info("the failed verification was reported by the run itself: nothing more to tag")
         return Report()
     if inputs.failures and not inputs.message:
         inputs = inputs.model_copy(update={"message": readable_failures(inputs.failures)})
@@ -102,6 +111,8 @@ def write_tags(inputs: ReportInput) -> dict[str, str]:
 def status_of(inputs: ReportInput) -> str:
     if inputs.status:
         return inputs.status
+    if inputs.verified == "failed":
+        return "failed"
     if inputs.overtaken:
         return "superseded"
     return "blocked" if inputs.blocked else "held" if inputs.hold else "deployed"
@@ -131,6 +142,8 @@ def outcome_tags(inputs: ReportInput, now: datetime) -> dict[str, str]:
               "superseded": inputs.overtaken and f"not deployed: the rule selected {inputs.overtaken} "
                                                  "before this run could commit"}.get(status, "")
     tags[f"mlferry.{env}.reason"] = one_line(reason or (inputs.message if status in ("superseded", "retired") else ""))
+    if inputs.verified:
+        tags[f"mlferry.{env}.verified"] = inputs.verified
     # A stale error from an earlier failed try would mislead; clear it on success.
     tags[f"mlferry.{env}.error"] = one_line(inputs.message, MAX_TAG_VALUE) if status == "failed" else ""
     return tags

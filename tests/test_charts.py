@@ -428,11 +428,47 @@ def test_rbac_is_least_privilege(helm):
             {"apiGroups": ["argoproj.io"], "resources": ["workflowtemplates"], "verbs": ["get"],
              "resourceNames": templates}]
         for binding in of_kind(docs, "RoleBinding"):
-            assert binding["metadata"]["namespace"] == namespace
+            if binding["metadata"]["namespace"] != namespace:  # Argo CD's: test_the_workflow_may_read_…
+                assert binding["metadata"]["name"] == f"mlferry-{'fraud' if values else 'ml'}-read-applications"
+                continue
             assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                           "name": binding["metadata"]["name"]}
             assert binding["subjects"] == [{"kind": "ServiceAccount", "name": binding["metadata"]["name"],
                                             "namespace": namespace}]
+
+
+def test_the_workflow_may_read_applications_in_argocds_namespace_only_with_argocd(helm):
+    """Issue 17: the verify step reads the folder's Application. The steps' account may get, list
+    and watch Applications in Argo CD's namespace, nothing else there, and only with argocd.enabled;
+    RBAC cannot narrow it to the team's Applications, which the install guide says."""
+    docs = rendered(helm, "mlferry", "examples/full-values.yaml")
+    elsewhere = [d for d in docs if d["metadata"].get("namespace") not in (None, "fraud")]
+    assert sorted((d["kind"], d["metadata"]["namespace"], d["metadata"]["name"]) for d in elsewhere) == [
+        ("AppProject", "argocd", "mlferry-fraud"), ("ApplicationSet", "argocd", "mlferry-fraud"),
+        ("Role", "argocd", "mlferry-fraud-read-applications"),
+        ("RoleBinding", "argocd", "mlferry-fraud-read-applications")]
+    role = one(docs, "Role", "mlferry-fraud-read-applications")
+    assert role["rules"] == [{"apiGroups": ["argoproj.io"], "resources": ["applications"],
+                              "verbs": ["get", "list", "watch"]}]
+    binding = one(docs, "RoleBinding", "mlferry-fraud-read-applications")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "mlferry-fraud-read-applications"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": Bundle().service_account, "namespace": "fraud"}]
+    for doc in (role, binding):
+        validate_object(doc, "mlferry full values")
+    # The steps' own Role is unchanged: what they may do in their namespace does not grow.
+    assert rules_of(docs, "mlferry-workflow") == [
+        {"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"], "verbs": ["create", "patch"]}]
+    default = rendered(helm, "mlferry")
+    assert {d["metadata"]["namespace"] for d in default if d["kind"] in ("Role", "RoleBinding")} == {"ml"}
+    assert not [d for d in default if "applications" in json.dumps(d.get("rules", []))]
+    guide = " ".join((CHARTS / "README.md").read_text().split())
+    assert "read all Applications of that namespace" in guide and "apps in any namespace" in guide
+    # verify reading where the Role is not: refused at install, not found out at the first promotion.
+    result = subprocess.run([str(helm), "template", "t", str(CHARTS / "mlferry"), "-n", "fraud", "-f",
+                             str(CHARTS / "mlferry/examples/full-values.yaml"), "--set", "settings.argocd_namespace=gitops"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "argocd.namespace" in result.stderr
 
 
 def test_every_submitted_workflow_only_references_a_template(helm):

@@ -140,7 +140,7 @@ def test_a_registry_answering_5xx_fails_the_step_as_transient_within_bounds(tmp_
     from mlferry.workflows.bundle import Bundle
     from mlferry.workflows.tasks import step_env
 
-    template_env = {e.name: e.value for e in step_env(Bundle()) if getattr(e, "value", None)}
+    template_env = {e.name: e.value for e in step_env(Bundle(), "resolve") if getattr(e, "value", None)}
     env = {**os.environ, **template_env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{server.server_port}",
            "hera__outputs_directory": str(tmp_path / "out"), "PYTHONPATH": str(ROOT)}
     started = time.monotonic()

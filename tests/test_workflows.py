@@ -179,4 +179,5 @@ def test_each_step_reads_only_the_secrets_it_uses():
     assert keys["retire"] == keys["plan"] == keys["rollback"] == keys["commit"]
     # Only publish writes objects; only the git writers and readers hold the git credential.
     assert [name for name, held in keys.items() if held & aws] == ["publish"]
-    assert {name for name, held in keys.items() if held & git} == {"commit", "retire", "plan", "rollback"}
+    assert {name for name, held in keys.items() if held & git} == {"commit", "retire", "plan", "rollback", "verify"}
+    assert keys["give-up"] == set()

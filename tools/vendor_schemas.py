@@ -52,6 +52,19 @@ ARGOCD_OUTPUTS: dict[str, tuple[str, Paths]] = {
             "scmProvider", "selector"},
         ("spec", "template", "spec"): {"sources", "sourceHydrator"},
     }),
+    # The Application keeps its status (steps/argocd_status.py reads sync, health, operationState
+    # and conditions from it; its tests validate Applications with status). Multi-source and
+    # hydrator fields are pruned, wherever they recur, as in the ApplicationSet's template: the
+    # Applications it makes have a single `source` and no hydrator.
+    "Application": ("argocd-application-v1alpha1.json", {
+        ("spec",): {"sources", "sourceHydrator"},
+        ("operation", "sync"): {"sources"},
+        ("status",): {"sourceHydrator"},
+        ("status", "history", "[]"): {"sources"},
+        ("status", "operationState", "operation", "sync"): {"sources"},
+        ("status", "operationState", "syncResult"): {"sources"},
+        ("status", "sync", "comparedTo"): {"sources"},
+    }),
 }
 ARGOCD_FOLDER = REPO / "tests" / "schemas"
 

@@ -24,6 +24,7 @@ class SecretNames(BaseModel):
     mlflow: str = "mlferry-mlflow"  # optional: MLFLOW_TRACKING_TOKEN or _USERNAME/_PASSWORD
     git: str = "mlferry-git"  # MLFERRY_GIT_TOKEN (https), or MLFERRY_GIT_SSH_PRIVATE_KEY and _KNOWN_HOSTS
     webhook: str = "mlferry-webhook"  # MLFERRY_WEBHOOK_SECRET
+    notify: str = "mlferry-notify"  # optional: MLFERRY_NOTIFY_URL (a Slack-compatible incoming webhook)
 
 
 class Events(BaseModel):

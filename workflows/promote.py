@@ -34,6 +34,8 @@ from mlferry.steps.render import render
 from mlferry.steps.report import report
 from mlferry.steps.resolve import resolve
 from mlferry.steps.retire import retire
+from mlferry.steps.rollback import rollback
+from mlferry.steps.verify import give_up, verify
 from mlferry.steps.verify_event import EVENT_PARAMETERS, verify_event
 from mlferry.workflows.bundle import Bundle
 from mlferry.workflows.tasks import gitops_lock, out, step_script, wf, workflow_settings
@@ -91,6 +93,7 @@ class StepTemplates:
     render: Script
     commit: Script
     report: Script
+    verify: Script
 
     @classmethod
     def of(cls, bundle: Bundle) -> "StepTemplates":
@@ -101,37 +104,89 @@ class StepTemplates:
             commit=step_script(bundle, "commit", commit,
                                synchronization=gitops_lock(bundle)),
             report=step_script(bundle, "report", report),
+            verify=step_script(bundle, "verify", verify),
         )
 
 
-def promotion_tasks(steps: StepTemplates, request: dict[str, str], trigger: str, delivery_id: str = ""):
-    """resolve → publish ∥ render → commit → report, inside the current DAG.
+def promotion_tasks(steps: StepTemplates, request: dict[str, str], trigger: str, delivery_id: str = "",
+                    prefix: str = "", depends: str = "", when: str = ""):
+    """resolve → publish ∥ render → commit → verify → report, inside the current DAG.
 
     `depends` says `.Succeeded` explicitly: a bare task name would also accept a Skipped task
-    (Argo's rule), and publish and render are skipped when resolve decides to retire.
+    (Argo's rule), and publish and render are skipped when resolve decides to retire. `prefix`
+    names a second promotion in the same DAG (the restore after a failed verification), which
+    `depends`/`when` start; it is not verified again, so a failing restore cannot loop.
     """
-    found = steps.resolve(name="resolve", arguments={**request, "trigger": trigger})
-    promoting = f"'{out('resolve', 'action')}' == 'promote'"
-    version = {"model": out("resolve", "name"), "version": out("resolve", "version")}
-    steps.publish(name="publish", depends="resolve.Succeeded", when=promoting, arguments={
-        **version, "slug": out("resolve", "slug"), "source_uri": out("resolve", "source_uri")})
-    steps.render(name="render", depends="resolve.Succeeded", when=promoting, arguments={
-        **version, "slug": out("resolve", "slug"), "env": out("resolve", "env"),
-        "run_id": out("resolve", "run_id"), "registry_text": out("resolve", "registry_text"),
-        "serving": out("resolve", "serving"), "hold": out("resolve", "hold")})
-    steps.commit(name="commit", depends="publish.Succeeded && render.Succeeded", arguments={
-        **version, "env": out("resolve", "env"), "folder": out("render", "folder"),
-        "files": out("render", "files"), "run_id": out("resolve", "run_id"), "trigger": trigger,
-        "hold": out("resolve", "hold"), "release": out("resolve", "release"),
+    def task(name: str) -> str:
+        return prefix + name
+
+    def result(name: str, parameter: str) -> str:
+        return out(prefix + name, parameter)
+
+    found = steps.resolve(name=task("resolve"), arguments={**request, "trigger": trigger},
+                          **({"depends": depends} if depends else {}), **({"when": when} if when else {}))
+    promoting = f"'{result('resolve', 'action')}' == 'promote'"
+    version = {"model": result("resolve", "name"), "version": result("resolve", "version")}
+    steps.publish(name=task("publish"), depends=f"{task('resolve')}.Succeeded", when=promoting, arguments={
+        **version, "slug": result("resolve", "slug"), "source_uri": result("resolve", "source_uri")})
+    steps.render(name=task("render"), depends=f"{task('resolve')}.Succeeded", when=promoting, arguments={
+        **version, "slug": result("resolve", "slug"), "env": result("resolve", "env"),
+        "run_id": result("resolve", "run_id"), "registry_text": result("resolve", "registry_text"),
+        "serving": result("resolve", "serving"), "hold": result("resolve", "hold")})
+    steps.commit(name=task("commit"), depends=f"{task('publish')}.Succeeded && {task('render')}.Succeeded", arguments={
+        **version, "env": result("resolve", "env"), "folder": result("render", "folder"),
+        "files": result("render", "files"), "run_id": result("resolve", "run_id"), "trigger": trigger,
+        "hold": result("resolve", "hold"), "release": result("resolve", "release"),
         # The commit's trailers name the workflow, the alias and the webhook delivery behind it.
         "workflow": "{{workflow.name}}", "alias": request.get("alias", ""), "delivery_id": delivery_id,
         "follow_rule": "true"})
-    steps.report(name="report", depends="commit.Succeeded", arguments={
-        **version, "env": out("resolve", "env"), "hold": out("resolve", "hold"),
-        "blocked": out("commit", "blocked"), "overtaken": out("commit", "overtaken"),
-        "previous": out("commit", "previous"),
-        "commit": out("commit", "sha"), "uri": out("publish", "uri")})
+    report_after = f"{task('commit')}.Succeeded"
+    verified = {}
+    if not prefix:
+        steps.verify(name="verify", depends="commit.Succeeded", arguments={
+            **version, "env": out("resolve", "env"), "folder": out("commit", "folder"),
+            "commit": out("commit", "sha"), "source_uri": out("resolve", "source_uri"),
+            "previous": out("commit", "previous"), "signature": out("resolve", "signature"),
+            "blocked": out("commit", "blocked"), "overtaken": out("commit", "overtaken")})
+        report_after = "verify.Succeeded"
+        verified = {"verified": out("verify", "outcome"), "message": out("verify", "reason")}
+    steps.report(name=task("report"), depends=report_after, arguments={
+        **version, "env": result("resolve", "env"), "hold": result("resolve", "hold"),
+        "blocked": result("commit", "blocked"), "overtaken": result("commit", "overtaken"),
+        "previous": result("commit", "previous"),
+        "commit": result("commit", "sha"), "uri": result("publish", "uri"), **verified})
     return found
+
+
+def restore_tasks(steps: StepTemplates, rollback_t: Script | None, give_up_t: Script, trigger: str) -> None:
+    """After a failed verification: what the environment's on_failure says, then fail the run.
+
+    rollback: the alias goes back to the version before (steps/rollback.py: tags on both), which is
+    then deployed; hold: the version before is deployed as a hold; none: nothing. `give-up` ends the
+    run failed with one line of what failed and what was restored (the exit handler notifies).
+    Without `rollback_t` (a rollback's own promotion) nothing is restored: the run only fails.
+    """
+    failed = f"'{out('verify', 'outcome')}' == 'failed'"
+    previous = out("commit", "previous")
+    if rollback_t is None:
+        give_up_t(name="give-up", when=failed, depends="report.Succeeded", arguments={
+            "model": out("resolve", "name"), "version": out("resolve", "version"), "env": out("resolve", "env"),
+            "reason": out("verify", "reason"), "restore": "none", "previous": previous})
+        return
+    restore = out("verify", "restore")
+    rollback_t(name="restore-alias", depends="verify.Succeeded", when=f"{failed} && '{restore}' == 'rollback'",
+               arguments={"model": out("resolve", "name"), "env": out("resolve", "env"), "to": previous,
+                          "reason": out("verify", "reason"), "trigger": "verify"})
+    promotion_tasks(steps, {"model": out("resolve", "name"), "env": out("resolve", "env"), "version": previous,
+                            "hold": out("verify", "hold")}, trigger, prefix="restore-",
+                    depends="verify.Succeeded && (restore-alias.Succeeded || restore-alias.Skipped)",
+                    when=f"{failed} && '{restore}' != 'none'")
+    give_up_t(name="give-up", when=failed,
+              depends="verify.Succeeded && (restore-report.Succeeded || restore-report.Skipped || "
+                      "restore-report.Omitted)",
+              arguments={"model": out("resolve", "name"), "version": out("resolve", "version"),
+                         "env": out("resolve", "env"), "reason": out("verify", "reason"), "restore": restore,
+                         "previous": previous})
 
 
 def promotion_outputs(retire: bool = True) -> list[ModelParameter]:
@@ -143,6 +198,7 @@ def promotion_outputs(retire: bool = True) -> list[ModelParameter]:
             output("folder", "commit", "folder"), output("uri", "publish", "uri"),
             output("blocked", "commit", "blocked"), output("previous", "commit", "previous"),
             output("overtaken", "commit", "overtaken"),
+            *([output("verified", "verify", "outcome")] if retire else []),
             *([output("retired", "retire", "changed")] if retire else [])]
 
 
@@ -150,6 +206,8 @@ def _promote_dag(bundle: Bundle) -> Script:
     verify_t = step_script(bundle, "verify-event", verify_event)
     retire_t = step_script(bundle, "retire", retire,
                            synchronization=gitops_lock(bundle))
+    rollback_t = step_script(bundle, "rollback", rollback)
+    give_up_t = step_script(bundle, "give-up", give_up)
     steps = StepTemplates.of(bundle)
     with DAG(name=ENTRYPOINT, outputs=promotion_outputs()):
         verified = verify_t(name="verify-event",
@@ -160,6 +218,7 @@ def _promote_dag(bundle: Bundle) -> Script:
                    "alias": out("verify-event", "alias"), "event": out("verify-event", "action"),
                    **{k: wf(k) for k in ("version", "stage", "hold", "release", "force")}}
         found = promotion_tasks(steps, request, wf("trigger"), delivery_id=out("verify-event", "delivery_id"))
+        restore_tasks(steps, rollback_t, give_up_t, wf("trigger"))
         retire_t(name="retire", depends="resolve.Succeeded", when=f"'{out('resolve', 'action')}' == 'retire'",
                  arguments={"model": out("resolve", "name"), "env": out("resolve", "env"),
                             "release": out("resolve", "release"), "trigger": wf("trigger"),

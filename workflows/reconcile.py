@@ -13,8 +13,10 @@ from hera.workflows.models import WorkflowTemplateRef
 
 from mlferry.steps.plan import plan
 from mlferry.steps.retire import retire
+from mlferry.steps.rollback import rollback
+from mlferry.steps.verify import give_up
 from mlferry.workflows.bundle import Bundle
-from mlferry.workflows.promote import StepTemplates, promotion_tasks
+from mlferry.workflows.promote import StepTemplates, promotion_tasks, restore_tasks
 from mlferry.workflows.tasks import gitops_lock, inp, out, step_script, wf, workflow_settings
 
 NAME = "mlferry-reconcile"
@@ -39,12 +41,15 @@ def reconcile_template(bundle: Bundle) -> WorkflowTemplate:
         plan_t = step_script(bundle, "plan", plan)
         prune_t = step_script(bundle, "retire", retire,
                               synchronization=gitops_lock(bundle))
+        rollback_t = step_script(bundle, "rollback", rollback)
+        give_up_t = step_script(bundle, "give-up", give_up)
         steps = StepTemplates.of(bundle)
         with DAG(name="promote-one", inputs=[Parameter(name=n) for n in ("item", "trigger")]) as promote_one:
             # The item whole, as JSON: Argo escapes string values of object items once more when they
             # are substituted field by field (argo-workflows issue 16061), so `"` or `\` in a model name
             # would arrive altered. No version: the rule decides again at resolve time.
             promotion_tasks(steps, {"item": inp("item")}, inp("trigger"))
+            restore_tasks(steps, rollback_t, give_up_t, inp("trigger"))
         with DAG(name=ENTRYPOINT, parallelism=bundle.parallelism):
             plan_t(name="plan", arguments={"prune": wf("prune")})
             Task(name="promote", template=promote_one, depends="plan.Succeeded",

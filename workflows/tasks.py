@@ -21,6 +21,7 @@ from hera.workflows.models import (
     Synchronization,
 )
 
+from mlferry.steps.notify import URL_ENV as NOTIFY_URL_KEY
 from mlferry.steps.outcome import TRANSIENT_EXIT
 from mlferry.steps.verify_event import SECRET_ENV as WEBHOOK_SECRET_KEY
 from mlferry.workflows.bundle import Bundle
@@ -70,7 +71,7 @@ def gitops_lock(bundle: Bundle) -> Synchronization:
 # What each step may read, by the credential it needs: a step gets only the Secrets it uses,
 # so a compromised or buggy step cannot reach what it has no business with (verify-event cannot
 # push to git, render reaches nothing at all). tests/test_workflows.py holds every template to it.
-MLFLOW, S3, GIT, WEBHOOK = "mlflow", "s3", "git", "webhook"
+MLFLOW, S3, GIT, WEBHOOK, NOTIFY = "mlflow", "s3", "git", "webhook", "notify"
 STEP_CREDENTIALS: dict[str, frozenset[str]] = {
     "verify-event": frozenset({WEBHOOK}),  # checks the HMAC signature, nothing else
     "resolve": frozenset({MLFLOW}),  # reads the registry
@@ -81,6 +82,11 @@ STEP_CREDENTIALS: dict[str, frozenset[str]] = {
     "retire": frozenset({GIT, MLFLOW}),  # removes a folder, tags the version it held
     "plan": frozenset({MLFLOW, GIT}),  # compares the registry with the folders
     "rollback": frozenset({MLFLOW, GIT}),  # reads the folder's history, moves the alias back
+    # waits for the environment (the status source: Argo CD through the workflow's ServiceAccount,
+    # or the local applier), reads the input example, asks git whether a revision holds the commit
+    "verify": frozenset({MLFLOW, GIT}),
+    "give-up": frozenset(),  # ends a failed verification's run with its one line
+    "notify": frozenset({NOTIFY}),  # posts one message to the team's notification URL, reads nothing
 }
 
 
@@ -100,8 +106,11 @@ def credential_env(bundle: Bundle, needs: frozenset[str]) -> list:
         # Optional in the template: without it verify-event refuses every event, with that reason.
         WEBHOOK: [SecretEnv(name=WEBHOOK_SECRET_KEY, secret_name=secrets.webhook, secret_key=WEBHOOK_SECRET_KEY,
                             optional=True)],
+        # Optional: a team without the Secret (or the key) gets no notifications, and the step says so.
+        NOTIFY: [SecretEnv(name=NOTIFY_URL_KEY, secret_name=secrets.notify, secret_key=NOTIFY_URL_KEY, optional=True)],
     }
-    return [env for credential in (S3, MLFLOW, GIT, WEBHOOK) if credential in needs for env in keys[credential]]
+    return [env for credential in (S3, MLFLOW, GIT, WEBHOOK, NOTIFY) if credential in needs
+            for env in keys[credential]]
 
 
 def step_env(bundle: Bundle, name: str) -> list:

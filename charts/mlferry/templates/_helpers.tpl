@@ -38,6 +38,7 @@ mlferry-s3: {keys: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY], optional: false}
 mlferry-webhook: {keys: [MLFERRY_WEBHOOK_SECRET], optional: false}
 mlferry-mlflow: {keys: [MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD], optional: true}
 mlferry-git: {keys: [MLFERRY_GIT_TOKEN, MLFERRY_GIT_SSH_PRIVATE_KEY, MLFERRY_GIT_SSH_KNOWN_HOSTS], optional: true}
+mlferry-notify: {keys: [MLFERRY_NOTIFY_URL], optional: true}
 {{- end }}
 
 {{- define "mlferry.labels" -}}
