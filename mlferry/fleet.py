@@ -28,9 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 from mlferry.history import FolderEvent, GitOpsHistory, age
 from mlferry.table import format_table, printable
 from mlferry.steps import gitops, plan, registry, rule
-from mlferry.steps.deploy_status import DeployStatus, StatusSource
+from mlferry.steps.deploy_status import DeployStatus, StatusSource, status_source
 from mlferry.steps.layout import MANIFEST_NAME, gitops_folder, model_prefix, parse_gitops_folder, team_prefix
-from mlferry.steps.local_status import status_source
 from mlferry.steps.naming import slugify
 from mlferry.steps.settings import Settings, SettingsError
 from mlferry.steps.store import ObjectStore
@@ -169,7 +168,7 @@ def _deployed_cells(deployed: DeployStatus | None) -> list[str]:
 def fleet_status(settings: Settings, *, env: str = "", environ: Mapping[str, str] | None = None,
                  mlflow=None, store: ObjectStore | None = None, source: StatusSource | None = None) -> FleetStatus:
     """`source`: where to read what each folder runs (the verify setting's, by default; None: not shown)."""
-    source = source or status_source(settings, environ)
+    source = source or status_source(settings)
     repo, branch = settings.require_gitops_repo(), settings.gitops_branch
     mlflow = mlflow or _registry_client()
     prefix = team_prefix(settings.team)

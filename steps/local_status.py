@@ -1,4 +1,4 @@
-"""The local applier's status file as a status source, and the choice of source from the settings.
+"""The local applier's status file as a status source: what `verify: local` and `mlferry status` read.
 
 The local applier (mlferry/applier.py) plays Argo CD and the kubelet on a laptop and writes, per
 GitOps folder, what Argo CD's Application would say into one JSON file (written whole, then
@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
-from mlferry.steps.deploy_status import DeployStatus, StatusSource
+from mlferry.steps.deploy_status import DeployStatus
 from mlferry.steps.settings import Settings
 
 STATUS_ENV = "MLFERRY_APPLIER_STATUS"
@@ -79,18 +79,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _local(settings: Settings, environ: Mapping[str, str]) -> StatusSource:
-    return LocalSource(default_status_path(environ))
-
-
-# The `verify` setting → how to make its source. Argo CD's (steps/argocd_status.py) joins with one line:
-#     "argocd": lambda settings, environ: ArgoCDSource.from_settings(settings, environ),
-SOURCES: dict[str, Callable[[Settings, Mapping[str, str]], StatusSource]] = {
-    "local": _local,
-}
-
-
-def status_source(settings: Settings, environ: Mapping[str, str] | None = None) -> StatusSource | None:
-    """The source the settings' `verify` names; None for "off" (or a source not built yet)."""
-    make = SOURCES.get(settings.verify)
-    return make(settings, os.environ if environ is None else environ) if make else None
+def local_source(settings: Settings, environ: Mapping[str, str] | None = None) -> LocalSource:
+    """The source for `verify: local` (steps/deploy_status.py's status_source asks for it)."""
+    return LocalSource(default_status_path(os.environ if environ is None else environ))

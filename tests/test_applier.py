@@ -1,5 +1,6 @@
 """The local applier against the real local stack: a promotion is served from its published copy,
-reported as Argo CD would report it, and followed through further commits and a removal.
+reported as Argo CD would report it (so the promotion's own verify step passes on a laptop), and
+followed through further commits and a removal.
 
 One test, one real `mlflow models serve` (the suite is long already): the promotion runs through
 the CLI from the test's own folder, the applier through `mlferry applier` as a user starts it.
@@ -70,12 +71,17 @@ def test_the_applier_serves_a_promotion_and_follows_the_branch_as_argo_cd_would(
     folder = f"teams/ml/{slugify(name)}/staging"
     work = tmp_path / "work"
     work.mkdir()
-    ok(cli(work, "promote", name, "--version", version, "--env", "staging"))
-    first = head(gitops_remote)
     status_file = tmp_path / "applier" / "status.json"
+    local = {"MLFERRY_VERIFY": "local", "MLFERRY_APPLIER_STATUS": str(status_file)}
     applier = subprocess.Popen([sys.executable, "-m", "mlferry.cli", "applier", "--status-file", str(status_file)],
                                cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        # 0. the promotion's own verify step waits on the applier, and smoke-tests what it serves
+        wait_for(status_file, lambda s: s["head"] == head(gitops_remote))
+        promoted = ok(cli(work, "promote", name, "--version", version, "--env", "staging", env=local))
+        first = head(gitops_remote)
+        assert f"verified: answered its input example at {first[:12]}" in promoted, promoted
+
         # 1. synced at the promotion's commit, healthy, and the endpoint predicts
         found = wait_for(status_file, lambda s: s["folders"].get(folder, {}).get("health") in ("Healthy", "Degraded"))
         served = found["folders"][folder]
@@ -83,8 +89,7 @@ def test_the_applier_serves_a_promotion_and_follows_the_branch_as_argo_cd_would(
         assert (found["head"], served["version"], served["model"]) == (first, version, name)
         assert len(predict(served["endpoint"], [[1.0, 2.0], [3.0, 4.0]])) == 2
 
-        report = json.loads(ok(cli(work, "status", "--json", env={"MLFERRY_VERIFY": "local",
-                                                                    "MLFERRY_APPLIER_STATUS": str(status_file)})))
+        report = json.loads(ok(cli(work, "status", "--json", env=local)))
         row = next(r for r in report["rows"] if r["folder"] == folder)
         assert row["deployed"]["revision"] == first and row["deployed"]["health"] == "Healthy"
 

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from mlferry.local_pod import ManifestError, local_command, pod_spec, startup_budget
-from mlferry.steps.local_status import STATUS_ENV, LocalSource, status_source
+from mlferry.steps.deploy_status import status_source
+from mlferry.steps.local_status import STATUS_ENV, LocalSource, local_source
 from mlferry.steps.render import render_folder
 from mlferry.steps.settings import load_settings
 from tests.test_render import make_input, make_settings
@@ -83,13 +84,13 @@ def test_the_reader_says_what_the_applier_wrote_and_what_it_has_not(tmp_path):
     assert stale.health == "Missing" and f"pid {dead}" in stale.message  # a killed applier's file is not believed
 
 
-def test_verify_local_reads_the_applier_file_and_off_reads_nothing(tmp_path):
-    local = status_source(load_settings(environ={"MLFERRY_VERIFY": "local"}),
-                          {STATUS_ENV: str(tmp_path / "s.json")})
+def test_verify_local_reads_the_applier_file_and_off_reads_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv(STATUS_ENV, str(tmp_path / "s.json"))
+    local = status_source(load_settings(environ={"MLFERRY_VERIFY": "local"}))
     assert isinstance(local, LocalSource) and local.path == tmp_path / "s.json"
-    by_stack_dir = status_source(load_settings(environ={"MLFERRY_VERIFY": "local"}), {"MLFERRY_STACK_DIR": str(tmp_path)})
+    by_stack_dir = local_source(load_settings(environ={}), {"MLFERRY_STACK_DIR": str(tmp_path)})
     assert by_stack_dir.path == tmp_path / "applier" / "status.json"
-    assert status_source(load_settings(environ={}), {}) is None
+    assert status_source(load_settings(environ={})) is None
 
 
 def test_folders_that_run_nothing_are_reported_and_every_folder_follows_the_head(tmp_path):
