@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     _events_commands(commands)
     _webhook_commands(commands)
     _operator_view_commands(commands)
+    _applier_command(commands)
     _config_command(commands)
     return parser
 
@@ -120,6 +121,9 @@ def _stack_commands(commands) -> None:
                              help="default: the port used last time if free, else 9050; 0 picks a free port")
             sub.add_argument("--restore-last-save", action="store_true",
                              help="the S3 server stopped without `down` saving its objects: start with the last save")
+            sub.add_argument("--applier", action="store_true",
+                             help="also run `mlferry applier` in the background: the GitOps repo's model servers, "
+                                  "their status in DIR/applier/status.json (`down` stops them)")
         if name == "down":
             sub.add_argument("--purge", action="store_true",
                              help="delete the data (registry, S3 objects, GitOps repo, runs) instead of keeping it")
@@ -133,7 +137,7 @@ def _stack(args) -> Stack:
 
 
 def _stack_up(args) -> None:
-    _stack(args).up(restore_last_save=args.restore_last_save)
+    _stack(args).up(restore_last_save=args.restore_last_save, applier=args.applier)
     print(f"ready: run `eval \"$(mlferry stack env --dir {shlex.quote(str(args.dir))})\"` to use it from this shell")
 
 
@@ -757,6 +761,37 @@ def _history_time(args):
                          f"(mlferry history {shlex.quote(args.model)} --env ENV --at {shlex.quote(args.at)})")
     return parse_time(args.at, datetime.now(timezone.utc).replace(microsecond=0))
 
+
+
+# -- mlferry applier: Argo CD and the kubelet on a laptop ----------------------------------------
+
+def _applier_command(commands) -> None:
+    sub = commands.add_parser(
+        "applier", help="run the GitOps branch's model servers locally and report them as Argo CD would",
+        description="Follow the GitOps branch; run each folder's Deployment (the deployment runtime) as a local "
+                    "`mlflow models serve` on a free loopback port; write each folder's revision, sync and "
+                    "health to a status file ($MLFERRY_APPLIER_STATUS, else STACK_DIR/applier/status.json) "
+                    "that `verify: local` and `mlferry status` read. Ctrl-C or SIGTERM stops every server it "
+                    "started. `mlferry stack up --applier` runs it in the background.")
+    sub.add_argument("--status-file", help="where to write the status (default $MLFERRY_APPLIER_STATUS, "
+                                           "else STACK_DIR/applier/status.json)")
+    sub.add_argument("--config", help="mlferry.yaml (default: $MLFERRY_CONFIG or ./mlferry.yaml)")
+    sub.add_argument("--stack-dir", help=STACK_DIR_HELP + "; used when MLFLOW_TRACKING_URI is unset")
+    _setting_flags(sub)
+    sub.set_defaults(func=_applier)
+
+
+def _applier(args) -> int:
+    from mlferry.applier import Applier, serve_forever
+    from mlferry.steps.local_status import STATUS_FILE, default_status_path
+    from mlferry.steps.settings import load_settings
+
+    use_local_stack_if_unset(args.stack_dir)
+    settings = load_settings(args.config)
+    status = (Path(args.status_file).resolve() if args.status_file else
+              default_status_path(os.environ) if os.environ.get("MLFERRY_APPLIER_STATUS") else
+              args.stack_dir / STATUS_FILE)
+    return serve_forever(Applier(settings.require_gitops_repo(), settings.gitops_branch, status, dict(os.environ)))
 
 
 # -- settings flags and `mlferry config` ---------------------------------------------------------

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 from mlferry.history import FolderEvent, GitOpsHistory, age
 from mlferry.table import format_table, printable
 from mlferry.steps import gitops, plan, registry, rule
+from mlferry.steps.deploy_status import DeployStatus, StatusSource, status_source
 from mlferry.steps.layout import MANIFEST_NAME, gitops_folder, model_prefix, parse_gitops_folder, team_prefix
 from mlferry.steps.naming import slugify
 from mlferry.steps.settings import Settings, SettingsError
@@ -66,6 +67,7 @@ class Row:
     published: bool | None = None  # None: nothing in git to check
     last: FolderEvent | None = None
     drift: tuple[Drift, ...] = ()
+    deployed: DeployStatus | None = None  # what the status source (verify setting) says runs; None: no source
 
     @property
     def in_sync(self) -> bool:
@@ -83,6 +85,7 @@ class Row:
             "last_commit": self.last.as_json(now) if self.last else None,
             "drift": [{"code": d.code, "message": d.message} for d in self.drift],
             "in_sync": self.in_sync,
+            "deployed": dataclasses.asdict(self.deployed) if self.deployed else None,
         }
 
 
@@ -96,6 +99,7 @@ class FleetStatus:
     team: str
     env: str  # the --env filter, "" for all
     rows: list[Row]
+    source: str = ""  # the status source's name ("local", "argocd"); "" when none is configured
 
     @property
     def drifting(self) -> list[Row]:
@@ -105,7 +109,8 @@ class FleetStatus:
         now = now or datetime.now(timezone.utc)
         return {"registry": self.registry, "repo": self.repo, "branch": self.branch, "head": self.head,
                 "bucket": self.bucket, "team": self.team, "env": self.env or None,
-                "rows": [r.as_json(now) for r in self.rows], "drifting": len(self.drifting)}
+                "rows": [r.as_json(now) for r in self.rows], "drifting": len(self.drifting),
+                "deployed_source": self.source or None}
 
     def table(self, now: datetime | None = None) -> str:
         now = now or datetime.now(timezone.utc)
@@ -114,6 +119,9 @@ class FleetStatus:
                  f"bucket s3://{self.bucket} · team {self.team}\n")
         header = ["MODEL", "ENV", "REGISTRY", "GIT", "PUBLISHED", "LAST CHANGE", "AGE", "DRIFT"]
         rows = [_cells(row, now) for row in self.rows]
+        if self.source:  # what runs, as the verify step's source sees it: only when there is one
+            header += ["DEPLOYED", "HEALTH"]
+            rows = [cells + _deployed_cells(row.deployed) for cells, row in zip(rows, self.rows)]
         if not rows:
             scope = f" for environment {self.env}" if self.env else ""
             return (intro + format_table(header, [])
@@ -124,7 +132,14 @@ class FleetStatus:
         count = f"{len(self.rows)} row{'s' * (len(self.rows) != 1)}"
         summary = (f"{count}, all in sync\n" if not details else
                    f"{count}, {len(self.drifting)} drifting:\n" + "\n".join(details) + "\n")
-        return intro + format_table(header, rows) + "\n" + summary
+        return intro + format_table(header, rows) + "\n" + summary + self._not_running()
+
+    def _not_running(self) -> str:
+        """Why each folder the status source finds failed or absent is so, one line each."""
+        lines = [f"  {printable(r.model or r.folder, 200)} in {r.env}: {r.deployed.health}: "
+                 f"{printable(r.deployed.message, 300)}"
+                 for r in self.rows if r.deployed and r.deployed.health in ("Degraded", "Missing")]
+        return f"not running ({self.source}):\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def _cells(row: Row, now: datetime) -> list[str]:
@@ -139,12 +154,21 @@ def _cells(row: Row, now: datetime) -> list[str]:
     return [printable(row.model, 64) or "?", row.env, registry_cell, git_cell, published, last, when, drift]
 
 
+def _deployed_cells(deployed: DeployStatus | None) -> list[str]:
+    if deployed is None:
+        return ["-", "-"]
+    sync = "" if deployed.sync == "Synced" else f" {deployed.sync}"
+    return [deployed.revision[:10] or "-", deployed.health + sync]
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading the three sources
 
 
 def fleet_status(settings: Settings, *, env: str = "", environ: Mapping[str, str] | None = None,
-                 mlflow=None, store: ObjectStore | None = None) -> FleetStatus:
+                 mlflow=None, store: ObjectStore | None = None, source: StatusSource | None = None) -> FleetStatus:
+    """`source`: where to read what each folder runs (the verify setting's, by default; None: not shown)."""
+    source = source or status_source(settings)
     repo, branch = settings.require_gitops_repo(), settings.gitops_branch
     mlflow = mlflow or _registry_client()
     prefix = team_prefix(settings.team)
@@ -161,9 +185,10 @@ def fleet_status(settings: Settings, *, env: str = "", environ: Mapping[str, str
         latest.setdefault(event.folder, event)
     rows = [dataclasses.replace(r, last=latest.get(r.folder)) for r in rows]
     rows = check_published(rows, store or ObjectStore.from_env(settings.bucket, environ), settings)
+    rows = read_deployed(rows, source) if source else rows
     return FleetStatus(registry=shown_uri(mlflow.tracking_uri), repo=gitops.display_url(repo),
                        branch=branch, head=snapshot.sha, bucket=settings.bucket, team=settings.team,
-                       env=env, rows=rows)
+                       env=env, rows=rows, source=source.name if source else "")
 
 
 def _registry_client():
@@ -225,6 +250,20 @@ def check_published(rows: list[Row], store: ObjectStore, settings: Settings) -> 
         drift = row.drift if published else row.drift + (_not_published(row, settings),)
         out.append(dataclasses.replace(row, published=published, drift=drift))
     return out
+
+
+def read_deployed(rows: list[Row], source: StatusSource) -> list[Row]:
+    """What the source says each folder in git runs; a source that cannot answer says so per row."""
+    def read(row: Row) -> DeployStatus:
+        try:
+            return source.read(row.folder)
+        except Exception as err:  # the report still shows the registry, git and the store
+            return DeployStatus(message=f"cannot read {source.name}: {str(err).splitlines()[0] if str(err) else err!r}")
+
+    in_git = [r for r in rows if r.in_git]
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(in_git)))) as pool:
+        found = dict(zip((r.folder for r in in_git), pool.map(read, in_git)))
+    return [dataclasses.replace(r, deployed=found.get(r.folder)) for r in rows]
 
 
 def _manifest_key(row: Row) -> str:

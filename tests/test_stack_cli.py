@@ -44,17 +44,22 @@ def test_up_is_idempotent_and_down_stops_exactly_what_up_started(tmp_path):
     assert "started" in first.stdout
     pids = pids_of(d)
     try:
-        again = mlferry("stack", "up", "--dir", str(d), *ports)
-        assert again.stdout.count("already running") == 2 and pids_of(d) == pids
+        # again, now with the local applier: only the applier starts
+        again = mlferry("stack", "up", "--dir", str(d), *ports, "--applier")
+        assert again.stdout.count("already running") == 2 and "applier started" in again.stdout
+        assert pids_of(d) > pids and len(pids_of(d)) == 3
+        pids = pids_of(d)
         status = mlferry("stack", "status", "--dir", str(d))
         assert "mlflow   running   http://127.0.0.1:" in status.stdout
         assert "gitops   ready" in status.stdout
+        assert f"applier  running   {d / 'applier' / 'status.json'}" in status.stdout
 
         env = dict(line.removeprefix("export ").split("=", 1)
                    for line in mlferry("stack", "env", "--dir", str(d)).stdout.splitlines())
         assert set(env) >= {"MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
                             "AWS_SECRET_ACCESS_KEY", "MLFERRY_GITOPS_REPO", "MLFERRY_GITOPS_BRANCH",
-                            "MLFERRY_BUCKET", "MLFERRY_TEAM", "MLFERRY_WEBHOOK_SECRET"}
+                            "MLFERRY_BUCKET", "MLFERRY_TEAM", "MLFERRY_WEBHOOK_SECRET", "MLFERRY_APPLIER_STATUS"}
+        assert Path(env["MLFERRY_APPLIER_STATUS"]).exists()  # the applier's status, where local runs read it
         assert stat.S_IMODE(os.stat(d / "secrets.env").st_mode) == 0o600
         head = subprocess.run(["git", "--git-dir", str(d / "gitops.git"), "log", "--oneline"],
                               capture_output=True, text=True, check=True).stdout
@@ -63,6 +68,7 @@ def test_up_is_idempotent_and_down_stops_exactly_what_up_started(tmp_path):
         mlferry("stack", "down", "--dir", str(d))
     assert not any(alive(pid) for pid in pids)
     assert "stopped" in mlferry("stack", "status", "--dir", str(d), check=False).stdout
+    assert not (d / "applier" / "status.json").exists()  # the applier withdrew it as it stopped
 
 
 def test_a_taken_port_is_a_clear_error(tmp_path):

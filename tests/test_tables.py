@@ -69,3 +69,21 @@ def test_format_table_cuts_every_cell_to_the_column_maximum():
     table = format_table(["NAME", "X"], [[LONG, "1"], [CJK * 4, "2"]], cell_max=20)
     assert_aligned(table, 2)
     assert max(width(line) for line in table.splitlines()) <= 20 + 2 + 1
+
+
+def test_status_table_shows_what_runs_only_when_a_status_source_is_configured():
+    from dataclasses import replace
+
+    from mlferry.steps.deploy_status import DeployStatus
+
+    rows = [replace(_row("wine", "production", "1"), deployed=DeployStatus("a1b2c3d4e5f6a7b8", "Synced", "Healthy")),
+            replace(_row(CJK, "staging", "2"), deployed=DeployStatus("", "OutOfSync", "Missing", "no such folder"))]
+    status = FleetStatus(registry="http://mlflow", repo="repo", branch="main", head="abc", bucket="b", team="ml",
+                         env="", rows=rows, source="local")
+    table = status.table(NOW)
+    assert_aligned("\n".join(table.splitlines()[1:4]), 10)
+    assert "DEPLOYED" in table and "a1b2c3d4e5" in table and "Missing OutOfSync" in table
+    assert "not running (local):" in table and "no such folder" in table
+    assert status.as_json(NOW)["rows"][0]["deployed"]["health"] == "Healthy"
+    unsourced = replace(status, source="", rows=[replace(r, deployed=None) for r in rows])
+    assert "DEPLOYED" not in unsourced.table(NOW) and unsourced.as_json(NOW)["rows"][0]["deployed"] is None

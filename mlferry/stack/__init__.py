@@ -10,7 +10,8 @@ State lives in one folder (default ``.mlferry/``, mode 700, its files 600): ``st
 ``secrets.env`` (generated credentials), ``logs/``, the sqlite registry ``mlflow.db``, the bare
 GitOps repo ``gitops.git`` and ``s3/``, the S3 objects as of the last ``down`` (see
 mlferry.stack.data). ``down`` keeps all of it, like a docker-compose volume; ``down --purge`` and
-``reset`` delete it.
+``reset`` delete it. With ``up --applier`` a third process runs: the local applier (mlferry.applier),
+which runs the GitOps repo's model servers and writes ``applier/status.json``, their logs beside it.
 
 The S3 server checks credentials, as MinIO does: moto accepts any key until told otherwise, so
 the stack spends moto's first unauthenticated requests on one IAM user allowed ``s3:*`` and its
@@ -39,6 +40,7 @@ from mlferry.stack.data import private_dir, private_umask, write_private
 from mlferry.stack.processes import (Part, StackError, alive, answers, check_port_free, free_port, port_free,
                                      stop, stop_part, wait_ready)
 from mlferry.stack.s3 import ARTIFACTS_BUCKET, MODELS_BUCKET
+from mlferry.steps.local_status import STATUS_ENV, STATUS_FILE
 from mlferry.steps.gitops import Git
 
 __all__ = ["ARTIFACTS_BUCKET", "DEFAULT_DIR", "MODELS_BUCKET", "Stack", "StackError", "init_bare_repo"]
@@ -100,13 +102,18 @@ class Stack:
     def s3_data(self) -> Path:
         return self.dir / "s3"
 
+    @property
+    def applier_status(self) -> Path:
+        return self.dir / STATUS_FILE
+
     # -- public operations -----------------------------------------------------------------
-    def up(self, log=print, restore_last_save: bool = False) -> dict[str, str]:
+    def up(self, log=print, restore_last_save: bool = False, applier: bool = False) -> dict[str, str]:
         """Start whatever is not running yet, with the data the last `down` kept; return the
         environment that reaches the stack.
 
         restore_last_save: the S3 server stopped without `down` saving its objects (killed, or
-        the machine restarted); start anyway with the objects of the last save."""
+        the machine restarted); start anyway with the objects of the last save.
+        applier: also run the local applier in the background (the GitOps repo's model servers)."""
         private_dir(self.dir)
         private_dir(self.logs)
         self._tighten_modes()
@@ -115,10 +122,12 @@ class Stack:
         snapshot = self._check_restorable(state, restore_last_save)
         had_data = self.database.exists() or snapshot is not None
         started = False
-        for name in ("s3", "mlflow"):
+        for name in ("s3", "mlflow") + ("applier",) * applier:
+            if name == "applier":
+                self._init_gitops(log)  # what it follows
             part = state.parts.get(name)
             if part and alive(part) and answers(part):
-                log(f"{name:7} already running at {part.url} (pid {part.pid})")
+                log(f"{name:7} already running at {self._where(part)} (pid {part.pid})")
                 continue
             if name == "s3":
                 part, creds = self._start_s3(creds, state, snapshot, log)
@@ -126,9 +135,10 @@ class Stack:
             else:
                 part = self._start(name, creds, state, log)
             state.parts[name] = part
-            state.ports[name] = part.port
+            if part.port:
+                state.ports[name] = part.port
             self._write_state(state)
-            log(f"{name:7} started at {part.url} (pid {part.pid})")
+            log(f"{name:7} started at {self._where(part)} (pid {part.pid})")
             started = True
         self._init_gitops(log)
         if had_data and started:
@@ -140,6 +150,11 @@ class Stack:
         next `up` has them back (the registry and the GitOps repo are on disk already);
         purge=True deletes all the stack's data instead."""
         state = self._state()
+        applier = state.parts.get("applier")
+        if applier:  # first: it stops the model servers it started, which read from S3
+            log(f"applier {stop_part(applier, timeout=30)}")
+            del state.parts["applier"]
+            self._write_state(state)
         mlflow = state.parts.get("mlflow")
         if mlflow:
             log(f"mlflow  {stop_part(mlflow)}")
@@ -165,14 +180,14 @@ class Stack:
         """(part, state, where) for each part of the stack."""
         state = self._state()
         rows = []
-        for name in ("mlflow", "s3"):
+        for name in ("mlflow", "s3") + ("applier",) * ("applier" in state.parts):
             part = state.parts.get(name)
             if part is None:
                 rows.append((name, "stopped", "-"))
             elif not alive(part):
                 rows.append((name, "dead", f"see {part.log}"))
             else:
-                rows.append((name, "running" if answers(part) else "starting", part.url))
+                rows.append((name, "running" if answers(part) else "starting", self._where(part)))
         rows.append(("gitops", "ready" if self.gitops_repo.exists() else "absent", str(self.gitops_repo)))
         return rows
 
@@ -209,6 +224,10 @@ class Stack:
             # URL's (in the query) with HTTP 500, so clients stream through the tracking server.
             "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
             "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
+            # Where `verify: local` and `mlferry status` read the local applier's reports. Exported
+            # whether or not the applier runs yet, so a shell that ran `stack env` before
+            # `up --applier` finds it too; with no file, readers say the applier is not running.
+            STATUS_ENV: str(self.applier_status),
         }
 
     # -- keeping data ------------------------------------------------------------------------
@@ -374,9 +393,15 @@ class Stack:
             log(f"{name:7} port {' and '.join(taken)} taken by another process; using {port}")
         return port
 
+    def _where(self, part: Part) -> str:
+        return str(self.applier_status) if part.name == "applier" else part.url
+
     def _start(self, name: str, creds: dict[str, str], state: State, log=print) -> Part:
-        port = self._choose_port(name, state, log)
-        part = Part(name=name, port=port, log=str(self.logs / f"{name}.log"))
+        if name == "applier":  # no port; ready once it has written its status (a killed one's is stale)
+            self.applier_status.unlink(missing_ok=True)
+            part = Part(name=name, port=0, log=str(self.logs / f"{name}.log"), ready_file=str(self.applier_status))
+        else:
+            part = Part(name=name, port=self._choose_port(name, state, log), log=str(self.logs / f"{name}.log"))
         part.cmd, env = self._command(part, creds, state)
         out = os.open(part.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
@@ -393,6 +418,10 @@ class Stack:
 
     def _command(self, part: Part, creds: dict[str, str], state: State) -> tuple[list[str], dict[str, str]]:
         env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1"}
+        if part.name == "applier":  # follows this stack's GitOps repo; Secrets resolve to this stack's key
+            env.update(self.environment())
+            return [sys.executable, "-m", "mlferry.cli", "applier", "--stack-dir", str(self.dir),
+                    "--status-file", str(self.applier_status)], env
         if part.name == "s3":
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(s3_server.SETUP_REQUESTS)
             for name in ("MOTO_ENABLE_RECORDING", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):

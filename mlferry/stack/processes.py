@@ -27,6 +27,8 @@ class Part:
     pid: int = 0
     cmd: list[str] = field(default_factory=list)
     log: str = ""
+    # A part that listens on no port (the local applier) is ready once it has written this file.
+    ready_file: str = ""
 
     @property
     def url(self) -> str:
@@ -62,6 +64,8 @@ def _health_url(part: Part) -> str:
 
 
 def answers(part: Part) -> bool:
+    if part.ready_file:
+        return Path(part.ready_file).exists()
     try:
         with urllib.request.urlopen(_health_url(part), timeout=2) as resp:
             return resp.status < 500
@@ -79,7 +83,7 @@ def wait_ready(part: Part, proc: subprocess.Popen) -> None:
             return
         time.sleep(0.3)
     stop(part)
-    raise StackError(f"{part.name} did not answer on {part.url} within {READY_TIMEOUT:.0f}s; "
+    raise StackError(f"{part.name} did not answer on {part.ready_file or part.url} within {READY_TIMEOUT:.0f}s; "
                      f"last lines of {part.log}:\n{tail(part.log)}")
 
 
@@ -133,8 +137,8 @@ def _reap(pid: int) -> None:
         pass
 
 
-def stop_part(part: Part) -> str:
+def stop_part(part: Part, timeout: float = 10.0) -> str:
     if not alive(part):
         return "was not running"
-    stop(part)
+    stop(part, timeout)
     return f"stopped (pid {part.pid})"

@@ -64,6 +64,11 @@ def _no_lazy_fetch(git: Git) -> None:
         git.run("config", "--unset-all", key, action="configure the clone", ok_codes=(0, 5))  # 5: not set
 
 
+def remote_head_of(git: Git, branch: str, scratch: Path) -> str:
+    """The remote's head of ``branch``, "" when the remote is empty (an error if it has other branches)."""
+    return _remote_head(git, branch, scratch)
+
+
 def _remote_head(git: Git, branch: str, scratch: Path, create: bool = True) -> str:
     out = git.run("ls-remote", "--heads", git.remote.url, action="list branches", cwd=scratch)
     heads = {ref: sha for sha, ref in (line.split("\t", 1) for line in out.splitlines() if "\t" in line)}

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Mapping
 
-from mlferry.steps.gitops.clone import read_objects, sync
+from mlferry.steps.gitops.clone import read_objects, remote_head_of, sync
 from mlferry.steps.gitops.credentials import check_branch, remote_for
 from mlferry.steps.gitops.runner import Git
 
@@ -52,3 +52,14 @@ def read_snapshot(remote_url: str, branch: str, prefix: str, *,
         contents = read_objects(git, [sha for _, sha in blobs])
         return Snapshot(sha=head, files={path: (contents[sha] or b"").decode("utf-8", errors="replace")
                                          for path, sha in blobs})
+
+
+def remote_head(remote_url: str, branch: str, *, environ: Mapping[str, str] | None = None) -> str:
+    """The branch's head sha on the remote, "" when it does not exist yet: one `git ls-remote`, no
+    clone, so that a follower (the local applier) can ask every second and clone only on a change."""
+    environ = os.environ if environ is None else environ
+    check_branch(branch)
+    with tempfile.TemporaryDirectory(prefix="mlferry-gitops-") as tmp:
+        scratch = Path(tmp)
+        git = Git(scratch / "clone", environ, remote_for(remote_url, environ, scratch))
+        return remote_head_of(git, branch, scratch)
