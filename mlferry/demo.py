@@ -16,10 +16,13 @@ points at (after `eval "$(mlferry stack env)"`): the README's by-hand block star
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
 import urllib.request
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from mlferry.stack import DEFAULT_DIR, Stack
@@ -107,12 +110,24 @@ def _register_broken_version(rows: dict) -> str:
 
     example = pd.DataFrame(rows["data"], columns=rows["columns"])
     mlflow.set_experiment("mlferry-demo")
-    with mlflow.start_run():
+    # MLflow's advice on type hints and pickling is for real models; this one is broken on purpose.
+    with warnings.catch_warnings(), mlflow.start_run(), _quiet("mlflow.pyfunc"):
+        warnings.simplefilter("ignore")
         info = mlflow.pyfunc.log_model(name="model", python_model=AnswersNaN(), input_example=example,
                                        registered_model_name=MODEL, pip_requirements=["pandas"])
     version = str(info.registered_model_version)
     MlflowClient().set_registered_model_alias(MODEL, "production", version)
     return version
+
+
+@contextmanager
+def _quiet(logger: str):
+    log = logging.getLogger(logger)
+    level, log.level = log.level, logging.ERROR
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _folder() -> str:

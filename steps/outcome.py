@@ -170,7 +170,7 @@ def _noise(line: str) -> bool:
             or line == "^" * len(line))
 
 
-def _failed_nodes(failures_json: str) -> list[dict] | None:
+def failed_nodes(failures_json: str) -> list[dict] | None:
     """Argo's `{{workflow.failures}}` as its list of failed nodes; None when it is not such a list."""
     try:
         failures = json.loads(failures_json or "[]")
@@ -182,7 +182,7 @@ def _failed_nodes(failures_json: str) -> list[dict] | None:
 def failure_types(failures_json: str) -> set[str]:
     """The error types (`error_type` of the JSON log records) in Argo's `{{workflow.failures}}`."""
     found = set()
-    for failure in _failed_nodes(failures_json) or []:
+    for failure in failed_nodes(failures_json) or []:
         for line in str(failure.get("message") or "").splitlines():
             record, _ = _json_record(line.strip())
             if record and record.get("error_type"):
@@ -192,12 +192,12 @@ def failure_types(failures_json: str) -> set[str]:
 
 def failed_steps(failures_json: str) -> set[str]:
     """The templates of the failed steps in Argo's `{{workflow.failures}}`."""
-    return {str(f["templateName"]) for f in _failed_nodes(failures_json) or [] if f.get("templateName")}
+    return {str(f["templateName"]) for f in failed_nodes(failures_json) or [] if f.get("templateName")}
 
 
 def readable_failures(failures_json: str) -> str:
     """Argo's `{{workflow.failures}}` (a JSON list of failed nodes) as one line per failed step."""
-    failures = _failed_nodes(failures_json)
+    failures = failed_nodes(failures_json)
     if failures is None:
         return readable_failure(str(failures_json))
     lines = [f"{f.get('displayName', '?')}: {readable_failure(f.get('message') or '') or f.get('phase', '')}"

@@ -16,6 +16,7 @@ def register_model(
     tags: dict[str, str] | None = None,
     description: str | None = None,
     git_commit: str | None = None,
+    input_example: bool = True,
 ) -> tuple[str, str]:
     """Train a tiny linear model, log it with its signature, register it as `name`.
 
@@ -37,7 +38,7 @@ def register_model(
     with mlflow.start_run(experiment_id=experiment_id, tags=run_tags):
         mlflow.log_metric("rmse", 0.125)
         info = mlflow.sklearn.log_model(
-            model, name="model", input_example=X[:2], registered_model_name=name,
+            model, name="model", input_example=X[:2] if input_example else None, registered_model_name=name,
             pip_requirements=["scikit-learn"],  # skips slow requirement inference
         )
         if extra_files:
@@ -66,3 +67,27 @@ def _log_extra_files(model_artifact_uri: str, files: dict[str, bytes]) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         repo.log_artifacts(tmp)
+
+
+def register_pyfunc(name: str, python_model, *, alias: str | None = None) -> str:
+    """Register a `mlflow.pyfunc.PythonModel` (pickled by value) with the tiny model's input example."""
+    import sys
+    import warnings
+
+    import cloudpickle
+    import numpy as np
+
+    # By value: the model server runs elsewhere, where the test module is not importable.
+    cloudpickle.register_pickle_by_value(sys.modules[type(python_model).__module__])
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(f"tests-{name}"[:200])
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(f"tests-{name}"[:200])
+    with warnings.catch_warnings(), mlflow.start_run(experiment_id=experiment_id):
+        warnings.simplefilter("ignore")  # MLflow's advice on type hints: these models are broken on purpose
+        info = mlflow.pyfunc.log_model(name="model", python_model=python_model, registered_model_name=name,
+                                       input_example=np.arange(4, dtype=float).reshape(2, 2),
+                                       pip_requirements=["numpy"])
+    version = str(info.registered_model_version)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return version

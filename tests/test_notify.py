@@ -221,3 +221,18 @@ def test_the_step_gets_the_notification_secret_and_nothing_else():
     assert bundle.secrets.notify == "mlferry-notify"
     helpers = (ROOT / "charts" / "mlferry" / "templates" / "_helpers.tpl").read_text()
     assert re.search(r"^mlferry-notify: \{keys: \[MLFERRY_NOTIFY_URL\], optional: true\}$", helpers, re.M)
+
+
+def test_a_failed_verification_is_told_from_give_ups_own_line():
+    from mlferry.steps.notify import from_give_up
+
+    line = ("v3 of wine-quality failed verification in production: a prediction is nan: the model answers "
+            "garbage for its own input example; restored v2 (the alias moved back)")
+    failures = json.dumps([{"displayName": "give-up", "templateName": "give-up", "phase": "Failed",
+                            "message": f"Error (exit code 1): {line}"}])
+    told = from_give_up(NotifyInput(model="wine-quality", env="production", status="Failed", failures=failures))
+    assert (told.version, told.restored) == ("3", "v2 (the alias moved back)")
+    assert told.failures == "a prediction is nan: the model answers garbage for its own input example"
+    text = message(told.model, told.version, told.env, told.failures, told.restored)["text"]
+    assert text == ("mlferry: wine-quality v3 in production failed: a prediction is nan: the model answers garbage "
+                    "for its own input example; restored v2 (the alias moved back)")

@@ -156,7 +156,8 @@ def promotion_tasks(steps: StepTemplates, request: dict[str, str], trigger: str,
     steps.report(name=task("report"), depends=report_after, arguments={
         **version, "env": result("resolve", "env"), "hold": result("resolve", "hold"),
         "blocked": result("commit", "blocked"), "overtaken": result("commit", "overtaken"),
-        "previous": result("commit", "previous"),
+        # A restore replaces the version that failed verification: its tags keep saying `failed`.
+        "previous": "" if prefix else result("commit", "previous"),
         "commit": result("commit", "sha"), "uri": result("publish", "uri"), **verified})
     return found
 
