@@ -153,3 +153,22 @@ def test_a_receivers_runs_share_one_warm_server_without_its_secrets(tmp_path):
         local.close()
     assert first.proc.poll() is not None, "close() ends the shared server"
     assert local.warm_server({**env, "MLFERRY_WARM_STEPS": "0"}) is None
+
+
+def test_the_first_task_does_not_wait_for_the_modules_imported_ahead():
+    """The server imports step modules between requests, never ahead of one: a run's first task
+    (reconcile's plan) is forked as soon as Hera is imported, not after every other step's module."""
+    import sys
+
+    from mlferry.engine.warm import WarmServer
+
+    env = dict(os.environ)
+    server = WarmServer(sys.executable, str(REPO), env, preload=["tests.slow_import"])  # 10 s to import
+    try:
+        started = time.monotonic()
+        proc = server.start([sys.executable, "-m", "hera.workflows.runner", "--help"], env, str(REPO))
+        forked = time.monotonic() - started
+        assert proc.pid > 0
+    finally:
+        server.close()  # the server is still importing: it is stopped
+    assert forked < 8, f"the task was forked after {forked:.1f} s: it waited for the modules imported ahead"

@@ -183,14 +183,16 @@ def _send_json(sock: socket.socket, value: dict) -> None:
 # -- the server's side ---------------------------------------------------------------------------
 
 def serve(control: socket.socket, preload: Sequence[str]) -> None:
-    """Import ahead, then fork a runner per request until the control socket closes."""
+    """Import Hera, then fork a runner per request until the control socket closes.
+
+    The step modules in `preload` are imported between requests, never ahead of one: a run's
+    first step (reconcile's plan, a promotion's verify-event) is forked as soon as Hera is in and
+    imports just its own module, instead of waiting for every other step's (render's Jinja2 and
+    schemas, publish's boto3: a second and more), which the server imports while it runs.
+    """
     import hera.workflows.runner  # noqa: F401  the second of import time this server exists to save
 
-    for module in preload:
-        try:
-            importlib.import_module(module)
-        except Exception:  # noqa: BLE001  the child imports it again and fails in its own log
-            pass
+    pending = list(preload)
     children: dict[int, socket.socket] = {}
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -200,12 +202,23 @@ def serve(control: socket.socket, preload: Sequence[str]) -> None:
     selector.register(control, selectors.EVENT_READ, "request")
     selector.register(wake_r, selectors.EVENT_READ, "child")
     while True:
-        for key, _ in selector.select():
+        ready = selector.select(timeout=0 if pending else None)
+        if not ready and pending:  # nothing asked for: import the next step module ahead
+            _import_ahead(pending.pop(0))
+            continue
+        for key, _ in ready:
             if key.data == "child":
                 os.read(wake_r, 4096)
             elif not _handle_request(control, children, [wake_r, wake_w], selector):
                 os._exit(0)  # the run is over; its children are on their own, and nothing needs a clean shutdown
         _reap(children)
+
+
+def _import_ahead(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001  the child imports it again and fails in its own log
+        pass
 
 
 def _handle_request(control: socket.socket, children: dict[int, socket.socket], own_fds: list[int],
