@@ -55,6 +55,7 @@ def test_a_warm_task_sees_what_a_new_process_sees(tmp_path):
 
 @pytest.mark.parametrize("mode, phase, exit_code, words", [
     ("exit-3", "Failed", "3", "Error (exit code 3)"),
+    ("exit-text", "Failed", "1", "the step said why"),
     ("raise", "Failed", "1", "ValueError: the step broke"),
 ])
 def test_a_warm_task_fails_as_a_new_process_fails(tmp_path, mode, phase, exit_code, words):
@@ -172,3 +173,18 @@ def test_the_first_task_does_not_wait_for_the_modules_imported_ahead():
     finally:
         server.close()  # the server is still importing: it is stopped
     assert forked < 8, f"the task was forked after {forked:.1f} s: it waited for the modules imported ahead"
+
+
+def test_a_warm_task_ends_as_a_new_process_ends():
+    """The warm child leaves with os._exit, past the interpreter's teardown: what an exit does for the
+    step must still happen, as in a new process (atexit handlers, non-daemon threads, buffered output)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        for warm in (False, True):
+            result = run_describe(Path(folder) / str(warm), warm, "at-exit")
+            task = result.task("describe")
+            assert task.phase == "Succeeded", (warm, task)
+            log = Path(task.log).read_text()
+            for words in ("atexit handler ran", "thread finished", "written, not flushed"):
+                assert words in log, (warm, words, log)
