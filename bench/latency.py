@@ -156,8 +156,8 @@ def _step_durations(runs_root: Path) -> dict[str, float]:
 
 
 def _phases(runs_root: Path, moved_at: dict[str, float]) -> dict[str, float]:
-    """Median seconds from the alias move to the event's receipt (MLflow's webhook delivery), from the
-    receipt to the run's start (the receiver), and from the start to the end of the commit step."""
+    """Median seconds from the alias move to the run's start (MLflow's webhook delivery and the
+    receiver), and from the run's start to the end of its commit step (the steps)."""
     from datetime import datetime
     from statistics import median
 
@@ -172,14 +172,12 @@ def _phases(runs_root: Path, moved_at: dict[str, float]) -> dict[str, float]:
             version = json.loads(run.parameters.get("body") or "{}").get("data", {}).get("version", "")
         except (ValueError, AttributeError):
             version = ""
-        moved = moved_at.get(str(version or run.parameters.get("version", "")))
-        received, began = seconds(run.parameters.get("received_at")), seconds(run.started)
+        moved, began = moved_at.get(str(version)), seconds(run.started)
         commit = next((t for t in run.tasks if t.name == "commit"), None)
         committed = seconds(commit.finished) if commit else None
-        if moved is None or received is None or began is None or committed is None:
+        if moved is None or began is None or committed is None:
             continue
-        for phase, value in (("alias move → event received", received - moved),
-                             ("event received → run started", began - received),
+        for phase, value in (("alias move → run started", began - moved),
                              ("run started → commit step done", committed - began)):
             found.setdefault(phase, []).append(value)
     return {phase: round(median(values), 2) for phase, values in found.items()}

@@ -204,23 +204,15 @@ def _document_annotations(event) -> dict[str, str] | None:
     if type(root) is not _MAPPING_START or root.anchor or root.tag:
         unsure = type(root) is not yaml.ScalarEvent or root.anchor or root.tag
         return None if unsure else _skip_document(event)
-    seen = set()
-    while True:
-        key = event()
-        if type(key) is _MAPPING_END:
-            return _skip_document(event)
-        name = _plain_string(key)
-        if name is None or name in seen:
-            return None
-        seen.add(name)
-        if name != "metadata":
-            if not _skip_node(event):
-                return None
-            continue
-        notes = _annotations_in_metadata(event)
-        if notes is None:
-            return None
-        return notes if MODEL_ANNOTATION in notes else _skip_document(event)
+    found = _seek_key(event, "metadata", set())
+    if found is None:
+        return None
+    if not found:
+        return _skip_document(event)
+    notes = _annotations_in_metadata(event)
+    if notes is None:
+        return None
+    return notes if MODEL_ANNOTATION in notes else _skip_document(event)
 
 
 def _annotations_in_metadata(event) -> dict[str, str] | None:
@@ -228,27 +220,38 @@ def _annotations_in_metadata(event) -> dict[str, str] | None:
     start = event()
     if type(start) is not _MAPPING_START or start.anchor or start.tag:
         return None
-    found, seen = {}, set()
+    seen: set[str] = set()
+    found = _seek_key(event, "annotations", seen)
+    if not found:
+        return None if found is None else {}
+    inner = event()
+    if type(inner) is not _MAPPING_START or inner.anchor or inner.tag:
+        return None
+    notes: dict[str, str] = {}
+    while type(key := event()) is not _MAPPING_END:
+        text, value = _plain_string(key), _plain_string(event())
+        if text is None or value is None or text in notes:
+            return None
+        notes[text] = value
+    return notes if _seek_key(event, None, seen) is False else None  # the rest of metadata: no key twice
+
+
+def _seek_key(event, wanted: str | None, seen: set[str]) -> bool | None:
+    """Through a mapping's pairs: True when the key `wanted` was read (its value comes next), False at
+    the mapping's end, None when unsure (a key not a plain string, or seen twice; an anchor or alias
+    in a value passed over)."""
     while True:
         key = event()
         if type(key) is _MAPPING_END:
-            return found
+            return False
         name = _plain_string(key)
         if name is None or name in seen:
             return None
         seen.add(name)
-        if name != "annotations":
-            if not _skip_node(event):
-                return None
-            continue
-        inner = event()
-        if type(inner) is not _MAPPING_START or inner.anchor or inner.tag:
+        if name == wanted:
+            return True
+        if not _skip_node(event):
             return None
-        while type(key := event()) is not _MAPPING_END:
-            text, value = _plain_string(key), _plain_string(event())
-            if text is None or value is None or text in found:
-                return None
-            found[text] = value
 
 
 def _plain_string(event) -> str | None:
