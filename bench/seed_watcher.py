@@ -132,10 +132,13 @@ class SeedWatcher:
             raise
 
     def _copy(self, source: str, prefix: str) -> None:
-        """Server-side copy of every object under an s3:// source (the only kind the bench registers)."""
+        """Server-side copy of every object under the source: an s3:// one, or a mlflow-artifacts:/ one of
+        the local stack, whose tracking server keeps its artifacts in bucket `mlflow-artifacts`."""
         parts = urlsplit(source)
+        if parts.scheme == "mlflow-artifacts" and not parts.netloc:
+            parts = urlsplit(f"s3://mlflow-artifacts/{parts.path.lstrip('/')}")
         if parts.scheme != "s3":
-            raise ValueError(f"the seed watcher re-implementation copies from s3:// sources only, not {source!r}")
+            raise ValueError(f"the seed watcher re-implementation copies from the bench's sources only, not {source!r}")
         bucket, root = parts.netloc, parts.path.lstrip("/").rstrip("/") + "/"
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=root):
             for obj in page.get("Contents", []):

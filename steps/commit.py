@@ -102,17 +102,23 @@ def commit(inputs: CommitInput) -> Commit:
                        "started deploys it", inputs.folder, overtaken, inputs.version)
         return Commit(sha="", changed=False, folder=inputs.folder, branch=settings.gitops_branch,
                       repo=gitops.display_url(repo), overtaken=overtaken)
-    # Read under the GitOps mutex (workflows/tasks.py), so no other mlferry writer moves the folder
+    # The folder is read from the clone the commit is built in, at the very head it is built on (on
+    # every attempt), under the GitOps mutex (workflows/tasks.py): no other mlferry writer moves it
     # between this read and the push.
-    head, there = current_owner(repo, settings.gitops_branch, inputs.folder)
-    blocked = check_owner(inputs.model, inputs.folder, there, hold=inputs.hold, release=inputs.release)
-    previous = there.version if there else ""
-    if blocked:
+    previous = ""
+
+    def owner_allows(_head: str, folders) -> str:
+        nonlocal previous
+        files = folders[inputs.folder]
+        there = plan_folder_owner(files, inputs.folder) if files else None
+        previous = there.version if there else ""
+        return check_owner(inputs.model, inputs.folder, there, hold=inputs.hold, release=inputs.release)
+
+    done = commit_folder(inputs, repo, settings.gitops_branch, create_branch=settings.gitops_create_branch,
+                         check=owner_allows)
+    if done.blocked:
         logger.warning("%s is held at v%s (%s): v%s is not committed; `mlferry release` ends the hold",
-                       inputs.folder, previous, blocked, inputs.version)
-        return Commit(sha=head, changed=False, folder=inputs.folder, branch=settings.gitops_branch,
-                      repo=gitops.display_url(repo), previous=previous, blocked=blocked)
-    done = commit_folder(inputs, repo, settings.gitops_branch, create_branch=settings.gitops_create_branch)
+                       inputs.folder, previous, done.blocked, inputs.version)
     return done.model_copy(update={"previous": previous})
 
 
@@ -131,11 +137,16 @@ def rule_moved_on(inputs: CommitInput, settings) -> str:
 
 def current_owner(repo: str, branch: str, folder: str):
     """(branch head, what the folder holds there: model, version, hold; None when it is absent)."""
-    from mlferry.steps.plan import folder_owner
-
     snapshot = gitops.read_snapshot(repo, branch, folder + "/")
     files = snapshot.folders(depth=4).get(folder, {})
-    return snapshot.sha, folder_owner(files, folder) if files else None
+    return snapshot.sha, plan_folder_owner(files, folder) if files else None
+
+
+def plan_folder_owner(files, folder: str):
+    """Who the folder's files say it belongs to (steps.plan.folder_owner, imported when first needed)."""
+    from mlferry.steps.plan import folder_owner
+
+    return folder_owner(files, folder)
 
 
 def check_owner(model: str, folder: str, there, *, hold: str = "", release: bool = False) -> str:
@@ -164,16 +175,23 @@ def commit_folder(
     retry: gitops.RetryPolicy = gitops.RetryPolicy(),
     before_push: Callable[[], None] | None = None,
     create_branch: bool = True,
+    check: gitops.FolderCheck | None = None,
 ) -> Commit:
-    """Replace ``inputs.folder`` on ``branch`` of ``repo_url`` with ``inputs.files`` (or remove it)."""
+    """Replace ``inputs.folder`` on ``branch`` of ``repo_url`` with ``inputs.files`` (or remove it).
+
+    ``check`` reads the folder as the head holds it before anything is written (gitops.FolderCheck);
+    what it returns, a hold's reason, keeps the commit out: ``blocked`` says why.
+    """
     change = folder_change(inputs)
     logger.info("%s on %s of %s", change.message.splitlines()[0], branch, gitops.display_url(repo_url))
     published = gitops.publish_folder(repo_url, branch, change, workdir=workdir, environ=environ,
-                                      retry=retry, before_push=before_push, create_branch=create_branch)
-    logger.info("%s: %s at %s", inputs.folder, "committed" if published.changed else "unchanged",
-                published.sha or "(no branch)")
+                                      retry=retry, before_push=before_push, create_branch=create_branch,
+                                      check=check)
+    if not published.stopped:
+        logger.info("%s: %s at %s", inputs.folder, "committed" if published.changed else "unchanged",
+                    published.sha or "(no branch)")
     return Commit(sha=published.sha, changed=published.changed, folder=inputs.folder, branch=branch,
-                  repo=gitops.display_url(repo_url))
+                  repo=gitops.display_url(repo_url), blocked=published.stopped)
 
 
 def folder_change(inputs: CommitInput) -> gitops.FolderChange:

@@ -78,6 +78,15 @@ def describe(mode: str, seconds: float = 0.0) -> Annotated[str, Parameter(name="
     time.sleep(seconds)
     if mode == "exit-3":
         raise SystemExit(3)
+    if mode == "exit-text":
+        raise SystemExit("the step said why")
     if mode == "raise":
         raise ValueError("the step broke")
+    if mode == "at-exit":  # what an exit must still do: atexit handlers, non-daemon threads, buffered output
+        import atexit
+        import threading
+
+        atexit.register(lambda: print("atexit handler ran", file=sys.stderr, flush=True))
+        threading.Thread(target=lambda: (time.sleep(0.5), print("thread finished"))).start()
+        sys.stdout.write("written, not flushed")
     return json.dumps(seen)

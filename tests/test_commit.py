@@ -303,6 +303,51 @@ def test_a_server_serving_only_blobless_clones_gets_one(tmp_path: Path, caplog) 
     assert "does not serve combine:tree:4+blob:none" in caplog.text and "trying blob:none" in caplog.text
 
 
+@pytest.mark.parametrize("server", ["deep-tree-filters", "blobless-only", "no-filters"])
+def test_the_folder_is_read_from_the_commits_own_clone(tmp_path: Path, server: str) -> None:
+    # The commit step asks who owns the folder (and whether it is held) from the clone it commits
+    # in, at the head it builds on: only the folder's own files are fetched for it, whatever filter
+    # the server serves, and nothing beside it.
+    before = {"deployment.yaml": "kind: Deployment\nversion: 2\n", "kustomization.yaml": "resources: []\n"}
+    remote = make_remote(tmp_path, {**BESIDE, **{f"{FOLDER}/{name}": text for name, text in before.items()}},
+                         filters=server != "no-filters")
+    if server == "blobless-only":
+        git("--git-dir", str(remote), "config", "uploadpackfilter.tree.maxDepth", "0")
+    head = log(remote)[0]
+    seen = []
+
+    def check(base: str, folders) -> str:
+        seen.append((base, {folder: dict(files) for folder, files in folders.items()}))
+        return ""
+
+    result = commit_folder(promotion(), str(remote), "main", workdir=tmp_path / "work", check=check)
+
+    assert result.changed and in_folder(remote) == promotion().files and result.blocked == ""
+    assert seen == [(head, {FOLDER: before})]
+    if server != "no-filters":
+        assert blobs_in(tmp_path / "work") == blob_ids(before) | blob_ids(promotion().files)
+    if server == "deep-tree-filters":
+        siblings = {tree_id(remote, p) for p in ("teams/ml/demo/production", "teams/ml/other/staging")}
+        assert not siblings & objects_in(tmp_path / "work")
+
+
+def test_a_check_that_says_no_keeps_the_commit_out(remote: Path) -> None:
+    first = commit_folder(promotion("2"), str(remote), "main", retry=FAST)
+    asked = []
+
+    def held(base: str, folders) -> str:
+        asked.append(dict(folders[FOLDER]))
+        return "held for the audit"
+
+    result = commit_folder(promotion("3"), str(remote), "main", retry=FAST, check=held)
+
+    assert (result.changed, result.blocked, result.sha) == (False, "held for the audit", first.sha)
+    assert asked == [promotion("2").files] and in_folder(remote) == promotion("2").files
+    absent = commit_folder(promotion("3", env="production", folder="teams/ml/demo/production"), str(remote), "main",
+                           retry=FAST, check=lambda base, folders: asked.append(dict(folders)) or "")
+    assert absent.changed and asked[-1] == {"teams/ml/demo/production": {}}
+
+
 def test_the_git_adapter_takes_any_file_name_literally(tmp_path: Path) -> None:
     # The commit step allows plain names only; the adapter beneath it must not depend on that.
     remote = make_remote(tmp_path, OUTSIDE)

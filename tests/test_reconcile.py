@@ -103,6 +103,56 @@ def test_the_plan_promotes_changes_only_and_prunes_only_when_asked():
     assert plan_changes(desired, deployed, settings, prune=False).removals == []
 
 
+# The quick reading of a folder's annotations (plan._annotations_read_ahead) against loading the
+# whole file: equal wherever it answers, and it hands every case it is not sure of (None) to yaml.load.
+ANNOTATION_CASES = {
+    "as render writes it": ('# Written by mlferry\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: "w"\n'
+                            '  annotations:\n    "mlferry.io/model-name": "Wine Q"\n    "mlferry.io/version": "4"\n'
+                            'spec:\n  replicas: 1\n', "quick"),
+    "plain strings, flow style": ('metadata: {annotations: {mlferry.io/model-name: wine, mlferry.io/version: "2"}}\n',
+                                  "quick"),
+    "metadata after spec": ('spec: {a: [1, {b: c}]}\nmetadata:\n  annotations: {mlferry.io/model-name: m}\n', "quick"),
+    "in the second document": ('kind: A\nmetadata: {name: x}\n---\nmetadata:\n  annotations:\n'
+                               '    mlferry.io/model-name: m\n    mlferry.io/version: "3"\n', "quick"),
+    "not a model's": ('metadata:\n  annotations: {a: b}\n', "quick"),
+    "empty file": ("", "quick"),
+    "a number, not a string": ('metadata:\n  annotations:\n    mlferry.io/model-name: m\n    mlferry.io/version: 2\n',
+                               "load"),
+    "no value": ('metadata:\n  annotations:\n    mlferry.io/model-name:\n', "load"),
+    "an alias": ('x: &a {mlferry.io/model-name: m}\nmetadata:\n  annotations: *a\n', "load"),
+    "a merge key": ('metadata:\n  annotations:\n    <<: {mlferry.io/model-name: m}\n    mlferry.io/version: "1"\n',
+                    "load"),
+    "a tag": ('metadata:\n  annotations:\n    mlferry.io/model-name: !!str 12\n', "load"),
+    "annotations twice": ('metadata:\n  annotations: {mlferry.io/model-name: m}\n'
+                          '  annotations: {mlferry.io/model-name: n}\n', "load"),
+    "a key twice": ('metadata:\n  annotations: {mlferry.io/model-name: m, mlferry.io/model-name: n}\n', "load"),
+    "a list, not a mapping": ("- a\n- b\n", "load"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ANNOTATION_CASES))
+def test_folder_annotations_read_quickly_agree_with_loading_the_file(case):
+    from mlferry.steps import plan
+
+    text, way = ANNOTATION_CASES[case]
+    quick = plan._annotations_read_ahead(text)
+    assert (quick is not None) == (way == "quick")
+    loaded = plan._annotations_loaded(text)
+    assert plan._annotations([text]) == loaded
+    if quick is not None:
+        assert quick == loaded
+
+
+def test_rendered_folders_are_read_the_quick_way(tmp_path):
+    from mlferry.steps import plan
+    from mlferry.steps.render import RenderInput, render_folder
+    settings = load_settings(environ={"MLFERRY_GITOPS_REPO": str(tmp_path / "gitops.git")})
+    rendered = render_folder(RenderInput(model="Wine Q", version="4", slug=slugify("Wine Q"), env="staging"), settings)
+    first = next(iter(sorted(rendered.files.items())))[1]
+    assert plan._annotations_read_ahead(first) == plan._annotations_loaded(first)
+    assert plan.folder_owner(dict(rendered.files)) == Deployed("Wine Q", "4", "")
+
+
 def test_deployed_state_reads_what_render_wrote_and_ignores_foreign_folders():
     annotations = 'metadata:\n  annotations:\n    "mlferry.io/model-name": "Wine Q"\n    "mlferry.io/version": "4"\n'
     snapshot = Snapshot(sha="x", files={

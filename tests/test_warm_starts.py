@@ -55,6 +55,7 @@ def test_a_warm_task_sees_what_a_new_process_sees(tmp_path):
 
 @pytest.mark.parametrize("mode, phase, exit_code, words", [
     ("exit-3", "Failed", "3", "Error (exit code 3)"),
+    ("exit-text", "Failed", "1", "the step said why"),
     ("raise", "Failed", "1", "ValueError: the step broke"),
 ])
 def test_a_warm_task_fails_as_a_new_process_fails(tmp_path, mode, phase, exit_code, words):
@@ -153,3 +154,37 @@ def test_a_receivers_runs_share_one_warm_server_without_its_secrets(tmp_path):
         local.close()
     assert first.proc.poll() is not None, "close() ends the shared server"
     assert local.warm_server({**env, "MLFERRY_WARM_STEPS": "0"}) is None
+
+
+def test_the_first_task_does_not_wait_for_the_modules_imported_ahead():
+    """The server imports step modules between requests, never ahead of one: a run's first task
+    (reconcile's plan) is forked as soon as Hera is imported, not after every other step's module."""
+    import sys
+
+    from mlferry.engine.warm import WarmServer
+
+    env = dict(os.environ)
+    server = WarmServer(sys.executable, str(REPO), env, preload=["tests.slow_import"])  # 10 s to import
+    try:
+        started = time.monotonic()
+        proc = server.start([sys.executable, "-m", "hera.workflows.runner", "--help"], env, str(REPO))
+        forked = time.monotonic() - started
+        assert proc.pid > 0
+    finally:
+        server.close()  # the server is still importing: it is stopped
+    assert forked < 8, f"the task was forked after {forked:.1f} s: it waited for the modules imported ahead"
+
+
+def test_a_warm_task_ends_as_a_new_process_ends():
+    """The warm child leaves with os._exit, past the interpreter's teardown: what an exit does for the
+    step must still happen, as in a new process (atexit handlers, non-daemon threads, buffered output)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        for warm in (False, True):
+            result = run_describe(Path(folder) / str(warm), warm, "at-exit")
+            task = result.task("describe")
+            assert task.phase == "Succeeded", (warm, task)
+            log = Path(task.log).read_text()
+            for words in ("atexit handler ran", "thread finished", "written, not flushed"):
+                assert words in log, (warm, words, log)

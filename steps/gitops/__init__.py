@@ -19,12 +19,14 @@ from mlferry.steps.gitops.errors import (
     NotAFolder, PushRejected, RemoteMoved, RemoteUnreachable, RepoMissing,
 )
 from mlferry.steps.gitops.log import Commit, History, clone_history
-from mlferry.steps.gitops.publish import FolderChange, Published, RetryPolicy, fast_import_script, publish_folder
+from mlferry.steps.gitops.publish import (
+    FolderChange, FolderCheck, Published, RetryPolicy, fast_import_script, publish_folder,
+)
 from mlferry.steps.gitops.runner import GIT_TIMEOUT, Git, git_environment
 from mlferry.steps.gitops.snapshot import Snapshot, read_snapshot, remote_head
 
 __all__ = [
-    "AuthFailed", "BranchMissing", "CommandFailed", "Commit", "FolderChange", "GIT_TIMEOUT", "Git", "GitOpsError",
+    "AuthFailed", "BranchMissing", "CommandFailed", "Commit", "FolderChange", "FolderCheck", "GIT_TIMEOUT", "Git", "GitOpsError",
     "GitOpsUnavailable", "History", "HostKeyRejected", "Identity", "InvalidSetting", "NotAFolder", "Published",
     "PushRejected", "Remote", "RemoteMoved", "RemoteUnreachable", "RepoMissing", "RetryPolicy", "Snapshot",
     "check_branch", "clone_history", "display_url", "fast_import_script", "git_environment", "identity_from",

@@ -44,7 +44,7 @@ from typing import Callable, Mapping
 from mlferry.steps.gitops.clone import read_objects, sync
 from mlferry.steps.gitops.credentials import Identity, check_branch, identity_from, remote_for
 from mlferry.steps.gitops.errors import (
-    BUSY_HINT, UNREACHABLE_HINT, GitOpsError, GitOpsUnavailable, NotAFolder, PushRejected, RemoteMoved,
+    BUSY_HINT, UNREACHABLE_HINT, CommandFailed, GitOpsError, GitOpsUnavailable, NotAFolder, PushRejected, RemoteMoved,
     RemoteUnreachable,
 )
 from mlferry.steps.gitops.runner import Git
@@ -91,6 +91,13 @@ class FolderChange:
 class Published:
     sha: str  # the branch head after publishing; "" when the branch still does not exist
     changed: bool
+    stopped: str = ""  # why `check` kept this change out (nothing was committed), else ""
+
+
+# Called on every attempt with the head it builds on and what each folder of the change holds there
+# (folder → {file name: text}, {} when absent); returns "" to go ahead, or why not (nothing is
+# pushed); may raise to refuse. The commit step checks the folder's owner and hold with it.
+FolderCheck = Callable[[str, Mapping[str, Mapping[str, str]]], str]
 
 
 def publish_folder(
@@ -104,6 +111,7 @@ def publish_folder(
     before_push: Callable[[], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     create_branch: bool = True,
+    check: FolderCheck | None = None,
 ) -> Published:
     """Make each folder of ``change`` on ``branch`` of the remote hold exactly its files.
 
@@ -112,6 +120,9 @@ def publish_folder(
     inspection; by default a temporary directory is used and removed. ``before_push`` runs just
     before every push (tests use it to make another writer win the race). ``create_branch``: an
     empty remote gets the branch (the steps pass the team's explicit `gitops_create_branch`).
+    ``check`` (see FolderCheck) reads the folders as they are at the head each attempt builds on,
+    from the same clone: their files are fetched into it (its filter leaves them out), so asking
+    who owns a folder costs no clone of its own.
     """
     environ = os.environ if environ is None else environ
     check_branch(branch)
@@ -122,7 +133,7 @@ def publish_folder(
         root = Path(workdir) if workdir is not None else scratch / "clone"
         git = Git(root, environ, remote)
         return _with_retries(git, scratch, branch, change, identity, retry, before_push, sleep,
-                             _deadline(environ), create_branch)
+                             _deadline(environ), create_branch, check)
 
 
 def _deadline(environ: Mapping[str, str]) -> float | None:
@@ -137,12 +148,12 @@ def _deadline(environ: Mapping[str, str]) -> float | None:
 def _with_retries(git: Git, scratch: Path, branch: str, change: FolderChange, identity: Identity,
                   retry: RetryPolicy, before_push: Callable[[], None] | None,
                   sleep: Callable[[float], None], deadline: float | None = None,
-                  create_branch: bool = True) -> Published:
+                  create_branch: bool = True, check: FolderCheck | None = None) -> Published:
     last: GitOpsError = RemoteUnreachable("no attempt made", hint=UNREACHABLE_HINT)
     attempt = 0
     for attempt in range(1, retry.attempts + 1):
         try:
-            return _attempt(git, scratch, branch, change, identity, before_push, create_branch)
+            return _attempt(git, scratch, branch, change, identity, before_push, create_branch, check)
         except (RemoteUnreachable, RemoteMoved) as error:
             last = error
         if attempt >= retry.attempts:
@@ -158,14 +169,20 @@ def _with_retries(git: Git, scratch: Path, branch: str, change: FolderChange, id
 
 
 def _attempt(git: Git, scratch: Path, branch: str, change: FolderChange, identity: Identity,
-             before_push: Callable[[], None] | None, create_branch: bool = True) -> Published:
+             before_push: Callable[[], None] | None, create_branch: bool = True,
+             check: FolderCheck | None = None) -> Published:
     """One try: on the current remote head, replace the folder, commit, push.
 
     A retry after a rejected push comes back here and starts from the new head: the folder
-    replacement is re-applied, never rebased (see the module docstring for why).
+    replacement is re-applied, never rebased (see the module docstring for why), and ``check``
+    asked again about what that head holds.
     """
     base = sync(git, branch, scratch, filters=(trees_above(change), BLOBLESS), create=create_branch)
     _check_parents(git, base, sorted(change.folders))
+    if check is not None:
+        stopped = check(base, {folder: folder_files(git, base, folder) for folder in sorted(change.folders)})
+        if stopped:
+            return Published(sha=base, changed=False, stopped=stopped)
     sha, tree, base_tree = _write_commit(git, base, change, identity)
     if tree == base_tree:
         logger.info("%s already holds this content on %s at %s: nothing to commit", change.label, branch, base)
@@ -246,6 +263,40 @@ def _check_parents(git: Git, base: str, folders: list[str]) -> None:
                 kind = {"120000": "symlink", "160000": "submodule"}.get(mode, "blob")
                 raise NotAFolder(f"{git.display}: {'/'.join(parts[:depth + 1])} is a {kind}, not a folder; "
                                  f"mlferry needs it to be a folder to write {folder}")
+
+
+def folder_files(git: Git, base: str, folder: str) -> dict[str, str]:
+    """The files directly in ``folder`` at ``base`` (name → text); {} when it is not there.
+
+    The clone's filter stops at the folder's parent, whose tree names the folder's tree: that one
+    object is fetched with everything under it (a few small files), by id, as a partial clone
+    fetches what it lacks (servers that serve filters serve this too). A clone that has it all
+    (a server without filters) fetches nothing.
+    """
+    if not base:
+        return {}
+    entry = git.run("ls-tree", "-z", base, "--", folder, action="find the folder")  # reads the trees above only
+    meta, _, _ = entry.partition("\t")
+    if meta.split()[1:2] != ["tree"]:
+        return {}  # not there (or not a folder: the commit replaces it all the same)
+    tree = meta.split()[2]
+    files = _files_in(git, tree) if git.succeeds("cat-file", "-e", tree) else None
+    if files is None or None in files.values():  # the tree, or its files (a blobless clone), are not here
+        git.run("-c", "fetch.negotiationAlgorithm=noop", "fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
+                "--recurse-submodules=no", "origin", tree, action="fetch the folder")
+        files = _files_in(git, tree)
+        if None in files.values():
+            raise CommandFailed(f"{git.display} did not send the files of {folder}: mlferry cannot tell whose it is")
+    return {path: content.decode("utf-8", errors="replace") for path, content in files.items()}
+
+
+def _files_in(git: Git, tree: str) -> dict[str, bytes | None]:
+    """The files directly in a tree (name → content; None: not in the clone)."""
+    listing = git.run("ls-tree", "-z", tree, action="list the folder")
+    blobs = [(path, meta.split()[2]) for meta, path in (line.split("\t", 1) for line in listing.split("\0") if "\t" in line)
+             if meta.split()[1] == "blob"]
+    contents = read_objects(git, [sha for _, sha in blobs])
+    return {path: contents[sha] for path, sha in blobs}
 
 
 def tree_entries(raw: bytes) -> dict[str, str]:
