@@ -88,8 +88,10 @@ def pod_spec(deployment: Mapping, port: int, scratch: Path, environ: Mapping[str
     container = containers[0]
     namespace = (deployment.get("metadata") or {}).get("namespace", "default")
     mounts = _empty_dirs(pod, container, scratch)
-    env = {**_machine_env(environ), **_container_env(container, namespace, Cluster.from_environment(environ))}
-    env = {name: _remapped(value, mounts) for name, value in env.items()}
+    # Only the manifest's own values live in the pod's filesystem (HOME=/tmp); this machine's PATH
+    # names this machine's folders, even one under /tmp (a checkout in /tmp/…/.venv/bin).
+    own = _container_env(container, namespace, Cluster.from_environment(environ))
+    env = {**_machine_env(environ), **{name: _remapped(value, mounts) for name, value in own.items()}}
     if "/tmp" in mounts:  # Python's tempfile would otherwise write to this machine's /tmp
         env.setdefault("TMPDIR", mounts["/tmp"])
     command = local_command([*container.get("command", []), *container.get("args", [])], port)

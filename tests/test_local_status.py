@@ -40,6 +40,15 @@ def test_the_rendered_deployment_runs_its_own_command_on_a_local_port_with_its_o
     assert spec.probe_path == "/ping" and spec.startup_budget == 120  # 5 s × 120 = 600 s, capped for a laptop
 
 
+
+def test_this_machines_path_is_not_moved_into_the_pods_tmp(tmp_path, monkeypatch):
+    """The pod's emptyDir is mounted at /tmp; a checkout under /tmp (CI clones there) keeps its PATH."""
+    monkeypatch.setattr(sys, "executable", "/tmp/ci/.venv/bin/python")
+    spec = pod_spec(rendered_deployment(), 1, tmp_path / "pod", {**STACK_KEYS, "PATH": "/tmp/tools:/usr/bin"})
+    assert spec.env["PATH"].split(os.pathsep) == ["/tmp/ci/.venv/bin", "/tmp/tools", "/usr/bin"]
+    assert spec.env["HOME"] == str(tmp_path / "pod" / "tmp")  # the manifest's own HOME=/tmp still is the pod's
+
+
 def test_a_missing_secret_key_is_what_the_kubelet_would_say(tmp_path):
     with pytest.raises(ManifestError, match="env AWS_ACCESS_KEY_ID: couldn't find key AWS_ACCESS_KEY_ID in Secret"):
         pod_spec(rendered_deployment(), 1, tmp_path, {"PATH": "/usr/bin"})

@@ -89,7 +89,7 @@ def loop(tmp_path: Path, gitops_remote: Path, unique_name: str, webhook):
     work = tmp_path / "work"
     work.mkdir()
     (work / "mlferry.yaml").write_text(yaml.safe_dump({"verify": "local", "environments": {
-        "staging": {"aliases": [f"stage-{suffix}"], "on_failure": "hold", "verify_timeout": 15},
+        "staging": {"aliases": [f"stage-{suffix}"], "on_failure": "rollback", "verify_timeout": 15},
         "production": {"aliases": [f"prod-{suffix}"], "verify_timeout": 120}}}))
     status_file = tmp_path / "applier" / "status.json"
     env = {"MLFERRY_APPLIER_STATUS": str(status_file), "MLFERRY_NOTIFY_URL": webhook[0]}
@@ -145,7 +145,7 @@ def test_a_version_that_fails_verification_in_production_is_rolled_back_by_itsel
     assert cli(work, "reconcile", "--dry-run", env=env).returncode == 0
 
 
-def test_a_timeout_in_staging_holds_the_version_before_and_health_alone_verifies_a_model_without_example(
+def test_a_timeout_rolls_back_a_hold_keeps_the_alias_and_health_alone_verifies_a_model_without_example(
         registered_model, gitops_remote, loop, tmp_path):
     work, env, alias, notifications = loop
     name, good = registered_model(alias=alias["staging"], input_example=False)
@@ -155,17 +155,27 @@ def test_a_timeout_in_staging_holds_the_version_before_and_health_alone_verifies
     assert "verified   health-only: healthy at" in done and "no input example was logged" in done, done
     assert tags(name, good)["mlferry.staging.verified"] == "health-only"
 
+    # A version that never comes up: the deadline (15 s in staging here) ends the wait, and it is rolled back.
     marker = tmp_path / "load-forever"
     slow = register_pyfunc(name, LoadsForever(str(marker)), alias=alias["staging"])
     marker.touch()
     started = time.monotonic()
     failed = cli(work, "promote", name, "--alias", alias["staging"], env=env)
     assert failed.returncode != 0 and time.monotonic() - started < 90
-    assert "within 15 s" in failed.stderr, failed.stderr
-    assert f"restored v{good}, held there" in failed.stderr, failed.stderr
-    # on_failure: hold. The alias still names the slow version; the folder holds the one before.
-    assert MlflowClient().get_model_version_by_alias(name, alias["staging"]).version == slow
-    held = annotations(gitops_remote, folder)
-    assert held["mlferry.io/version"] == good and held["mlferry.io/hold"].startswith(f"v{slow} failed verification: ")
+    assert "within 15 s" in failed.stderr and f"restored v{good} (the alias moved back)" in failed.stderr, failed.stderr
+    assert MlflowClient().get_model_version_by_alias(name, alias["staging"]).version == good
     assert tags(name, slow)["mlferry.staging.status"] == "failed"
-    assert "restored" in notifications[-1]["text"] and len(notifications) == 1
+    assert annotations(gitops_remote, folder)["mlferry.io/version"] == good
+
+    # on_failure: hold. The alias keeps naming the bad version; the folder holds the one before.
+    config = yaml.safe_load((work / "mlferry.yaml").read_text())
+    config["environments"]["staging"]["on_failure"] = "hold"
+    (work / "mlferry.yaml").write_text(yaml.safe_dump(config))
+    bad = register_pyfunc(name, AnswersNaN(), alias=alias["staging"])
+    failed = cli(work, "promote", name, "--alias", alias["staging"], env=env)
+    assert failed.returncode != 0 and f"restored v{good}, held there" in failed.stderr, failed.stderr
+    assert MlflowClient().get_model_version_by_alias(name, alias["staging"]).version == bad
+    held = annotations(gitops_remote, folder)
+    assert held["mlferry.io/version"] == good and held["mlferry.io/hold"].startswith(f"v{bad} failed verification: ")
+    assert tags(name, bad)["mlferry.staging.status"] == "failed"
+    assert [("restored v" in n["text"]) for n in notifications] == [True, True]
