@@ -158,24 +158,18 @@ def notify(inputs: NotifyInput) -> Notified:
     return Notified(delivered=delivered)
 
 
-# A failed verification ends its run in the give-up step, whose one line says it all:
-# "v3 of fraud failed verification in production: <what failed>; restored v2 (the alias moved back)".
-_GIVE_UP = re.compile(r"^v(?P<version>\S+) of .+? failed verification in \S+: (?P<failed>.+); "
-                      r"(?:restored (?P<restored>.+)|nothing restored.*)$")
-
-
 def from_give_up(inputs: NotifyInput) -> NotifyInput:
     """The version, what failed and what was restored, from give-up's line when the run ended there
     (the exit handler has no other way to learn what the restore did)."""
     from mlferry.steps.outcome import failed_nodes, readable_failure
+    from mlferry.steps.verify import GIVE_UP_STEP, parse_give_up
 
     for node in failed_nodes(inputs.failures) or []:
-        if node.get("templateName") == "give-up":
-            said = _GIVE_UP.match(readable_failure(node.get("message") or ""))
-            if said:
-                return inputs.model_copy(update={
-                    "version": inputs.version or said["version"], "failures": said["failed"],
-                    "restored": inputs.restored or (said["restored"] or "")})
+        said = node.get("templateName") == GIVE_UP_STEP and parse_give_up(readable_failure(node.get("message") or ""))
+        if said:
+            version, failed, restored = said
+            return inputs.model_copy(update={"version": inputs.version or version, "failures": failed,
+                                             "restored": inputs.restored or restored})
     return inputs
 
 

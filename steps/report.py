@@ -29,6 +29,7 @@ from mlferry.steps.mlflow_api import MlflowApi, MlflowApiError, MlflowUnreachabl
 from mlferry.steps.outcome import as_argo_step, failed_steps, failure_types, readable_failures
 from mlferry.steps.naming import check_environment_name
 from mlferry.steps.trailers import one_line
+from mlferry.steps.verify import GIVE_UP_STEP
 
 log = logging.getLogger(__name__)
 Status = Literal["", "deployed", "held", "superseded", "retired", "blocked", "failed"]
@@ -61,9 +62,6 @@ class Report(Output):
 # The step that checks a webhook event's signature. When it failed, nothing about the event can be
 # trusted, not the model it names nor the words it carries: the report writes nothing.
 VERIFY_STEP = "verify-event"
-# A failed verification's run ends in this step; the run's own report has tagged the version already,
-# and after a rollback the alias names the restored version, which must not be tagged failed.
-GIVE_UP_STEP = "give-up"
 
 
 @as_argo_step
@@ -71,6 +69,8 @@ def report(inputs: ReportInput) -> Report:
     if inputs.status == "failed" and VERIFY_STEP in failed_steps(inputs.failures):
         log.warning("the webhook event was rejected by %s: nothing is written to the registry", VERIFY_STEP)
         return Report()
+    # A failed verification (its run ends in give-up) was tagged by the run's own report; after a
+    # rollback the alias names the restored version, which must not be tagged failed.
     if inputs.status == "failed" and GIVE_UP_STEP in failed_steps(inputs.failures):
         log.info("the failed verification was reported by the run itself: nothing more to tag")
         return Report()

@@ -18,6 +18,7 @@ then ends failed through `give-up`, with one line that says what failed and what
 import json
 import logging
 import math
+import re
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +26,7 @@ from typing import Any, Callable
 
 from hera.workflows import Input, Output
 
-from mlferry.steps.deploy_status import DeployStatus, StatusSource
+from mlferry.steps.deploy_status import DeployStatus, StatusSource, status_source
 from mlferry.steps.outcome import as_argo_step
 from mlferry.steps.settings import Settings, load_settings
 from mlferry.steps.trailers import one_line
@@ -147,17 +148,17 @@ def describe(status: DeployStatus) -> str:
 
 def read_input_example(source_uri: str) -> dict | None:
     """MLflow's serving input example of the version, or None when none was logged."""
-    from mlferry.steps.artifacts import SourceError, open_source
+    from mlferry.steps.artifacts import open_source
 
     if not source_uri:
         return None
-    try:
-        with open_source(source_uri).fetch(INPUT_EXAMPLE) as path:
-            text = path.read_text()
-    except SourceError as err:
-        if getattr(err, "transient", False):
-            raise
+    source = open_source(source_uri)
+    # "No example" only on the evidence of a successful listing: MLflow's artifact proxy answers a
+    # missing file with HTTP 500, which reads as a server that failed (transient, retried).
+    if INPUT_EXAMPLE not in {file.path for file in source.files()}:
         return None
+    with source.fetch(INPUT_EXAMPLE) as path:
+        text = path.read_text()
     try:
         example = json.loads(text)
     except json.JSONDecodeError as err:
@@ -261,13 +262,7 @@ def summary(answer: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# the edges: which status source, and git's answer to "is this commit in that one"
-
-
-def status_source(settings: Settings) -> StatusSource | None:
-    from mlferry.steps.deploy_status import status_source as configured
-
-    return configured(settings)
+# the edge: git's answer to "is this commit in that one"
 
 
 def _contains(settings: Settings) -> Callable[[str, str], bool]:
@@ -299,10 +294,27 @@ class GaveUp(Output):
     pass
 
 
+# A failed verification's run ends in this step. Its one line is the run's failure, and the
+# exit handler's report and notify read it back (parse_give_up): this module owns its wording.
+GIVE_UP_STEP = "give-up"
+_GIVE_UP_LINE = re.compile(r"^v(?P<version>\S+) of .+? failed verification in \S+: (?P<failed>.+); "
+                           r"(?:restored (?P<restored>.+)|nothing restored.*)$")
+
+
+def give_up_line(inputs: GiveUpInput) -> str:
+    restored = {"rollback": f"restored v{inputs.previous} (the alias moved back)",
+                "hold": f"restored v{inputs.previous}, held there"}.get(inputs.restore, "")
+    return (f"v{inputs.version} of {inputs.model} failed verification in {inputs.env}: "
+            f"{inputs.reason}; {restored or 'nothing restored (on_failure: none)'}")
+
+
+def parse_give_up(line: str) -> tuple[str, str, str] | None:
+    """(version, what failed, what was restored or "") from give_up_line's words; None for other words."""
+    said = _GIVE_UP_LINE.match(line)
+    return (said["version"], said["failed"], said["restored"] or "") if said else None
+
+
 @as_argo_step
 def give_up(inputs: GiveUpInput) -> GaveUp:
     """The last task of a failed verification: end the run failed, with one line of what happened."""
-    restored = {"rollback": f"restored v{inputs.previous} (the alias moved back)",
-                "hold": f"restored v{inputs.previous}, held there"}.get(inputs.restore, "")
-    raise VerificationFailed(f"v{inputs.version} of {inputs.model} failed verification in {inputs.env}: "
-                             f"{inputs.reason}; {restored or 'nothing restored (on_failure: none)'}")
+    raise VerificationFailed(give_up_line(inputs))

@@ -169,3 +169,18 @@ def test_give_up_says_what_failed_and_what_was_restored():
                             previous="2"))
     assert str(failed.value) == ("v3 of m failed verification in production: no answer; "
                                  "restored v2 (the alias moved back)")
+
+
+def test_an_input_example_that_cannot_be_read_for_now_is_retried_not_taken_for_none(monkeypatch):
+    """A store that does not answer is transient (the step retries); only a missing file means
+    'no input example', which would verify the version on health alone."""
+    from mlferry.steps.outcome import is_transient
+    from mlferry.steps.verify import read_input_example
+
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with pytest.raises(Exception) as raised:
+        read_input_example("s3://models/m/1/")
+    assert is_transient(raised.value)

@@ -38,7 +38,7 @@ from mlferry.steps.report import report
 from mlferry.steps.resolve import resolve
 from mlferry.steps.retire import retire
 from mlferry.steps.rollback import rollback
-from mlferry.steps.verify import give_up, verify
+from mlferry.steps.verify import GIVE_UP_STEP, give_up, verify
 from mlferry.steps.verify_event import EVENT_PARAMETERS, verify_event
 from mlferry.workflows.bundle import Bundle
 from mlferry.workflows.tasks import gitops_lock, out, step_script, wf, workflow_settings
@@ -173,7 +173,7 @@ def restore_tasks(steps: StepTemplates, rollback_t: Script | None, give_up_t: Sc
     failed = f"'{out('verify', 'outcome')}' == 'failed'"
     previous = out("commit", "previous")
     if rollback_t is None:
-        give_up_t(name="give-up", when=failed, depends="report.Succeeded", arguments={
+        give_up_t(name=GIVE_UP_STEP, when=failed, depends="report.Succeeded", arguments={
             "model": out("resolve", "name"), "version": out("resolve", "version"), "env": out("resolve", "env"),
             "reason": out("verify", "reason"), "restore": "none", "previous": previous})
         return
@@ -185,7 +185,7 @@ def restore_tasks(steps: StepTemplates, rollback_t: Script | None, give_up_t: Sc
                             "hold": out("verify", "hold")}, trigger, prefix="restore-",
                     depends="verify.Succeeded && (restore-alias.Succeeded || restore-alias.Skipped)",
                     when=f"{failed} && '{restore}' != 'none'")
-    give_up_t(name="give-up", when=failed,
+    give_up_t(name=GIVE_UP_STEP, when=failed,
               depends="verify.Succeeded && (restore-report.Succeeded || restore-report.Skipped || "
                       "restore-report.Omitted)",
               arguments={"model": out("resolve", "name"), "version": out("resolve", "version"),
@@ -211,7 +211,7 @@ def _promote_dag(bundle: Bundle) -> Script:
     retire_t = step_script(bundle, "retire", retire,
                            synchronization=gitops_lock(bundle))
     rollback_t = step_script(bundle, "rollback", rollback)
-    give_up_t = step_script(bundle, "give-up", give_up)
+    give_up_t = step_script(bundle, GIVE_UP_STEP, give_up)
     steps = StepTemplates.of(bundle)
     with DAG(name=ENTRYPOINT, outputs=promotion_outputs()):
         verified = verify_t(name="verify-event",

@@ -14,7 +14,7 @@ from hera.workflows.models import WorkflowTemplateRef
 from mlferry.steps.plan import plan
 from mlferry.steps.retire import retire
 from mlferry.steps.rollback import rollback
-from mlferry.steps.verify import give_up
+from mlferry.steps.verify import GIVE_UP_STEP, give_up
 from mlferry.workflows.bundle import Bundle
 from mlferry.workflows.promote import StepTemplates, promotion_tasks, restore_tasks
 from mlferry.workflows.tasks import gitops_lock, inp, out, step_script, wf, workflow_settings
@@ -42,7 +42,7 @@ def reconcile_template(bundle: Bundle) -> WorkflowTemplate:
         prune_t = step_script(bundle, "retire", retire,
                               synchronization=gitops_lock(bundle))
         rollback_t = step_script(bundle, "rollback", rollback)
-        give_up_t = step_script(bundle, "give-up", give_up)
+        give_up_t = step_script(bundle, GIVE_UP_STEP, give_up)
         steps = StepTemplates.of(bundle)
         with DAG(name="promote-one", inputs=[Parameter(name=n) for n in ("item", "trigger")]) as promote_one:
             # The item whole, as JSON: Argo escapes string values of object items once more when they

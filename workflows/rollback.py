@@ -13,7 +13,7 @@ from hera.workflows import DAG, Parameter, WorkflowTemplate
 from hera.workflows.models import WorkflowMetadata
 
 from mlferry.steps.rollback import rollback
-from mlferry.steps.verify import give_up
+from mlferry.steps.verify import GIVE_UP_STEP, give_up
 from mlferry.workflows.bundle import Bundle
 from mlferry.workflows.promote import StepTemplates, promotion_outputs, promotion_tasks, restore_tasks
 from mlferry.workflows.tasks import out, step_script, wf, workflow_settings
@@ -48,6 +48,6 @@ def rollback_template(bundle: Bundle) -> WorkflowTemplate:
                                                                                "trigger")})
             found = promotion_tasks(steps, {"model": out("rollback", "model"), "env": out("rollback", "env")},
                                     wf("trigger"))
-            restore_tasks(steps, None, step_script(bundle, "give-up", give_up), wf("trigger"))
+            restore_tasks(steps, None, step_script(bundle, GIVE_UP_STEP, give_up), wf("trigger"))
             moved >> found
     return template
