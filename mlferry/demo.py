@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         result = _promote(stack)
         print(result.summary())
         _say(f"4/6 predictions from the model server the applier runs (the published copy {result.uri})")
-        predictions = _predict(_endpoint(result.folder), rows)
+        predictions = _predict(_endpoint(result.folder, result.commit), rows)
         for row, prediction in zip(rows["data"], predictions):
             print(f"    alcohol={row[0]:<6} color_intensity={row[9]:<6} → {prediction:.3f}")
         _broken_version_rolls_back(stack, version, rows)
@@ -91,7 +91,7 @@ def _broken_version_rolls_back(stack: Stack, good: str, rows: dict) -> None:
           f"status={tags.get('mlferry.production.status')}, rollback={tags.get('mlferry.production.rollback')!r}")
     if now != good:
         raise RuntimeError(f"the alias should be back on v{good}, it is on v{now}")
-    predictions = _predict(_endpoint(_folder()), rows)
+    predictions = _predict(_endpoint(_folder(), _head(stack)), rows)
     print(f"    v{good} serves again: {', '.join(f'{p:.3f}' for p in predictions)}")
 
 
@@ -138,8 +138,15 @@ def _folder() -> str:
     return gitops_folder(load_settings().team, slugify(MODEL), "production")
 
 
-def _endpoint(folder: str) -> str:
-    """The model server the local applier runs for `folder`, once it is healthy."""
+def _head(stack: Stack) -> str:
+    from mlferry.steps.gitops import Git
+
+    return Git(stack.gitops_repo, os.environ).run("rev-parse", "HEAD", action="read the head").strip()
+
+
+def _endpoint(folder: str, commit: str) -> str:
+    """The model server the local applier runs for `folder` once it has applied `commit` (until then
+    the server of the version before may still answer, healthy), as the verify step waits."""
     from mlferry.steps.local_status import local_source
     from mlferry.steps.settings import load_settings
 
@@ -147,10 +154,10 @@ def _endpoint(folder: str) -> str:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         status = source.read(folder)
-        if status.running and status.endpoint:
+        if status.revision == commit and status.running and status.endpoint:
             return status.endpoint
         time.sleep(0.5)
-    raise RuntimeError(f"the local applier does not run {folder}: {status.health} {status.message}")
+    raise RuntimeError(f"the local applier does not run {folder} at {commit[:12]}: {status.health} {status.message}")
 
 
 def _predict(url: str, rows: dict) -> list[float]:
