@@ -48,9 +48,9 @@ def test_a_warm_task_sees_what_a_new_process_sees(tmp_path):
     assert warm["argv"][0] == cold["argv"][0] == "-e" and Path(warm["argv"][2]).name == Path(cold["argv"][2]).name
     assert warm["env"] == {"PROBE_BASE": "base", "PROBE_FROM_TEMPLATE": "yes"}
     assert warm["pgid"] == warm["pid"] and cold["pgid"] == cold["pid"], "each task leads its own process group"
-    for r in results.values():
-        log = Path(r.task("describe").log).read_text()
-        assert "to stdout" in log and "to stderr" in log
+    logs = {warm: Path(r.task("describe").log).read_text() for warm, r in results.items()}
+    assert "to stdout" in logs[True] and "to stderr" in logs[True]
+    assert logs[True] == logs[False], "a warm task's log says what a new process's says, and nothing more"
 
 
 @pytest.mark.parametrize("mode, phase, exit_code, words", [

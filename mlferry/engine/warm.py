@@ -303,6 +303,9 @@ def _child(request: dict, stdio: list[int], close: list[int], sockets: list[sock
         spec = importlib.util.find_spec(RUNNER)
         sys.argv = [spec.origin if spec and spec.origin else RUNNER, *argv[3:]]
         sys.path[0] = os.getcwd()
+        # As `python -m` finds it: imported as a package's module it is only the server's; left in
+        # sys.modules, runpy would warn in every step's log that a pod's never shows.
+        sys.modules.pop(RUNNER, None)
     except BaseException:  # noqa: BLE001  a child that cannot become the pod must not serve on
         os._exit(70)
     try:
