@@ -25,15 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-import yaml
-
 from mlferry import engine
 from mlferry.engine import ArgumentError, Cluster, NodeEvent, RunResult, list_runs, load_run, new_run_dir
-from mlferry.engine.submission import secret_keys
-from mlferry.engine.warm import WarmServer, entry_modules, warm_enabled
+from mlferry.engine.warm import WarmServer, entry_modules, server_environment, warm_enabled
 from mlferry.workflows.bundle import Bundle, load_bundle
-from mlferry.generate import documents, to_yaml
-from mlferry.workflows.tasks import S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
 
 
 @dataclass
@@ -41,10 +36,12 @@ class LocalArgo:
     bundle: Bundle
     runs_root: Path
     environ: Mapping[str, str]
-    # A long-lived process (the receiver) keeps one warm server for all its runs (engine.warm):
-    # each run then skips the second its own would take to import Hera. Ended by close().
-    keep_warm: bool = False
+    # Every run of a LocalArgo forks its Hera runner steps from one warm server (engine.warm),
+    # started before the templates are built: a `mlferry reconcile` imports Hera in it while this
+    # process builds them, instead of one after the other, and a long-lived process (the receiver)
+    # shares it between all its runs. Ended by close(), or when this process ends.
     _warm: WarmServer | None = field(default=None, init=False, repr=False)
+    _preloaded: bool = field(default=False, init=False, repr=False)
     _warm_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
@@ -59,17 +56,19 @@ class LocalArgo:
     def _templates(self) -> dict[str, dict]:
         # Built once per LocalArgo: a long-lived receiver would otherwise rebuild and validate
         # every Argo object for each promotion.
-        found = {}
-        for doc in documents(self.bundle, validate=False):
-            if doc["kind"] == "WorkflowTemplate":
-                found[doc["metadata"]["name"]] = yaml.safe_load(to_yaml(doc))
-        return found
+        # Imported here: Hera and the step modules take a second, which the warm server (started
+        # first, see submit) spends importing them too, on the other core.
+        from mlferry.generate import workflow_templates
+
+        return {doc["metadata"]["name"]: doc for doc in workflow_templates(self.bundle)}
 
     def templates(self) -> dict[str, dict]:
         """WorkflowTemplates by name, as YAML text would carry them to Argo."""
         return copy.deepcopy(self._templates)  # callers get their own: plans must not share state
 
     def cluster(self) -> Cluster:
+        from mlferry.workflows.tasks import S3_ENDPOINT_KEY, SETTINGS_KEY, TRACKING_URI_KEY
+
         config_map = {
             SETTINGS_KEY: self.bundle.settings_yaml(),
             TRACKING_URI_KEY: self.environ.get("MLFLOW_TRACKING_URI", ""),
@@ -93,7 +92,9 @@ class LocalArgo:
                on_event: Callable[[NodeEvent], None] | None = None,
                interrupt: threading.Event | None = None) -> RunResult:
         """Run it to its end; `interrupt` stops it from another thread (see engine.run)."""
+        warm = self.warm_server(self.environ)  # first: it imports Hera while the templates are built
         plan = self.load(source)
+        self._preload(warm)
         run_dir = new_run_dir(self.runs_root, plan.generate_name)
         try:
             # Each run works in its own folder, as a pod works in its image's WORKDIR, never in
@@ -105,25 +106,28 @@ class LocalArgo:
                               cluster=self.cluster(), cwd=run_dir, lock_dir=self.runs_root.parent / "locks",
                               namespace=self.bundle.namespace, interrupt=interrupt,
                               max_runs=self.bundle.parallelism, retry_budget=budget,
-                              warm=self.warm_server(env))
+                              warm=warm)
         except ArgumentError:
             shutil.rmtree(run_dir, ignore_errors=True)  # it never ran: no record of a run
             raise
 
     def warm_server(self, env: Mapping[str, str]) -> WarmServer | None:
-        """The shared warm server, started on first use when `keep_warm`; None otherwise."""
-        if not self.keep_warm or not warm_enabled(env):
+        """The shared warm server, started on first use; None when warm starts are off."""
+        if not warm_enabled(env):
             return None
         with self._warm_lock:
             if self._warm is None:
-                templates = self._templates.values()
-                hidden = set().union(*(secret_keys(t["spec"]) for t in templates))
                 self.runs_root.mkdir(parents=True, exist_ok=True)
-                self._warm = WarmServer(sys.executable, str(self.runs_root),
-                                        {k: v for k, v in env.items() if k not in hidden},
-                                        entry_modules(t for d in templates for t in d["spec"]["templates"]),
-                                        any_cwd=True)
+                self._warm = WarmServer(sys.executable, str(self.runs_root), server_environment(env), any_cwd=True)
             return self._warm
+
+    def _preload(self, warm: WarmServer | None) -> None:
+        """The step modules every template runs, for the server to import between requests."""
+        with self._warm_lock:
+            if warm is None or self._preloaded:
+                return
+            self._preloaded = True
+        warm.preload(entry_modules(t for d in self._templates.values() for t in d["spec"]["templates"]))
 
     def close(self) -> None:
         with self._warm_lock:

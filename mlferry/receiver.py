@@ -354,10 +354,10 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, runs_root: str 
         raise SettingsError(f"{SECRET_ENV} is not set, so no event could be trusted; give it the webhook's secret "
                             "(`mlferry stack env` has the local stack's)")
     local = LocalArgo.from_environment(config, runs_root, environ)
-    local.keep_warm = True  # one warm server for every promotion this receiver runs
     settings = local.bundle.settings
     settings.require_gitops_repo()
     local.runs_root.mkdir(parents=True, exist_ok=True)
+    local.warm_server(local.environ)  # Hera imported before the first event, not after it
     receiver = Receiver(local, secret, on_event=on_event, seen_file=local.runs_root.parent / SEEN_FILE)
     try:
         server = HttpServer(host, port, receiver)

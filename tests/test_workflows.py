@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from mlferry.workflows.bundle import Bundle
-from mlferry.generate import GENERATED_DIR, documents
+from mlferry.generate import GENERATED_DIR, documents, to_yaml
 from mlferry.engine import PlanError, load
 from mlferry.engine.schema import ArgoValidationError, validate_argo
 from tests.conftest import git_log
@@ -181,3 +181,14 @@ def test_each_step_reads_only_the_secrets_it_uses():
     assert [name for name, held in keys.items() if held & aws] == ["publish"]
     assert {name for name, held in keys.items() if held & git} == {"commit", "retire", "plan", "rollback", "verify"}
     assert keys["give-up"] == set()
+
+
+def test_the_local_executor_runs_every_workflow_template_as_generated():
+    """LocalArgo builds the WorkflowTemplates without the Argo Events objects (generate.workflow_templates),
+    to spare every `mlferry promote` their import: the same templates, as the YAML files carry them."""
+    from mlferry.generate import workflow_templates
+
+    generated = {d["metadata"]["name"]: yaml.safe_load(to_yaml(d)) for d in documents(Bundle(), validate=False)
+                 if d["kind"] == "WorkflowTemplate"}
+    local = {d["metadata"]["name"]: d for d in workflow_templates(Bundle())}
+    assert local == generated and len(local) == 3

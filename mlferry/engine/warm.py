@@ -71,6 +71,20 @@ def _interpreter_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith("PYTHON")}
 
 
+_STARTUP_VARIABLES = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "VIRTUAL_ENV")
+
+
+def server_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """What a shared server starts with: what starting Python and importing needs, nothing else.
+
+    Each child gets its pod's own environment; what the server started with only stays readable in
+    /proc/<pid>/environ of it and of every child, so it holds no Secret, token or password (and
+    needs no templates to tell which variables those are, so it can start before they are built).
+    """
+    return {k: v for k, v in env.items()
+            if k in _STARTUP_VARIABLES or k.startswith(("LC_", "PYTHON"))}
+
+
 # -- the executor's side -------------------------------------------------------------------------
 
 class WarmServer:
@@ -88,6 +102,16 @@ class WarmServer:
                                      env=self.env, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         theirs.close()
+
+    def preload(self, modules: Sequence[str]) -> None:
+        """More step modules to import ahead, between requests (a server started before the
+        templates that name them were built)."""
+        request = json.dumps({"preload": list(modules)}).encode()
+        try:
+            with self.send_lock:
+                self.control.sendall(len(request).to_bytes(4, "big") + request)
+        except OSError:
+            pass  # a server that is gone: its runs start cold
 
     def serves(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> bool:
         return (runner_call(argv, self.python) and (self.any_cwd or cwd == self.cwd) and self.proc.poll() is None
@@ -212,7 +236,7 @@ def serve(control: socket.socket, preload: Sequence[str]) -> None:
         for key, _ in ready:
             if key.data == "child":
                 os.read(wake_r, 4096)
-            elif not _handle_request(control, children, [wake_r, wake_w], selector):
+            elif not _handle_request(control, children, [wake_r, wake_w], selector, pending):
                 os._exit(0)  # the run is over; its children are on their own, and nothing needs a clean shutdown
         _reap(children)
 
@@ -225,18 +249,21 @@ def _import_ahead(module: str) -> None:
 
 
 def _handle_request(control: socket.socket, children: dict[int, socket.socket], own_fds: list[int],
-                    selector: selectors.BaseSelector) -> bool:
+                    selector: selectors.BaseSelector, pending: list[str]) -> bool:
     header, fds = _receive(control, 4)
     if not header:
         return False  # the executor closed the socket: the run is over
     body, more = _receive(control, int.from_bytes(header, "big"))
     fds += more
+    request = json.loads(body) if body else {}
+    if not fds and isinstance(request.get("preload"), list):
+        pending.extend(m for m in request["preload"] if isinstance(m, str) and m.startswith(PRELOADED_PREFIX))
+        return True
     if len(fds) != _FDS_PER_REQUEST:
         for fd in fds:
             os.close(fd)
         return True
     reply = socket.socket(fileno=fds[0])
-    request = json.loads(body)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
