@@ -1,24 +1,33 @@
 """Artifact copy: mlferry's publish against `aws s3 cp --recursive`, same folder, same S3 server.
 
-    .venv/bin/python bench/artifact_copy.py [--rounds 5] [--quick]
+    .venv/bin/python bench/artifact_copy.py [--sizes small large] [--rounds N] [--quick]
 
-A ~1 GB model folder (2,000 × 64 KiB files and 3 × 280 MiB ones, random bytes) is generated on
-local disk, then copied into the local stack's S3 server (moto, on 127.0.0.1) by
+Two model folders are generated on local disk (random bytes): **small**, 97 MiB in 204 files
+(200 × 64 KiB and 3 × 28 MiB, a typical scikit-learn or small torch model), and **large**, 965 MiB
+in 2,004 files (2,000 × 64 KiB and 3 × 280 MiB). Each is copied into the local stack's S3 server
+(moto, on 127.0.0.1) by
 
-- mlferry: ``publish_version`` from a ``file:`` source, in its own process, with the object
-  store built as the publish step builds it (bench/publish_child.py). It hashes every file
-  for the manifest (sha256) and for what the store must answer (a small file's MD5, checked
-  against its PUT's ETag; a large file's parts' SHA-256s, computed beside its upload and
-  checked with one HEAD against the SHA-256 the store keeps), confirms the whole prefix with one
-  listing and writes its manifest last;
+- **mlferry**, as local runs run the publish step: ``publish_version`` from a ``file:`` source,
+  with the object store built as the step builds it, in a process forked by the same warm server
+  the local executor forks its steps from (mlferry.engine.warm: Hera and the step's modules are
+  imported once, before the first copy), through ``python -m hera.workflows.runner``;
+- **mlferry, new process**, as a pod runs it: the same in a new interpreter that imports
+  everything first (bench/publish_child.py), for information;
 - the baseline: ``aws s3 cp --recursive`` (awscli 1.x, installed into its own throwaway venv
   in the bench cache, since awscli pins botocore versions the project's venv may not have).
 
-Both run under bench/measure.py, which reports each command's wall time (process start
-included) and peak RSS. An untimed warm-up round (each tool once) comes first; the measured
-rounds then alternate the order (mlferry first, then aws first, …) and the medians are
-compared. Each copy is deleted before the next one: moto keeps what it stores, so a server
-holding several copies would slow the later ones down.
+mlferry hashes every file for the manifest (sha256) and for what the store must answer (a small
+file's MD5, checked against its PUT's ETag; a large file's parts' SHA-256s, computed beside its
+upload and checked with one HEAD against the SHA-256 the store keeps), confirms the whole prefix
+with one listing and writes its manifest last; awscli checks none of that.
+
+The new processes run under bench/measure.py, which reports their wall time (interpreter start
+included) and peak RSS; the forked copy is timed from the request to the server to the child's
+exit, and reports its own VmHWM. An untimed warm-up round (each tool once) comes first; the
+measured rounds then rotate the order and the medians are compared, and the verdict is on the
+median of the per-round ratios (each round's copies run back to back, so a burst of load on the
+shared machine lands on all of them). Each copy is deleted before the next one: moto keeps what
+it stores, so a server holding several copies would slow the later ones down.
 """
 
 from __future__ import annotations
@@ -29,81 +38,64 @@ import os
 import random
 import subprocess
 import sys
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import (BENCH, MB, Report, cache_dir, local_stack, median, proc_status_kb, run_measured,  # noqa: E402
-                      say, scratch_dir, stop_on_sigterm, timed)
+from benchlib import (BENCH, MB, Measured, Report, cache_dir, local_stack, median, proc_status_kb,  # noqa: E402
+                      run_measured, say, scratch_dir, stop_on_sigterm, timed)
 
 CHUNK = 1 * MB
 MODEL = "bench-artifact-copy"
 AWS_PREFIX = "aws-cp/"
+TOOLS = ("mlferry", "aws", "mlferry-new-process")
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    small_files: int
+    small_kib: int
+    large_files: int
+    large_mib: int
+    rounds: int
+    goal: float  # aws time / mlferry time, on the median of the rounds
+
+
+SIZES = {
+    "small": Size("small", 200, 64, 3, 28, rounds=9, goal=1.0),
+    "large": Size("large", 2000, 64, 3, 280, rounds=5, goal=1.1),
+}
 
 
 def main() -> int:
     stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--small-files", type=int, default=2000)
-    parser.add_argument("--small-kib", type=int, default=64)
-    parser.add_argument("--large-files", type=int, default=3)
-    parser.add_argument("--large-mib", type=int, default=280)
-    parser.add_argument("--rounds", type=int, default=5, help="each round copies once with each tool")
-    parser.add_argument("--quick", action="store_true", help="a tenth of the data, one round (to try the script)")
+    parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["small", "large"])
+    parser.add_argument("--rounds", type=int, help="each round copies once with each tool (default: 9 small, 5 large)")
+    parser.add_argument("--quick", action="store_true", help="the small model, one round (to try the script)")
     args = parser.parse_args()
-    if args.quick:
-        args.small_files, args.large_mib, args.rounds = args.small_files // 10, args.large_mib // 10, 1
+    sizes = [SIZES[name] for name in (["small"] if args.quick else args.sizes)]
+    if args.quick or args.rounds:
+        sizes = [Size(**{**s.__dict__, "rounds": 1 if args.quick else args.rounds}) for s in sizes]
 
-    report = Report("artifact_copy", "artifact copy: mlferry publish_version vs aws s3 cp --recursive")
+    report = Report("artifact_copy", "artifact copy: mlferry's publish step vs aws s3 cp --recursive")
     aws = awscli()
     aws_version = subprocess.run([str(aws), "--version"], capture_output=True, text=True).stdout.strip()
     say(f"baseline: {aws_version}")
-
+    details: dict = {"baseline": aws_version, "sizes": {}}
     with scratch_dir("artifact-copy") as tmp:
         tmp = Path(tmp)
-        source = tmp / "model"
-        with timed() as gen:
-            files, total = generate_model(source, args)
-        os.sync()  # its writeback would otherwise compete with the first copies
-        say(f"generated {files} files, {total / MB:.0f} MiB in {source} ({gen['seconds']:.1f} s)")
-
-        with local_stack(tmp / "stack") as (stack, env):
-            bench = Bench(source, files, total, env, aws_environment(env, tmp), aws, stack._state().parts["s3"].pid)
-            # One untimed round first: the first copies into a fresh server, right after 1 GB was
-            # written, ran up to 50% slower for whichever tool went first, which skewed the medians.
-            warm_up = [bench.copy(tool, 0) for tool in ("aws", "mlferry")]
-            runs: dict[str, list[dict]] = {"mlferry": [], "aws": []}
-            for round_no in range(1, args.rounds + 1):
-                for tool in (["mlferry", "aws"] if round_no % 2 else ["aws", "mlferry"]):
-                    runs[tool].append(bench.copy(tool, round_no))
-
-    ml_time = median([r["seconds"] for r in runs["mlferry"]])
-    aws_time = median([r["seconds"] for r in runs["aws"]])
-    ml_rss = max(r["peak_rss_mb"] for r in runs["mlferry"])
-    aws_rss = max(r["peak_rss_mb"] for r in runs["aws"])
-    ml_own = max(r["vmhwm_kb"] for r in runs["mlferry"]) / 1024
-    n = args.rounds
-    report.add(f"wall time, {total / MB:.0f} MiB in {files} files (median of {n})", ml_time, aws_time,
-               aws_time / ml_time, "≥ 1.00x (aws/mlferry: mlferry not slower)", aws_time / ml_time >= 1.0,
-               unit="s")
-    paired = sorted(a["seconds"] / m["seconds"] for m, a in zip(runs["mlferry"], runs["aws"]))
-    report.add("per-round ratios aws/mlferry (min, median, max)",
-               f"{paired[0]:.2f}x, {median(paired):.2f}x, {paired[-1]:.2f}x", None, None,
-               "the spread: each round's two copies ran back to back", None)
-    report.add("throughput (median)", total / MB / ml_time, total / MB / aws_time, None, "", None, unit="MiB/s")
-    report.add(f"peak RSS of the copying process (max of {n})", ml_rss, aws_rss, ml_rss / aws_rss,
-               "mlferry < 300 MB", ml_rss < 300, unit="MB")
-    report.add("mlferry's own VmHWM (read in the process)", ml_own, None, None, "agrees with the above", None,
-               unit="MB")
-    report.add("publish_version alone (no interpreter start)",
-               median([r["publish_seconds"] for r in runs["mlferry"]]), None, None, "", None, unit="s")
+        for size in sizes:
+            details["sizes"][size.name] = measure_size(report, size, tmp / size.name, aws)
     report.details = {
-        "data": {"files": files, "bytes": total, "small_files": args.small_files, "small_kib": args.small_kib,
-                 "large_files": args.large_files, "large_mib": args.large_mib, "generate_seconds": gen["seconds"]},
-        "baseline": aws_version, "rounds": n, "runs": runs, "warm_up": warm_up,
-        "notes": ["wall time includes each tool's interpreter start; both write to the same moto server, "
-                  "one copy at a time, each copy deleted before the next",
+        **details,
+        "notes": ["mlferry's copy is forked from a warm server, as the local executor runs the publish step; "
+                  "`mlferry, new process` and aws s3 cp include their interpreter's start; all write to the same "
+                  "moto server, one copy at a time, each copy deleted before the next",
                   "mlferry also hashes every file, checks what the store holds against it (a small file's "
                   "ETag, a large file's SHA-256 of its parts), lists the prefix once to confirm it and writes a "
                   "manifest; aws s3 cp does none of that"],
@@ -112,9 +104,60 @@ def main() -> int:
     return 0
 
 
+def measure_size(report: Report, size: Size, tmp: Path, aws: Path) -> dict:
+    source = tmp / "model"
+    with timed() as gen:
+        files, total = generate_model(source, size)
+    os.sync()  # its writeback would otherwise compete with the first copies
+    say(f"{size.name}: generated {files} files, {total / MB:.0f} MiB in {source} ({gen['seconds']:.1f} s)")
+    with local_stack(tmp / "stack") as (stack, env):
+        bench = Bench(source, files, total, env, aws_environment(env, tmp), aws, stack._state().parts["s3"].pid, tmp)
+        try:
+            # One untimed round first: the first copies into a fresh server, right after the model was
+            # written, ran up to 50% slower for whichever tool went first, which skewed the medians.
+            warm_up = [bench.copy(tool, 0) for tool in TOOLS]
+            runs: dict[str, list[dict]] = {tool: [] for tool in TOOLS}
+            for round_no in range(1, size.rounds + 1):
+                shift = round_no % len(TOOLS)  # each tool goes first, second and last in turn
+                for tool in TOOLS[shift:] + TOOLS[:shift]:
+                    runs[tool].append(bench.copy(tool, round_no))
+        finally:
+            bench.close()
+    add_rows(report, size, files, total, runs)
+    return {"files": files, "bytes": total, **size.__dict__, "generate_seconds": gen["seconds"],
+            "runs": runs, "warm_up": warm_up}
+
+
+def add_rows(report: Report, size: Size, files: int, total: int, runs: dict[str, list[dict]]) -> None:
+    what = f"{total / MB:.0f} MiB in {files} files"
+    n = size.rounds
+    times = {tool: median([r["seconds"] for r in runs[tool]]) for tool in TOOLS}
+    paired = sorted(a["seconds"] / m["seconds"] for m, a in zip(runs["mlferry"], runs["aws"]))
+    verdict = median(paired)
+    report.add(f"{what}: wall time, mlferry (forked, as local runs) vs aws (median of {n})", times["mlferry"],
+               times["aws"], times["aws"] / times["mlferry"], "", None, unit="s")
+    report.add(f"{what}: per-round ratios aws/mlferry (min, median, max)",
+               f"{paired[0]:.2f}x, {verdict:.2f}x, {paired[-1]:.2f}x", None, verdict,
+               f"median ≥ {size.goal:.2f}x (mlferry {'not slower' if size.goal == 1 else 'faster'})",
+               verdict >= size.goal)
+    cold = sorted(a["seconds"] / m["seconds"] for m, a in zip(runs["mlferry-new-process"], runs["aws"]))
+    report.add(f"{what}: mlferry in a new process (as a pod) vs aws", times["mlferry-new-process"], times["aws"],
+               median(cold), "(for information: the interpreter's start and imports)", None, unit="s")
+    report.add(f"{what}: throughput (median)", total / MB / times["mlferry"], total / MB / times["aws"], None, "",
+               None, unit="MiB/s")
+    new_rss = max(r["peak_rss_mb"] for r in runs["mlferry-new-process"])
+    aws_rss = max(r["peak_rss_mb"] for r in runs["aws"])
+    report.add(f"{what}: peak RSS, mlferry in a new process vs aws (max of {n})", new_rss, aws_rss,
+               new_rss / aws_rss, "mlferry < 300 MB", new_rss < 300, unit="MB")
+    report.add(f"{what}: peak RSS of the forked copy (its own VmHWM, with the pages it shares with the server)",
+               max(r["vmhwm_kb"] for r in runs["mlferry"]) / 1024, None, None, "", None, unit="MB")
+    report.add(f"{what}: publish_version alone (no process start)",
+               median([r["publish_seconds"] for r in runs["mlferry"]]), None, None, "", None, unit="s")
+
+
 @dataclass
 class Bench:
-    """One model folder copied into one S3 server by either tool, checked, then deleted."""
+    """One model folder copied into one S3 server by any tool, checked, then deleted."""
     source: Path
     files: int
     total: int  # bytes
@@ -122,10 +165,16 @@ class Bench:
     aws_env: dict[str, str]
     aws: Path
     moto_pid: int
+    tmp: Path
+    _warm: object = field(default=None, init=False)
 
     @property
     def bucket(self) -> str:
         return self.env["MLFERRY_BUCKET"]
+
+    @property
+    def child_env(self) -> dict[str, str]:
+        return {**self.env, "PYTHONPATH": str(BENCH.parent)}
 
     @cached_property
     def s3(self):
@@ -133,38 +182,77 @@ class Bench:
 
         return boto3.client("s3", endpoint_url=self.env["MLFLOW_S3_ENDPOINT_URL"], region_name="us-east-1")
 
+    def warm(self):
+        """The warm server, as LocalArgo starts one: Hera imported, then the publish step's module."""
+        from mlferry.engine.warm import WarmServer, server_environment
+
+        if self._warm is None:
+            self._warm = WarmServer(sys.executable, str(BENCH), server_environment(self.child_env),
+                                    preload=["mlferry.steps.publish"], any_cwd=True)
+        return self._warm
+
+    def close(self) -> None:
+        if self._warm is not None:
+            self._warm.close()
+
     def copy(self, tool: str, round_no: int) -> dict:
-        """One timed copy with tool ("mlferry" or "aws"): its figures, once the copy was checked."""
+        """One timed copy with tool (one of TOOLS): its figures, once the copy was checked."""
+        version = f"{round_no * len(TOOLS) + TOOLS.index(tool) + 1}"  # each copy its own; the warm-up is round 0
+        prefix = f"models/{MODEL}/{version}/"
+        child = {}
         if tool == "mlferry":
-            version = str(round_no + 1)  # versions start at 1; the warm-up is round 0
-            prefix = f"models/{MODEL}/{version}/"
+            measured, child = self.forked_publish(version)
+        elif tool == "mlferry-new-process":
             measured = run_measured([sys.executable, str(BENCH / "publish_child.py"), str(self.source), MODEL,
-                                     version], {**self.env, "PYTHONPATH": str(BENCH.parent)})
+                                     version], self.child_env)
             child = json.loads(measured.stdout.strip().splitlines()[-1]) if measured.returncode == 0 else {}
         else:
             prefix = f"{AWS_PREFIX}{round_no}/"
             measured = run_measured([str(self.aws), "s3", "cp", "--recursive", "--only-show-errors",
                                      "--endpoint-url", self.env["MLFLOW_S3_ENDPOINT_URL"], str(self.source),
                                      f"s3://{self.bucket}/{prefix}"], self.aws_env)
-            child = {}
         if measured.returncode != 0:
             raise RuntimeError(f"{tool} failed ({measured.returncode}):\n{measured.stderr[-3000:]}")
         count, size = stored(self.s3, self.bucket, prefix)
-        expected = self.files + (1 if tool == "mlferry" else 0)  # mlferry adds its manifest
+        expected = self.files + (0 if tool == "aws" else 1)  # mlferry adds its manifest
         if count != expected or size < self.total:
             raise RuntimeError(f"{tool} stored {count} objects, {size} bytes under {prefix}; "
                                f"expected {expected} objects, ≥ {self.total} bytes")
         moto_peak = proc_status_kb(self.moto_pid, "VmHWM") / 1024
         delete_prefix(self.s3, self.bucket, prefix)
-        say(f"round {round_no or 'warm-up'} {tool:7}: {measured.seconds:6.1f} s, "
-            f"{self.total / MB / measured.seconds:6.1f} MiB/s, peak RSS {measured.peak_rss_mb:6.1f} MB"
+        say(f"round {round_no or 'warm-up'} {tool:19}: {measured.seconds:6.2f} s, "
+            f"{self.total / MB / measured.seconds:6.1f} MiB/s"
+            + (f", peak RSS {measured.peak_rss_mb:6.1f} MB" if measured.peak_rss_mb else "")
             + (f" (own VmHWM {child['vmhwm_kb'] / 1024:.1f} MB, publish_version "
-               f"{child['publish_seconds']:.1f} s)" if child else ""))
+               f"{child['publish_seconds']:.2f} s)" if child else ""))
         return {"round": round_no, "seconds": measured.seconds, "peak_rss_mb": measured.peak_rss_mb,
                 "objects": count, "bytes": size, "moto_peak_rss_mb": moto_peak, **child}
 
+    def forked_publish(self, version: str) -> tuple[Measured, dict]:
+        """The copy as the local executor runs the publish step: a Hera runner call forked from the
+        warm server; timed from the request to the child's end."""
+        server = self.warm()
+        args = self.tmp / f"args-{version}.json"
+        args.write_text(json.dumps([{"name": "source_dir", "value": str(self.source)},
+                                    {"name": "model", "value": MODEL}, {"name": "version", "value": version}]))
+        argv = [sys.executable, "-m", "hera.workflows.runner", "-e", "publish_child:publish_folder", str(args)]
+        output: dict[str, bytes] = {}
+        started = time.perf_counter()
+        proc = server.start(argv, self.child_env, str(BENCH))
+        readers = [threading.Thread(target=lambda name, stream: output.__setitem__(name, stream.read()),
+                                    args=(name, stream)) for name, stream in (("out", proc.stdout), ("err", proc.stderr))]
+        for reader in readers:
+            reader.start()
+        code = proc.wait()
+        for reader in readers:
+            reader.join()
+        seconds = time.perf_counter() - started
+        stdout, stderr = output["out"].decode(), output["err"].decode()
+        child = json.loads(stdout.strip().splitlines()[-1]) if code == 0 else {}
+        return Measured(seconds, 0.0, code, stdout, stderr), child
 
-def generate_model(root: Path, args) -> tuple[int, int]:
+
+def generate_model(root: Path, args: Size) -> tuple[int, int]:
     """Random bytes, written 1 MiB at a time: many small files in subfolders, a few large ones."""
     rng = random.Random(20261126)
     root.mkdir(parents=True)

@@ -19,9 +19,12 @@ output for a sample of models (bench names have one length and are their own slu
 
 Then, with NOTHING changed, the same registry is reconciled by
 
-- mlferry: the `mlferry-reconcile` WorkflowTemplate on the local executor (what
-  `mlferry reconcile` runs: the plan step in its own process, then no promotion), and, for
-  the breakdown, the plan step's logic in this process (list the registry, read the repo);
+- mlferry: `mlferry reconcile` as a user types it, a new process in the folder holding
+  mlferry.yaml, with the stack's environment: its run of the `mlferry-reconcile`
+  WorkflowTemplate on the local executor (the plan step forked from the command's warm
+  server, then no promotion), timed as Argo times a Workflow, and the command's own wall time
+  (Python, building the templates); and, for the breakdown, the plan step's logic in this
+  process (list the registry, read the repo);
 - the baseline: bench/seed_watcher.py, a re-implementation of the seed's watcher, which
   re-renders, HEADs and commits every model and alias on every pass.
 
@@ -35,6 +38,8 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
+import subprocess
 import sys
 from urllib.parse import urlsplit
 from concurrent.futures import ThreadPoolExecutor
@@ -94,7 +99,7 @@ def run(tmp: Path, stack, env: dict[str, str], sizes: list[int], reps: int, seed
     import boto3
     from mlflow import MlflowClient
 
-    from mlferry.local import LocalArgo
+    from mlferry.engine import load_run
     from mlferry.steps.settings import load_settings
     from seed_watcher import SeedWatcher
 
@@ -104,7 +109,6 @@ def run(tmp: Path, stack, env: dict[str, str], sizes: list[int], reps: int, seed
     s3 = boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], region_name="us-east-1")
     client = MlflowClient()
     source, source_run = upload_shared_model(client, s3)
-    local = LocalArgo.from_environment(str(config), tmp / "runs", environ=env)
     registry_log = LogCounter(stack.logs / "mlflow.log", LogCounter.MLFLOW)
     s3_log = LogCounter(stack.logs / "s3.log", LogCounter.S3)
     remote = stack.gitops_repo
@@ -122,13 +126,19 @@ def run(tmp: Path, stack, env: dict[str, str], sizes: list[int], reps: int, seed
                 "commits": git_commit_count(remote) - before, **outcome}
 
     def mlferry_reconcile() -> dict:
-        run = local.submit("workflowtemplate/mlferry-reconcile", {"prune": "auto", "trigger": "reconcile"})
-        if not run.succeeded:
-            raise RuntimeError(f"reconcile {run.run_id} ended {run.phase}: {run.message}; see {run.run_dir}")
+        """`mlferry reconcile` as typed: a new process, in the folder of mlferry.yaml."""
+        command = subprocess.run([str(Path(sys.executable).with_name("mlferry")), "reconcile"], cwd=tmp, env=env,
+                                 capture_output=True, text=True, timeout=600)
+        found = re.search(r"\(run (mlferry-reconcile-\w+)\)", command.stdout)
+        if command.returncode != 0 or not found:
+            raise RuntimeError(f"mlferry reconcile exited {command.returncode}:\n{command.stdout[-2000:]}"
+                               f"{command.stderr[-2000:]}")
+        run = load_run(tmp / ".mlferry" / "runs", found.group(1))
         plan = run.task("plan")
         return {"promotions": int(plan.outputs.get("promotion_count", -1)),
                 "removals": int(plan.outputs.get("removal_count", -1)),
-                "unchanged": int(plan.outputs.get("unchanged", -1)), "plan_step_seconds": plan.duration}
+                "unchanged": int(plan.outputs.get("unchanged", -1)), "plan_step_seconds": plan.duration,
+                "run_seconds": run.duration}
 
     def mlferry_plan_in_process() -> dict:
         from mlferry.steps import gitops, layout, registry, rule
@@ -332,9 +342,12 @@ def summarize(report: Report, results: dict, sizes: list[int], reps: int, seed_r
             report.add(f"{size} models: no-change wall time (median of {reps} / {seed_reps})", ml, seed, seed / ml,
                        "≥ 1.00x (seed/mlferry)", seed / ml >= 1.0, unit="s")
         if size >= GOAL_SIZE or seed is None:
-            report.add(f"{size} models: no-change `mlferry-reconcile` run, wall time (median of {reps})", ml, seed,
+            run = med(size, "mlferry_reconcile", "run_seconds")
+            report.add(f"{size} models: no-change `mlferry reconcile`, its run (median of {reps})", run, None,
                        None, f"< {GOAL_SECONDS:.0f} s" if size >= GOAL_SIZE else "",
-                       ml < GOAL_SECONDS if size >= GOAL_SIZE else None, unit="s")
+                       run < GOAL_SECONDS if size >= GOAL_SIZE else None, unit="s")
+        report.add(f"{size} models: the command as typed, wall time (a new process: Python, the templates, the run)",
+                   ml, None, None, "", None, unit="s")
         report.add(f"{size} models: of which the plan step's process", med(size, "mlferry_reconcile", "plan_step_seconds"),
                    None, None, "", None, unit="s")
         report.add(f"{size} models: plan logic in-process (list + read git + diff)", med(size, "mlferry_plan", "seconds"),
@@ -383,8 +396,9 @@ def summarize(report: Report, results: dict, sizes: list[int], reps: int, seed_r
     report.details = {
         "layout": {"versions_per_model": VERSIONS, "aliases": ALIASES, "environments": ["staging", "production"]},
         "reps": reps, "seed_reps": seed_reps, **results,
-        "notes": ["mlferry_reconcile runs the WorkflowTemplate on the local executor: its time includes starting the "
-                  "plan step's Python process; the seed pass runs in this process, its clone made beforehand",
+        "notes": ["mlferry_reconcile is `mlferry reconcile` in a new process: `seconds` is the command's wall time, "
+                  "`run_seconds` its run's (the Workflow's start to its end, as Argo times it); the seed pass runs "
+                  "in this process, its clone made beforehand",
                   "the seed's cost does not depend on what changed (it re-renders and commits everything), so it "
                   "is not re-run for the moved alias",
                   "the seed's watcher runs at sizes up to --seed-max only, and only those models' versions are "
