@@ -108,7 +108,20 @@ def s3_client(environ: Mapping[str, str], connections: int = 20):
     )
     region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     return _session().client("s3", endpoint_url=environ.get("MLFLOW_S3_ENDPOINT_URL") or None,
-                             region_name=region, config=config)
+                             region_name=region, config=config, **_keys(environ))
+
+
+def _keys(environ: Mapping[str, str]) -> dict[str, str]:
+    """The keys the given environment holds, passed to the client itself: the process's session
+    resolves its credential chain once, so a later client for another environment (another
+    stack, a test's, a long-lived process's) would otherwise sign with the first one's keys.
+    Without keys here, the session's chain (profiles, IRSA, instance roles) answers."""
+    if not (environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY")):
+        return {}
+    keys = {"aws_access_key_id": environ["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": environ["AWS_SECRET_ACCESS_KEY"]}
+    if environ.get("AWS_SESSION_TOKEN"):
+        keys["aws_session_token"] = environ["AWS_SESSION_TOKEN"]
+    return keys
 
 
 _SESSION: list[boto3.session.Session] = []

@@ -652,3 +652,18 @@ def test_a_200_mb_artifact_through_the_mlflow_server_publishes_in_bounded_memory
     assert rss_mb < RSS_LIMIT_MB
     assert result.bytes_uploaded > BIG
     assert_stored_big_file(s3, f"models/{slugify(name)}/{version}/weights/big.bin", sha)
+
+
+def test_each_store_signs_with_the_keys_of_its_own_environment(stack):
+    """A process makes one boto3 session, whose credential chain resolves once; a store built for
+    another environment (a second stack, a long-lived process's next run) must sign with that
+    environment's keys, neither with the first store's nor with this process's."""
+    from mlferry.steps.store import ObjectStore, StoreError
+
+    right = dict(os.environ)
+    wrong = {**right, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    bucket = right["MLFERRY_BUCKET"]
+    ObjectStore.from_env(bucket, right).check_bucket()
+    with pytest.raises(StoreError, match=r"denied \(403\)"):
+        ObjectStore.from_env(bucket, wrong).check_bucket()
+    ObjectStore.from_env(bucket, right).check_bucket()  # and the right keys still work after the wrong ones
