@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import BENCH, RESULTS, ROOT, Row, machine, say, stop_on_sigterm, table  # noqa: E402
 
 # bench/<name>.py, run in this order; one whose file is not there (yet) is skipped.
-BENCHMARKS = [name for name in ("artifact_copy", "reconcile_scale", "gitops_history", "latency")
+BENCHMARKS = [name for name in ("artifact_copy", "reconcile_scale", "gitops_history", "latency", "import_time")
               if (BENCH / f"{name}.py").exists()]
 TIMEOUT = 20 * 60  # seconds per benchmark: each takes a few minutes
 
