@@ -180,7 +180,10 @@ class Bench:
     def s3(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.env["MLFLOW_S3_ENDPOINT_URL"], region_name="us-east-1")
+        # This stack's keys, given: the process's default session keeps the first stack's.
+        return boto3.client("s3", endpoint_url=self.env["MLFLOW_S3_ENDPOINT_URL"], region_name="us-east-1",
+                            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"])
 
     def warm(self):
         """The warm server, as LocalArgo starts one: Hera imported, then the publish step's module."""

@@ -90,3 +90,10 @@ def describe(mode: str, seconds: float = 0.0) -> Annotated[str, Parameter(name="
         threading.Thread(target=lambda: (time.sleep(0.5), print("thread finished"))).start()
         sys.stdout.write("written, not flushed")
     return json.dumps(seen)
+
+
+def imported(module: str) -> str:
+    """Whether `module` was imported before this task's function ran (tests/test_warm_starts.py)."""
+    import sys
+
+    return "yes" if module in sys.modules else "no"

@@ -191,3 +191,34 @@ def test_a_warm_task_ends_as_a_new_process_ends():
             log = Path(task.log).read_text()
             for words in ("atexit handler ran", "thread finished", "written, not flushed"):
                 assert words in log, (warm, words, log)
+
+
+def test_step_modules_named_after_the_server_started_are_imported_ahead(tmp_path):
+    """A command starts its server before its templates are built, then names the step modules
+    to import ahead (WarmServer.preload); a task forked after that finds them imported, where a
+    new process would not have them."""
+    import subprocess
+    import sys
+
+    from mlferry.engine.warm import WarmServer
+
+    env = dict(os.environ)
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps([{"name": "module", "value": "mlferry.steps.render"}]))
+    argv = [sys.executable, "-m", "hera.workflows.runner", "-e", "tests.executor_steps:imported", str(args)]
+    cold = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
+    assert cold.strip() == "no"
+    server = WarmServer(sys.executable, str(REPO), env)
+    try:
+        server.preload(["mlferry.steps.render"])
+        deadline = time.monotonic() + 60
+        while True:
+            proc = server.start(argv, env, str(REPO))
+            seen = proc.stdout.read().decode().strip()
+            assert proc.wait() == 0
+            if seen == "yes":
+                break
+            assert seen == "no" and time.monotonic() < deadline, "the module was never imported ahead"
+            time.sleep(0.2)
+    finally:
+        server.close()
