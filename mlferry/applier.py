@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from mlferry.local_pod import (DEGRADED, DEPLOYMENT_FILE, HEALTHY, KSERVE_FILE, ManifestError, Pod, annotation,
-                               deployment_of, folder_digest, pod_spec)
+                               deployment_of, pod_spec)
 from mlferry.stack.data import write_private
 from mlferry.stack.processes import free_port
 from mlferry.steps import gitops
+from mlferry.steps.layout import folder_digest
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,14 @@ class Folder:
     serving: Pod | None = None  # what the Service would route to
     rolling: Pod | None = None  # the new version, until it answers (then it serves)
     note: tuple[str, str, str] | None = None  # (sync, health, message) of a folder that runs nothing
+    seen: tuple[str, str] | None = None  # (health, message) of the last pass: one probe a pass, not two
 
     def settle(self) -> None:
-        """The rolling server answers: it serves, and the one before it stops."""
-        if self.rolling and self.rolling.observe()[0] == HEALTHY:
+        """Observe the server once a pass; a rolling one that answers serves, and the one before it stops."""
+        if self.note:
+            return
+        self.seen = (self.rolling or self.serving).observe()
+        if self.rolling and self.seen[0] == HEALTHY:
             old, self.serving, self.rolling = self.serving, self.rolling, None
             if old:
                 old.stop()
@@ -64,8 +69,7 @@ class Folder:
             sync, health, message = self.note
             endpoint = ""
         else:
-            pod = self.rolling or self.serving
-            health, message = pod.observe()
+            health, message = self.seen or (self.rolling or self.serving).observe()
             sync = SYNCED
             # While a new version starts the old one still serves; a first one's address is shown at once.
             endpoint = (self.serving or self.rolling).endpoint

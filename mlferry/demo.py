@@ -19,8 +19,6 @@ import json
 import logging
 import os
 import sys
-import time
-import urllib.request
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         predictions = _predict(_endpoint(result.folder, result.commit), rows)
         for row, prediction in zip(rows["data"], predictions):
             print(f"    alcohol={row[0]:<6} color_intensity={row[9]:<6} → {prediction:.3f}")
-        _broken_version_rolls_back(stack, version, rows)
+        _broken_version_rolls_back(stack, result.folder, version, rows)
         _where_to_look(stack, result)
     finally:
         if started:
@@ -69,7 +67,7 @@ def _promote(stack: Stack):
                    runs_root=stack.dir / "runs", on_event=print_event)
 
 
-def _broken_version_rolls_back(stack: Stack, good: str, rows: dict) -> None:
+def _broken_version_rolls_back(stack: Stack, folder: str, good: str, rows: dict) -> None:
     """Scene two: a version that answers garbage gets the alias; verification fails and undoes it."""
     from mlflow import MlflowClient
 
@@ -91,7 +89,7 @@ def _broken_version_rolls_back(stack: Stack, good: str, rows: dict) -> None:
           f"status={tags.get('mlferry.production.status')}, rollback={tags.get('mlferry.production.rollback')!r}")
     if now != good:
         raise RuntimeError(f"the alias should be back on v{good}, it is on v{now}")
-    predictions = _predict(_endpoint(_folder(), _head(stack)), rows)
+    predictions = _predict(_endpoint(folder, _head(stack)), rows)
     print(f"    v{good} serves again: {', '.join(f'{p:.3f}' for p in predictions)}")
 
 
@@ -130,14 +128,6 @@ def _quiet(logger: str):
         log.setLevel(level)
 
 
-def _folder() -> str:
-    from mlferry.steps.layout import gitops_folder
-    from mlferry.steps.naming import slugify
-    from mlferry.steps.settings import load_settings
-
-    return gitops_folder(load_settings().team, slugify(MODEL), "production")
-
-
 def _head(stack: Stack) -> str:
     from mlferry.steps.gitops import Git
 
@@ -146,25 +136,19 @@ def _head(stack: Stack) -> str:
 
 def _endpoint(folder: str, commit: str) -> str:
     """The model server the local applier runs for `folder` once it has applied `commit` (until then
-    the server of the version before may still answer, healthy), as the verify step waits."""
+    the server of the version before may still answer, healthy), waited for as the verify step waits."""
     from mlferry.steps.local_status import local_source
     from mlferry.steps.settings import load_settings
+    from mlferry.steps.verify import wait_until_running
 
     source = local_source(load_settings())
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        status = source.read(folder)
-        if status.revision == commit and status.running and status.endpoint:
-            return status.endpoint
-        time.sleep(0.5)
-    raise RuntimeError(f"the local applier does not run {folder} at {commit[:12]}: {status.health} {status.message}")
+    return wait_until_running(source, folder, commit, 120, contains=lambda *_: False).endpoint
 
 
 def _predict(url: str, rows: dict) -> list[float]:
-    body = json.dumps({"dataframe_split": rows}).encode()
-    req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())["predictions"]
+    from mlferry.steps.verify import invoke
+
+    return invoke(url, {"dataframe_split": rows}, timeout=60)["predictions"]
 
 
 def _train_only() -> int:

@@ -41,7 +41,6 @@ class LocalArgo:
     # process builds them, instead of one after the other, and a long-lived process (the receiver)
     # shares it between all its runs. Ended by close(), or when this process ends.
     _warm: WarmServer | None = field(default=None, init=False, repr=False)
-    _preloaded: bool = field(default=False, init=False, repr=False)
     _warm_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
@@ -123,11 +122,8 @@ class LocalArgo:
 
     def _preload(self, warm: WarmServer | None) -> None:
         """The step modules every template runs, for the server to import between requests."""
-        with self._warm_lock:
-            if warm is None or self._preloaded:
-                return
-            self._preloaded = True
-        warm.preload(entry_modules(t for d in self._templates.values() for t in d["spec"]["templates"]))
+        if warm is not None:
+            warm.preload(entry_modules(t for d in self._templates.values() for t in d["spec"]["templates"]))
 
     def close(self) -> None:
         with self._warm_lock:

@@ -13,8 +13,6 @@ interpreter's (`python -m mlflow`), and PATH and the locale come from this machi
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import shutil
@@ -57,11 +55,6 @@ class PodSpec:
     probe_path: str  # the startup (else readiness) probe's HTTP path
     startup_budget: float  # seconds the server may take to answer the probe
     scratch: tuple[str, ...] = ()  # the emptyDir folders to create (and delete) with the pod
-
-
-def folder_digest(files: Mapping[str, str]) -> str:
-    """What identifies a folder's content: a change of any file restarts its server."""
-    return hashlib.sha256(json.dumps(dict(sorted(files.items()))).encode()).hexdigest()
 
 
 def deployment_of(files: Mapping[str, str]) -> dict:

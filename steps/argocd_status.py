@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from mlferry.steps.deploy_status import DeployStatus
 from mlferry.steps.layout import gitops_folder, parse_gitops_folder
 from mlferry.steps.outcome import TransientError
+from mlferry.steps.trailers import one_line
 
 GROUP, VERSION, PLURAL = "argoproj.io", "v1alpha1", "applications"
 # A name longer than a label (Argo CD's label tracking writes it into one) keeps its first
@@ -56,7 +57,7 @@ def status_from_application(app: Mapping[str, Any]) -> DeployStatus:
         revision=str(sync.get("revision") or ""),
         sync=str(sync.get("status") or "Unknown"),
         health=str(health.get("status") or "Unknown"),
-        message=_one_line(_message(status)),
+        message=one_line(_message(status), 500),
     )
 
 
@@ -78,11 +79,6 @@ def _message(status: Mapping[str, Any]) -> str:
         if str(condition.get("type", "")).endswith(ERROR_SUFFIX) and condition.get("message"):
             return f"{condition['type']}: {condition['message']}"
     return ""
-
-
-def _one_line(text: str, limit: int = 500) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
 class ArgoCDSource:

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from typing import Mapping
 
 from mlferry.steps.naming import check_environment_name, is_dns_label
 
@@ -56,3 +58,14 @@ def parse_gitops_folder(folder: str) -> tuple[str, str, str]:
     if not match or gitops_folder(*match.groups()) != folder:
         raise ValueError(f"{folder!r} is not a folder mlferry owns (teams/<team>/<slug>/<env>)")
     return match.group(1), match.group(2), match.group(3)
+
+
+def folder_digest(files: Mapping[str, str]) -> str:
+    """sha256 over the sorted file names and contents, each length-prefixed so that no two
+    different folders hash the same bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        for part in (name.encode(), files[name].encode()):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+    return digest.hexdigest()

@@ -151,7 +151,8 @@ def notify(inputs: NotifyInput) -> Notified:
     if not failed and inputs.status and inputs.status != "Succeeded":
         failed = f"the workflow ended {inputs.status}"
     payload = message(inputs.model, inputs.version, inputs.env, failed, inputs.restored, inputs.commit,
-                      inputs.workflow, inputs.namespace, os.environ.get(ARGO_UI_ENV, ""), _gitops_repo())
+                      inputs.workflow, inputs.namespace, os.environ.get(ARGO_UI_ENV, ""),
+                      _gitops_repo() if inputs.commit else "")  # the settings only for a commit to link
     delivered = send(url, payload)
     if delivered:
         log.info("notified %s: %s", urlsplit(url).hostname, payload["text"])

@@ -11,17 +11,16 @@ classes.
 """
 
 import functools
-import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jinja2
 from hera.workflows import Input, Output
 
 from mlferry.steps.outcome import as_argo_step
-from mlferry.steps.layout import check_version, gitops_folder, model_uri
+from mlferry.steps.layout import check_version, folder_digest, gitops_folder, model_uri
 from mlferry.steps.manifests import KUSTOMIZATION, validate_folder
 from mlferry.steps.model_settings import ModelServing
 from mlferry.steps.naming import is_dns_subdomain, is_label_value, serving_name, slugify
@@ -97,17 +96,6 @@ def runtime_files(runtime: str) -> tuple[str, ...]:
     except KeyError:
         known = ", ".join(sorted(RUNTIME_FILES))
         raise ValueError(f"unknown runtime {runtime!r}; mlferry renders: {known}") from None
-
-
-def folder_digest(files: Mapping[str, str]) -> str:
-    """sha256 over the sorted file names and contents, each length-prefixed so that no two
-    different folders hash the same bytes."""
-    digest = hashlib.sha256()
-    for name in sorted(files):
-        for part in (name.encode(), files[name].encode()):
-            digest.update(len(part).to_bytes(8, "big"))
-            digest.update(part)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

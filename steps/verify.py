@@ -97,8 +97,7 @@ def verify_version(inputs: VerifyInput, settings: Settings, source: StatusSource
         restore = settings.on_failure(inputs.env)
         if not inputs.previous or inputs.previous == inputs.version:
             restore = "none"  # no version before this one to go back to
-        # Argo substitutes `{{…}}` in every parameter passed on; a server's words may hold some.
-        reason = one_line(str(failed)).replace("{{", "{ {")
+        reason = one_line(str(failed))  # one line, and no `{{` for Argo to substitute (trailers.one_line)
         log.error("v%s of %s failed verification in %s: %s (on_failure: %s)", inputs.version, inputs.model,
                   inputs.env, reason, restore)
         hold = f"v{inputs.version} failed verification: {reason}" if restore == "hold" else ""
@@ -119,11 +118,12 @@ def wait_until_running(source: StatusSource, folder: str, commit: str, deadline:
     start = last_said = clock()
     while True:
         status = source.read(folder)
-        there = bool(status.revision) and (status.revision == commit or contains(commit, status.revision))
-        if there and status.running:
-            log.info("%s runs %s (%s, %s)", folder, status.revision[:12], status.sync, status.health)
-            return status
-        if there and status.failed:
+        # Asked only of a settled status: whether the revision holds the commit may take git a clone.
+        if (status.running or status.failed) and status.revision and (
+                status.revision == commit or contains(commit, status.revision)):
+            if status.running:
+                log.info("%s runs %s (%s, %s)", folder, status.revision[:12], status.sync, status.health)
+                return status
             raise VerificationFailed(f"{folder} is {status.health} at {status.revision[:12]}: "
                                      f"{status.message or 'no message'} ({source.name})")
         waited = clock() - start

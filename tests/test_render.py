@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, assume, given, settings as hypothesis_settin
 from mlferry import __version__
 from mlferry.steps.manifests import ManifestError, validate_documents, validate_folder, validate_manifest
 from mlferry.steps.naming import slugify
-from mlferry.steps.render import MAX_DESCRIPTION, RenderInput, folder_digest, render_folder
+from mlferry.steps.layout import folder_digest
+from mlferry.steps.render import MAX_DESCRIPTION, RenderInput, render_folder
 from mlferry.steps.settings import EnvironmentSettings, Resources, SettingsError, Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -105,10 +105,9 @@ def preloaded_files() -> list[Path]:
 
     from mlferry.engine.warm import entry_modules
     from mlferry.workflows.bundle import Bundle
-    from mlferry.generate import documents
+    from mlferry.generate import workflow_templates
 
-    modules = entry_modules(t for d in documents(Bundle(), validate=False) if d.get("kind") == "WorkflowTemplate"
-                            for t in d["spec"]["templates"])
+    modules = entry_modules(t for d in workflow_templates(Bundle()) for t in d["spec"]["templates"])
     assert "mlferry.steps.commit" in modules
     code = ("import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules) +
             "print('\\n'.join(sorted(getattr(m, '__file__', '') or '' for n, m in sys.modules.items() if n.startswith('mlferry'))))")

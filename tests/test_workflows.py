@@ -188,7 +188,7 @@ def test_the_local_executor_runs_every_workflow_template_as_generated():
     to spare every `mlferry promote` their import: the same templates, as the YAML files carry them."""
     from mlferry.generate import workflow_templates
 
-    generated = {d["metadata"]["name"]: yaml.safe_load(to_yaml(d)) for d in documents(Bundle(), validate=False)
+    generated = {d["metadata"]["name"]: yaml.safe_load(to_yaml(d)) for d in documents(Bundle())
                  if d["kind"] == "WorkflowTemplate"}
     local = {d["metadata"]["name"]: d for d in workflow_templates(Bundle())}
     assert local == generated and len(local) == 3

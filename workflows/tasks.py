@@ -21,6 +21,7 @@ from hera.workflows.models import (
     Synchronization,
 )
 
+from mlferry.steps.notify import ARGO_UI_ENV as ARGO_UI_KEY
 from mlferry.steps.notify import URL_ENV as NOTIFY_URL_KEY
 from mlferry.steps.outcome import TRANSIENT_EXIT
 from mlferry.steps.verify_event import SECRET_ENV as WEBHOOK_SECRET_KEY
@@ -32,8 +33,9 @@ TRACKING_URI_KEY = "MLFLOW_TRACKING_URI"
 S3_ENDPOINT_KEY = "MLFLOW_S3_ENDPOINT_URL"
 # Optional: who the GitOps commits say wrote them (the chart's gitAuthor; unset, mlferry's own name).
 GIT_AUTHOR_KEYS = ("MLFERRY_GIT_AUTHOR_NAME", "MLFERRY_GIT_AUTHOR_EMAIL")
-# Optional: the Argo UI's address, so notifications link to the run (the chart's argoUI.url).
-ARGO_UI_KEY = "MLFERRY_ARGO_UI_URL"
+# Optional keys a step reads beyond those every step gets: notify links to the run in the Argo UI
+# (the chart's argoUI.url).
+STEP_OPTIONAL_KEYS = {"notify": (ARGO_UI_KEY,)}
 
 
 def wf(name: str) -> str:
@@ -121,9 +123,8 @@ def step_env(bundle: Bundle, name: str) -> list:
         ConfigMapEnv(name="MLFERRY_SETTINGS", config_map_name=cm, config_map_key=SETTINGS_KEY),
         ConfigMapEnv(name="MLFLOW_TRACKING_URI", config_map_name=cm, config_map_key=TRACKING_URI_KEY),
         ConfigMapEnv(name="MLFLOW_S3_ENDPOINT_URL", config_map_name=cm, config_map_key=S3_ENDPOINT_KEY),
-        *(ConfigMapEnv(name=key, config_map_name=cm, config_map_key=key, optional=True) for key in GIT_AUTHOR_KEYS),
-        *([ConfigMapEnv(name=ARGO_UI_KEY, config_map_name=cm, config_map_key=ARGO_UI_KEY, optional=True)]
-          if name == "notify" else []),
+        *(ConfigMapEnv(name=key, config_map_name=cm, config_map_key=key, optional=True)
+          for key in (*GIT_AUTHOR_KEYS, *STEP_OPTIONAL_KEYS.get(name, ()))),
         *credential_env(bundle, STEP_CREDENTIALS[name]),
         Env(name="MLFERRY_LOG_FORMAT", value="json"),
         # MLflow's client retries 5xx on its own for minutes by default; keep its retries short

@@ -98,6 +98,7 @@ class WarmServer:
         self.python, self.cwd, self.env, self.any_cwd = python, cwd, dict(env), any_cwd
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.send_lock = threading.Lock()
+        self.preloaded = set(preload)  # the step modules this server was asked to import ahead
         self.proc = subprocess.Popen([python, "-m", __name__, str(theirs.fileno()), *preload], cwd=cwd,
                                      env=self.env, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -105,13 +106,17 @@ class WarmServer:
 
     def preload(self, modules: Sequence[str]) -> None:
         """More step modules to import ahead, between requests (a server started before the
-        templates that name them were built)."""
-        request = json.dumps({"preload": list(modules)}).encode()
-        try:
-            with self.send_lock:
+        templates that name them were built); a module it was asked for before is not sent again."""
+        with self.send_lock:
+            new = [m for m in modules if m not in self.preloaded]
+            if not new:
+                return
+            self.preloaded.update(new)
+            request = json.dumps({"preload": new}).encode()
+            try:
                 self.control.sendall(len(request).to_bytes(4, "big") + request)
-        except OSError:
-            pass  # a server that is gone: its runs start cold
+            except OSError:
+                pass  # a server that is gone: its runs start cold
 
     def serves(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> bool:
         return (runner_call(argv, self.python) and (self.any_cwd or cwd == self.cwd) and self.proc.poll() is None

@@ -122,12 +122,11 @@ class Stack:
         snapshot = self._check_restorable(state, restore_last_save)
         had_data = self.database.exists() or snapshot is not None
         started = False
+        self._init_gitops(log)  # on disk already: what the applier follows, what steps push to
         for name in ("s3", "mlflow") + ("applier",) * applier:
-            if name == "applier":
-                self._init_gitops(log)  # what it follows
             part = state.parts.get(name)
             if part and alive(part) and answers(part):
-                log(f"{name:7} already running at {self._where(part)} (pid {part.pid})")
+                log(f"{name:7} already running at {part.where} (pid {part.pid})")
                 continue
             if name == "s3":
                 part, creds = self._start_s3(creds, state, snapshot, log)
@@ -138,9 +137,8 @@ class Stack:
             if part.port:
                 state.ports[name] = part.port
             self._write_state(state)
-            log(f"{name:7} started at {self._where(part)} (pid {part.pid})")
+            log(f"{name:7} started at {part.where} (pid {part.pid})")
             started = True
-        self._init_gitops(log)
         if had_data and started:
             log(f"kept    {self._kept_summary()} (in {self.dir}; `mlferry stack reset` deletes them)")
         return self.environment()
@@ -187,7 +185,7 @@ class Stack:
             elif not alive(part):
                 rows.append((name, "dead", f"see {part.log}"))
             else:
-                rows.append((name, "running" if answers(part) else "starting", self._where(part)))
+                rows.append((name, "running" if answers(part) else "starting", part.where))
         rows.append(("gitops", "ready" if self.gitops_repo.exists() else "absent", str(self.gitops_repo)))
         return rows
 
@@ -392,9 +390,6 @@ class Stack:
         if taken:
             log(f"{name:7} port {' and '.join(taken)} taken by another process; using {port}")
         return port
-
-    def _where(self, part: Part) -> str:
-        return str(self.applier_status) if part.name == "applier" else part.url
 
     def _start(self, name: str, creds: dict[str, str], state: State, log=print) -> Part:
         if name == "applier":  # no port; ready once it has written its status (a killed one's is stale)

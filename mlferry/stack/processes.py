@@ -34,6 +34,11 @@ class Part:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def where(self) -> str:
+        """Where it answers: its URL, or the file a part without a port writes once ready."""
+        return self.ready_file or self.url
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -83,7 +88,7 @@ def wait_ready(part: Part, proc: subprocess.Popen) -> None:
             return
         time.sleep(0.3)
     stop(part)
-    raise StackError(f"{part.name} did not answer on {part.ready_file or part.url} within {READY_TIMEOUT:.0f}s; "
+    raise StackError(f"{part.name} did not answer on {part.where} within {READY_TIMEOUT:.0f}s; "
                      f"last lines of {part.log}:\n{tail(part.log)}")
 
 

@@ -25,7 +25,9 @@ def sync(git: Git, branch: str, scratch: Path, filters: tuple[str, ...] = (), cr
     (none: everything at the head). ``scratch``: where git runs before the clone exists.
     ``create``: whether an empty remote may get ``branch`` (a first commit); else it is an error.
     """
-    head = _remote_head(git, branch, scratch, create)
+    head = remote_head_of(git, branch, scratch, create)
+    if not head:
+        logger.info("%s is empty: branch %s starts with the first commit to it", git.display, branch)
     if not (git.root / ".git").exists():
         _start_clone(git, branch, head, filters)
     elif head:
@@ -64,12 +66,10 @@ def _no_lazy_fetch(git: Git) -> None:
         git.run("config", "--unset-all", key, action="configure the clone", ok_codes=(0, 5))  # 5: not set
 
 
-def remote_head_of(git: Git, branch: str, scratch: Path) -> str:
-    """The remote's head of ``branch``, "" when the remote is empty (an error if it has other branches)."""
-    return _remote_head(git, branch, scratch)
-
-
-def _remote_head(git: Git, branch: str, scratch: Path, create: bool = True) -> str:
+def remote_head_of(git: Git, branch: str, scratch: Path, create: bool = True) -> str:
+    """The remote's head of ``branch``, "" when the remote is empty (an error if it has other
+    branches, or if it is empty and ``create`` is off). A lookup: it logs nothing (the local
+    applier asks every second)."""
     out = git.run("ls-remote", "--heads", git.remote.url, action="list branches", cwd=scratch)
     heads = {ref: sha for sha, ref in (line.split("\t", 1) for line in out.splitlines() if "\t" in line)}
     head = heads.get(f"refs/heads/{branch}", "")
@@ -84,8 +84,6 @@ def _remote_head(git: Git, branch: str, scratch: Path, create: bool = True) -> s
     if not head and not create:
         raise BranchMissing(f"{git.display} is empty: branch {branch!r} does not exist; push a first commit to it, "
                             "or let mlferry create it (gitops_create_branch: true, MLFERRY_GITOPS_CREATE_BRANCH=true)")
-    if not head:
-        logger.info("%s is empty: creating branch %s", git.display, branch)
     return head
 
 
