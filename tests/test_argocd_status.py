@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,6 +27,7 @@ from mlferry.steps.manifests import parse_documents
 from mlferry.steps.naming import MAX_ENV_LENGTH, MAX_SLUG_LENGTH, is_dns_label, slugify
 from mlferry.steps.outcome import is_transient
 from mlferry.steps.settings import Settings
+from tests.loopback import LoopbackServer, QuietHandler
 from tests.test_charts import _render, go_template, helm, one, validate_metadata  # noqa: F401 (helm: fixture)
 
 SCHEMA = Path(__file__).with_name("schemas") / "argocd-application-v1alpha1.json"
@@ -280,7 +279,7 @@ class FakeApiServer:
         self.fail_with: int | None = None
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 server.requests.append((self.path, self.headers.get("Authorization", "")))
                 prefix = "/apis/argoproj.io/v1alpha1/namespaces/"
@@ -296,27 +295,17 @@ class FakeApiServer:
                     self.answer(200, found)
 
             def answer(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.reply(code, json.dumps(body).encode())
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.handler = Handler
 
     def __enter__(self) -> "FakeApiServer":
-        self.thread.start()
+        self.server = LoopbackServer(self.handler)
+        self.url = self.server.url
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server.close()
 
 
 def status_object(code: int, message: str) -> dict[str, Any]:

@@ -7,22 +7,21 @@ server, so every registry call and every artifact download must carry the creden
 
 import base64
 import os
-import threading
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from mlferry.steps import registry
 from mlferry.steps.mlflow_api import MlflowApi, MlflowApiError
 from mlferry.steps.resolve import ResolveInput, resolve
+from tests.loopback import LoopbackServer, QuietHandler
 
 TOKEN = "mlf-tok-5b1e0c9d7a"
 USER, PASSWORD = "ferry", "pw-2c81f4d6"
 
 
-class AuthProxy(BaseHTTPRequestHandler):
+class AuthProxy(QuietHandler):
     upstream = ""
     accepted: set[str] = set()
     seen: list[str] = []
@@ -38,23 +37,14 @@ class AuthProxy(BaseHTTPRequestHandler):
         self.seen.append(auth)
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
         if auth not in self.accepted:
-            return self._answer(401, b'{"error_code": "UNAUTHENTICATED", "message": "You are not authenticated."}')
+            return self.reply(401, b'{"error_code": "UNAUTHENTICATED", "message": "You are not authenticated."}', None)
         request = urllib.request.Request(self.upstream + self.path, data=body, method=self.command,
                                          headers={"Content-Type": self.headers.get("Content-Type", "")})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
-                self._answer(response.status, response.read())
+                self.reply(response.status, response.read(), None)
         except urllib.error.HTTPError as err:
-            self._answer(err.code, err.read())
-
-    def _answer(self, status: int, data: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+            self.reply(err.code, err.read(), None)
 
 
 @pytest.fixture
@@ -63,15 +53,11 @@ def auth_proxy(stack, monkeypatch):
         "upstream": os.environ["MLFLOW_TRACKING_URI"].rstrip("/"), "seen": [],
         "accepted": {f"Bearer {TOKEN}", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()},
     })
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-    for key in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        monkeypatch.delenv(key, raising=False)
-    yield handler
-    server.shutdown()
-    server.server_close()
+    with LoopbackServer(handler) as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        for key in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            monkeypatch.delenv(key, raising=False)
+        yield handler
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,6 +22,7 @@ import yaml
 from mlferry.steps.notify import NotifyInput, commit_url, message, notify, run_url, send
 from mlferry.workflows.bundle import Bundle
 from mlferry.workflows.tasks import NOTIFY, STEP_CREDENTIALS, credential_env
+from tests.loopback import LoopbackServer, QuietHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_PATH = "/services/T0000/B0000/XyZsecretWebhookToken"
@@ -45,26 +44,16 @@ class Listener:
         self.received: list[dict[str, Any]] = []
         listener = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 listener.received.append({"path": self.path, "content_type": self.headers.get("Content-Type"),
                                           "body": json.loads(data)})
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(code, body, None)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}{SECRET_PATH}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server = LoopbackServer(Handler)
+        self.url = self.server.url + SECRET_PATH
+        self.close = self.server.close
 
 
 @pytest.fixture

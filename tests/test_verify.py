@@ -4,8 +4,6 @@ a failure decides. The loop with a real applier and model server is in tests/tes
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -13,6 +11,7 @@ from mlferry.steps.deploy_status import DeployStatus
 from mlferry.steps.settings import EnvironmentSettings, Settings
 from mlferry.steps.verify import (FAILED, HEALTH_ONLY, VERIFIED, GiveUpInput, VerificationFailed, VerifyInput,
                                   check_answer, give_up, invoke, verify_version, wait_until_running)
+from tests.loopback import LoopbackServer, QuietHandler
 
 COMMIT, LATER = "a" * 40, "b" * 40
 SIGNATURE = {"inputs": [{"type": "double", "name": "x"}], "outputs": [{"type": "tensor", "tensor-spec":
@@ -73,30 +72,20 @@ def test_degraded_at_the_commit_fails_at_once_with_the_sources_message():
     assert source.reads == 1
 
 
-class ModelServer(BaseHTTPRequestHandler):
+class ModelServer(QuietHandler):
     """A real HTTP server on loopback that answers /invocations with what the test sets."""
 
     answer: tuple[int, bytes] = (200, b"{}")
 
     def do_POST(self):  # noqa: N802 - http.server's name
         self.rfile.read(int(self.headers["Content-Length"]))
-        status, body = type(self).answer
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.reply(*type(self).answer)
 
 
 @pytest.fixture
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ModelServer)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with LoopbackServer(ModelServer) as running:
+        yield running.url
 
 
 @pytest.mark.parametrize("answer,error", [

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -23,6 +21,7 @@ import yaml
 from mlflow import MlflowClient
 
 from mlferry.steps.naming import slugify
+from tests.loopback import LoopbackServer, QuietHandler
 from tests.models import register_pyfunc
 from tests.test_applier import predict, wait_for
 from tests.test_one_truth import annotations, cli, head, ok, tags
@@ -58,27 +57,19 @@ class LoadsForever(mlflow.pyfunc.PythonModel):
         return [0.0] * len(model_input)
 
 
-class Listener(BaseHTTPRequestHandler):
+class Listener(QuietHandler):
     received: list[dict] = []
 
     def do_POST(self):  # noqa: N802 - http.server's name
         type(self).received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args):
-        pass
+        self.reply(200, b"ok", None)
 
 
 @pytest.fixture
 def webhook():
     Listener.received = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Listener)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/services/T0/B0/secret-path", Listener.received
-    httpd.shutdown()
+    with LoopbackServer(Listener) as server:
+        yield f"{server.url}/services/T0/B0/secret-path", Listener.received
 
 
 @pytest.fixture
