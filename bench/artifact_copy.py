@@ -33,6 +33,7 @@ it stores, so a server holding several copies would slow the later ones down.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -80,7 +81,7 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [SIZES[name] for name in (["small"] if args.quick else args.sizes)]
     if args.quick or args.rounds:
-        sizes = [Size(**{**s.__dict__, "rounds": 1 if args.quick else args.rounds}) for s in sizes]
+        sizes = [dataclasses.replace(s, rounds=1 if args.quick else args.rounds) for s in sizes]
 
     report = Report("artifact_copy", "artifact copy: mlferry's publish step vs aws s3 cp --recursive")
     aws = awscli()
@@ -178,12 +179,10 @@ class Bench:
 
     @cached_property
     def s3(self):
-        import boto3
+        from mlferry.stack.s3 import s3_client
 
         # This stack's keys, given: the process's default session keeps the first stack's.
-        return boto3.client("s3", endpoint_url=self.env["MLFLOW_S3_ENDPOINT_URL"], region_name="us-east-1",
-                            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"])
+        return s3_client(self.env["MLFLOW_S3_ENDPOINT_URL"], self.env)
 
     def warm(self):
         """The warm server, as LocalArgo starts one: Hera imported, then the publish step's module."""

@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import ROOT, Report, median, say, stop_on_sigterm  # noqa: E402
+from benchlib import ROOT, Report, median, say, stop_on_sigterm, timed  # noqa: E402
 
 PROBE = """
 import time
@@ -72,11 +72,9 @@ def step_modules() -> list[str]:
 
 
 def process_seconds(argv: list[str]) -> float:
-    import time
-
-    started = time.perf_counter()
-    subprocess.run([sys.executable, *argv], check=True, cwd=ROOT, capture_output=True)
-    return time.perf_counter() - started
+    with timed() as took:
+        subprocess.run([sys.executable, *argv], check=True, cwd=ROOT, capture_output=True)
+    return took["seconds"]
 
 
 def probe(module: str) -> tuple[float, float]:

@@ -96,17 +96,17 @@ def main() -> int:
 
 
 def run(tmp: Path, stack, env: dict[str, str], sizes: list[int], reps: int, seed_reps: int, seed_max: int) -> dict:
-    import boto3
     from mlflow import MlflowClient
 
     from mlferry.engine import load_run
+    from mlferry.stack.s3 import s3_client
     from mlferry.steps.settings import load_settings
     from seed_watcher import SeedWatcher
 
     config = tmp / "mlferry.yaml"
     config.write_text("prune: true\n")  # the default environments: staging, production
     settings = load_settings(config, environ=env)
-    s3 = boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], region_name="us-east-1")
+    s3 = s3_client(env["MLFLOW_S3_ENDPOINT_URL"], env)
     client = MlflowClient()
     source, source_run = upload_shared_model(client, s3)
     registry_log = LogCounter(stack.logs / "mlflow.log", LogCounter.MLFLOW)
