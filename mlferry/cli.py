@@ -783,14 +783,12 @@ def _applier_command(commands) -> None:
 
 def _applier(args) -> int:
     from mlferry.applier import Applier, serve_forever
-    from mlferry.steps.local_status import STATUS_FILE, default_status_path
+    from mlferry.steps.local_status import default_status_path
     from mlferry.steps.settings import load_settings
 
     use_local_stack_if_unset(args.stack_dir)
     settings = load_settings(args.config)
-    status = (Path(args.status_file).resolve() if args.status_file else
-              default_status_path(os.environ) if os.environ.get("MLFERRY_APPLIER_STATUS") else
-              args.stack_dir / STATUS_FILE)
+    status = Path(args.status_file).resolve() if args.status_file else default_status_path(os.environ, args.stack_dir)
     return serve_forever(Applier(settings.require_gitops_repo(), settings.gitops_branch, status, dict(os.environ)))
 
 

@@ -27,12 +27,12 @@ STATUS_FILE = Path("applier") / "status.json"  # under the stack folder, unless 
 START_HINT = "start it with `mlferry applier` (foreground) or `mlferry stack up --applier`"
 
 
-def default_status_path(environ: Mapping[str, str]) -> Path:
+def default_status_path(environ: Mapping[str, str], stack_dir: str | Path | None = None) -> Path:
     """Where the applier writes and readers look: $MLFERRY_APPLIER_STATUS, else the stack folder's file
-    ($MLFERRY_STACK_DIR, else ./.mlferry, as the CLI's default)."""
+    (`stack_dir`, else $MLFERRY_STACK_DIR, else ./.mlferry, as the CLI's default)."""
     if environ.get(STATUS_ENV):
         return Path(environ[STATUS_ENV])
-    return Path(environ.get("MLFERRY_STACK_DIR") or ".mlferry").resolve() / STATUS_FILE
+    return Path(stack_dir or environ.get("MLFERRY_STACK_DIR") or ".mlferry").resolve() / STATUS_FILE
 
 
 class LocalSource:
